@@ -1,0 +1,42 @@
+# tinysora: `make demo` and `make test` work on a fresh machine (Python 3.11, CPU).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch this project is pinned to (pip finds it on this kind of machine).
+TORCH := torch==2.13.0
+DEMO_PROMPT ?= a large red circle bouncing on a navy background
+
+.PHONY: demo test test-slow lint detector-accuracy clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Installed stamps: re-run pip when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/tinysora world "$(DEMO_PROMPT)" -o outputs/demo.mp4
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed-dev
+	$(BIN)/pytest -q -m slow
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+detector-accuracy: $(VENV)/.installed
+	$(BIN)/python scripts/detector_accuracy.py --json outputs/detector_accuracy.json
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
