@@ -49,6 +49,7 @@ RING_RADIUS = 2  # core = pixels further than this from any other color's pixels
 MIN_CORE_PIXELS = 2  # a frame "shows" the object if its core has this many pixels
 MIN_PRESENT_FRACTION = 0.4  # an object must show in this fraction of frames
 SHAPE_FRAMES = 5  # frames used to decide the shape
+NEAR_RADIUS = 4  # objects closer than this (px) may hide or blend into each other
 GROW_RATIO = 1.5  # fitted end/start scale beyond this -> growing / shrinking
 BOUNCE_FALL = 0.15  # bouncing: falls by > 0.15 H ...
 BOUNCE_RISE = 0.06  # ... then rises again by > 0.06 H
@@ -87,11 +88,11 @@ def detect(frames: np.ndarray) -> Detection:
     bg = np.median(x.reshape(-1, 3), axis=0)  # (3,)
     bg_name = min(BACKGROUNDS, key=lambda n: float(np.sum((np.array(BACKGROUNDS[n]) - bg) ** 2)))
     labels = _label_pixels(x, bg)  # (T, H, W) in -1 (none), 0 (background), 1..8 (colors)
-    objects = []
-    for k, color in enumerate(COLOR_NAMES, start=1):
-        obj = _detect_color(x, labels, k, color, bg)
-        if obj is not None:
-            objects.append(obj)
+    present = [k for k in range(1, len(COLOR_NAMES) + 1) if _is_present(labels, k)]
+    found = [_gather(x, labels, k, present, bg) for k in present]
+    found = [e for e in found if e is not None]
+    below = _below_others(found)
+    objects = [_describe(e, is_below) for e, is_below in zip(found, below, strict=True)]
     objects.sort(key=lambda o: -float(o.area.mean()))
     return Detection(bg_name, objects)
 
@@ -113,45 +114,121 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndimage.maximum_filter(mask, size=(1, 2 * radius + 1, 2 * radius + 1))
 
 
-def _detect_color(x, labels, k, color, bg) -> DetectedObject | None:
+@dataclass
+class _Evidence:
+    """What the pixels say about one object color, frame by frame."""
+
+    color: str
+    regions: list[np.ndarray | None]  # (H, W) bool: the object's pixels (+1 px edge)
+    alpha: np.ndarray  # (T, H, W) soft coverage inside ``regions`` (0 elsewhere)
+    visible: np.ndarray  # (T, H, W) bool: not another object's pixels (or their edge)
+    areas: np.ndarray  # (T,) sum of alpha
+    centroids: np.ndarray  # (T, 2) alpha-weighted (x, y); NaN where unseen
+
+    @property
+    def seen(self) -> np.ndarray:
+        return self.areas > 0
+
+
+def _is_present(labels: np.ndarray, k: int) -> bool:
+    """Color ``k`` has a solid core (not just an edge ring) in enough frames."""
+    mask = labels == k
+    core = mask & ~_dilate((labels >= 1) & ~mask, RING_RADIUS)
+    shows = core.reshape(len(labels), -1).sum(1) >= MIN_CORE_PIXELS
+    return bool(shows.mean() >= MIN_PRESENT_FRACTION)
+
+
+def _gather(x, labels, k: int, present: list[int], bg) -> _Evidence | None:
+    """Collect the evidence for object color ``k`` (one of the ``present`` colors).
+
+    Alpha is measured against the color *under* each pixel: the background, or,
+    within 2 px of another object, that object's color (so the edge of a shape
+    lying on another shape is read correctly).
+    """
     t, h, w, _ = x.shape
     mask = labels == k  # (T, H, W)
-    others = (labels >= 1) & ~mask
+    others = np.isin(labels, [j for j in present if j != k])
     core = mask & ~_dilate(others, RING_RADIUS)
-    shows = core.reshape(t, -1).sum(1) >= MIN_CORE_PIXELS
-    if shows.mean() < MIN_PRESENT_FRACTION:
-        return None
-    target = np.array(COLORS[color], dtype=np.float32)
-    axis = target - bg
-    alpha = np.clip(((x - bg) @ axis) / float(axis @ axis), 0.0, 1.0)  # (T, H, W)
+    target = np.median(x[core], axis=0) if core.any() else PALETTE[k - 1]  # measured color
+    base = np.broadcast_to(bg, x.shape).copy()  # (T, H, W, 3) color under each pixel
+    for j in present:
+        if j != k and (labels == j).any():
+            base[_dilate(labels == j, 2)] = np.median(x[labels == j], axis=0)
+    axis = target - base
+    alpha = ((x - base) * axis).sum(-1) / np.maximum((axis * axis).sum(-1), 1.0)
+    alpha = np.clip(alpha, 0.0, 1.0)  # (T, H, W)
     areas, centroids, regions = np.zeros(t), np.full((t, 2), np.nan), []
-    visible = ~_dilate(others, 1)  # pixels not hidden by (or blended with) other objects
-    near_other = np.zeros(t, dtype=bool)
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
     for i in range(t):
         region = _main_region(mask[i], core[i])
-        if region is None:
-            regions.append(None)
-            continue
-        region = ndimage.binary_dilation(region, iterations=1) & ~others[i]
-        a = alpha[i] * region
-        areas[i] = a.sum()
+        if region is not None:
+            region = ndimage.binary_dilation(region, iterations=1) & ~others[i]
+            alpha[i] *= region
+            areas[i] = alpha[i].sum()
+        else:
+            alpha[i] = 0
         if areas[i] > 0:
+            a = alpha[i]
             centroids[i] = (float((a * xx).sum() / areas[i]), float((a * yy).sum() / areas[i]))
-        regions.append(a)
-        near_other[i] = bool((ndimage.binary_dilation(region, iterations=4) & others[i]).any())
-    seen = areas > 0
-    if not seen.any():
+        regions.append(region if areas[i] > 0 else None)
+    if not (areas > 0).any():
         return None
-    clean = seen & ~near_other
-    shape, occlusion = _classify_shape(regions, visible, areas, centroids, clean, h, w)
-    track = centroids.copy()
+    return _Evidence(COLOR_NAMES[k - 1], regions, alpha, ~_dilate(others, 1), areas, centroids)
+
+
+def _near(a: _Evidence, b: _Evidence) -> np.ndarray:
+    """(T,) bool: frames where the two objects come within NEAR_RADIUS px of each other."""
+    out = np.zeros(len(a.areas), dtype=bool)
+    for i, (ra, rb) in enumerate(zip(a.regions, b.regions, strict=True)):
+        if ra is not None and rb is not None:
+            out[i] = bool((ndimage.binary_dilation(ra, iterations=NEAR_RADIUS) & rb).any())
+    return out
+
+
+def _below_others(found: list[_Evidence]) -> list[bool]:
+    """Which objects are (partly) hidden under another object.
+
+    Where two objects touch, the one on top shows its whole shape, so some shape
+    drawn at its area and centroid fits it well; the one below is cut, so no full
+    shape fits. The worse-fitting one of each touching pair is below.
+    """
+    below = [False] * len(found)
+    for p in range(len(found)):
+        for q in range(p + 1, len(found)):
+            touching = _near(found[p], found[q])
+            if touching.any():
+                err_p = _full_shape_error(found[p], touching)
+                err_q = _full_shape_error(found[q], touching)
+                below[p if err_p > err_q else q] = True
+    return below
+
+
+def _full_shape_error(e: _Evidence, frames: np.ndarray) -> float:
+    """Best unrefined full-shape fit error of ``e`` over (up to SHAPE_FRAMES of) ``frames``."""
+    idx = np.flatnonzero(frames & e.seen)
+    idx = idx[np.argsort(-e.areas[idx])][:SHAPE_FRAMES]
+    h, w = e.alpha.shape[1:]
+    errors = [
+        sum(_fit_template(shape, e, i, h, w, masked=False)[0] for i in idx) for shape in SHAPES
+    ]
+    return min(errors) / max(len(idx), 1)
+
+
+def _describe(e: _Evidence, below: bool) -> DetectedObject:
+    h, w = e.alpha.shape[1:]
+    clean = e.seen.copy()
+    for i, region in enumerate(e.regions):
+        if region is not None:  # nothing else within NEAR_RADIUS px
+            grown = ndimage.binary_dilation(region, iterations=NEAR_RADIUS)
+            clean[i] = not (grown & ~e.visible[i]).any()
+    shape, occlusion = _classify_shape(e, clean, below, h, w)
+    track = e.centroids.copy()
     if shape == "triangle":  # bbox centre sits h/6 above the centroid
-        track[:, 1] -= _side_from_area("triangle", areas) * SQRT3 / 2 / 6
-    motion, mid_side = _classify_motion(track, areas, clean, shape, h, w)
+        track[:, 1] -= _side_from_area("triangle", e.areas) * SQRT3 / 2 / 6
+    motion, mid_side = _classify_motion(track, e.areas, shape, h, w)
     mid_side *= occlusion
     size = min(SIZES, key=lambda s: abs(SIZES[s] * min(h, w) - mid_side))
-    return DetectedObject(color, shape, motion, size, track, areas)
+    return DetectedObject(e.color, shape, motion, size, track, e.areas)
 
 
 def _main_region(mask: np.ndarray, core: np.ndarray) -> np.ndarray | None:
@@ -173,42 +250,46 @@ def _side_from_area(shape: str, area):
     return np.sqrt(4 * np.asarray(area) / SQRT3)
 
 
-def _classify_shape(regions, visible, areas, centroids, clean, h, w) -> tuple[str, float]:
-    """(best shape, occlusion correction = median fitted side / side from area)."""
-    seen = np.flatnonzero(areas > 0)
-    pool = np.flatnonzero(clean) if clean.any() else seen
-    frames = pool[np.argsort(-areas[pool])][:SHAPE_FRAMES]
+def _classify_shape(e: _Evidence, clean, below: bool, h, w) -> tuple[str, float]:
+    """(best shape, occlusion correction = median fitted side / side from area).
+
+    Uses the largest clean frames; an object that is below another in every frame
+    is fitted on its visible pixels only, with centre and side free.
+    """
+    pool = np.flatnonzero(clean) if clean.any() else np.flatnonzero(e.seen)
+    frames = pool[np.argsort(-e.areas[pool])][:SHAPE_FRAMES]
+    masked = below and not clean.any()
     errors = dict.fromkeys(SHAPES, 0.0)
     sides: dict[str, list[float]] = {s: [] for s in SHAPES}
     for i in frames:
         for shape in SHAPES:
-            err, side = _fit_template(
-                shape, regions[i], visible[i], areas[i], centroids[i], h, w, refine=not clean[i]
-            )
+            err, side = _fit_template(shape, e, i, h, w, masked=masked)
             errors[shape] += err
             sides[shape].append(side)
     best = min(errors, key=errors.get)
-    from_area = _side_from_area(best, areas[frames])
+    from_area = _side_from_area(best, e.areas[frames])
     return best, float(np.median(np.array(sides[best]) / from_area))
 
 
-def _fit_template(shape, alpha, visible, area, centroid, h, w, refine) -> tuple[float, float]:
-    """Squared error (per unit area) of the best drawing of ``shape`` against ``alpha``.
+def _fit_template(shape, e: _Evidence, i: int, h, w, masked: bool) -> tuple[float, float]:
+    """(squared error per unit area, side) of the best drawing of ``shape`` in frame ``i``.
 
-    The drawing starts with the measured area and centroid; when part of the object
-    is hidden (``refine``), centre and side are fitted on the visible pixels only.
+    The drawing has the measured area and centroid; when the object is hidden in
+    part (``masked``), centre and side are fitted on the visible pixels only.
     """
+    area, alpha = e.areas[i], e.alpha[i]
     side = float(_side_from_area(shape, area))
-    cx, cy = centroid
+    cx, cy = e.centroids[i]
     if shape == "triangle":
         cy -= side * SQRT3 / 2 / 6
+    weight = e.visible[i] if masked else 1.0
 
     def error(p) -> float:
         template = shape_coverage(shape, p[0], p[1], max(p[2], 0.5), h, w, ss=4)
-        return float((((template - alpha) * visible) ** 2).sum() / area)
+        return float((((template - alpha) * weight) ** 2).sum() / area)
 
     p0 = np.array([cx, cy, side])
-    if not refine:
+    if not masked:
         return error(p0), side
     simplex = np.stack([p0, p0 + [1.0, 0, 0], p0 + [0, 1.0, 0], p0 + [0, 0, 0.15 * side]])
     options = {"xatol": 0.05, "fatol": 1e-4, "maxiter": 200, "initial_simplex": simplex}
@@ -216,12 +297,12 @@ def _fit_template(shape, alpha, visible, area, centroid, h, w, refine) -> tuple[
     return float(res.fun), float(res.x[2])
 
 
-def _classify_motion(track, areas, clean, shape, h, w) -> tuple[str | None, float]:
+def _classify_motion(track, areas, shape, h, w) -> tuple[str | None, float]:
     """(motion or None for an image, fitted side at mid-clip in pixels)."""
     t = len(areas)
     taus = np.arange(t) / max(t - 1, 1)
     sides = _side_from_area(shape, areas)
-    use = np.flatnonzero(clean if clean.sum() >= 2 else areas > 0)
+    use = np.flatnonzero(areas > 0)  # occlusion shrinks areas far less than growing does
     if len(use) >= 2 and np.ptp(taus[use]) > 0:
         slope, icpt = np.polyfit(taus[use], sides[use], 1)
     else:

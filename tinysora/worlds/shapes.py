@@ -266,13 +266,14 @@ class ObjectTrack:
 def check_size(height: int, width: int, frames: int) -> None:
     """Raise :class:`WorldError` unless H, W are multiples of 8 in 32..512 and T >= 1."""
     for name, v in (("height", height), ("width", width)):
-        legal = isinstance(v, (int, np.integer)) and MIN_SIDE <= v <= MAX_SIDE
+        legal = isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        legal = legal and MIN_SIDE <= v <= MAX_SIDE
         if not legal or v % SIDE_MULTIPLE:
             raise WorldError(
                 f"{name} {v} is not legal: use a multiple of {SIDE_MULTIPLE} "
                 f"from {MIN_SIDE} to {MAX_SIDE}"
             )
-    if not isinstance(frames, (int, np.integer)) or frames < 1:
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
         raise WorldError(f"frames {frames} is not legal: use an integer >= 1 (1 = an image)")
 
 
