@@ -62,7 +62,7 @@ def measure(sizes: list[tuple[int, int, int]], n: int, start: int, desc: str) ->
                 for a in ATTRIBUTES:
                     counts[a] += bool(row[a])
                 if not all(row[a] for a in ("color", "shape", "motion")):
-                    errors.append({"seed": seed, "size": [h, w, t], **row})
+                    errors.append({"seed": seed, "clip": [h, w, t], **row})
     return {
         "clips": n,
         "objects": total,

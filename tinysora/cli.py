@@ -32,8 +32,47 @@ def _cmd_world(args: argparse.Namespace) -> None:
     out = args.output if args.output is not None else f"outputs/world_{args.seed}.mp4"
     frames = render(scene, args.height, args.width, args.frames)
     path = write_video(out, frames, fps=args.fps)
-    print(f"wrote {path} ({args.frames} frames, {args.height}x{args.width}, {args.fps:g} fps)")
+    size = f"{args.frames} frames, {args.height}x{args.width}, {args.fps:g} fps"
+    print(f"wrote {path.resolve()} ({size})")
     print(scene.caption)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    if args.model == "vae":
+        from tinysora.train.vae import train_vae
+
+        try:
+            train_vae(args.config, args.out, resume=args.resume)
+        except FileExistsError as e:
+            raise CliError(str(e)) from None
+
+
+def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
+    from tinysora.eval.metrics import psnr
+    from tinysora.io.video import read_video, write_video
+    from tinysora.train.vae import load_vae, reconstruct
+
+    frames, fps = read_video(args.input)
+    t, h, w, _ = frames.shape
+    if h % 8 or w % 8:
+        raise CliError(
+            f"'{args.input}' is {h}x{w}; the VAE needs height and width divisible by 8 "
+            "(crop or resize the video first)"
+        )
+    vae = load_vae(args.model or default_weights("vae"))
+    out = reconstruct(vae, frames)
+    path = write_video(args.output, out, fps=fps)
+    print(f"PSNR {psnr(out, frames):.2f} dB over {t} frames of {h}x{w}")
+    print(path.resolve())
+
+
+def default_weights(component: str) -> str:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "weights" / component
+    if not (path / "config.json").is_file():
+        raise CliError(f"no bundled weights at '{path}'; pass --model DIR")
+    return str(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="output .mp4/.gif/.png/.npy (default outputs/world_SEED.mp4)"
     )
     world.set_defaults(func=_cmd_world)
+
+    train = sub.add_parser("train", help="train a model from a recipe (TOML)")
+    train.add_argument("model", choices=["vae"], help="which model to train")
+    train.add_argument("--config", required=True, help="recipe, e.g. configs/vae_shapes.toml")
+    train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.set_defaults(func=_cmd_train)
+
+    vae = sub.add_parser("vae", help="video VAE tools")
+    vae_sub = vae.add_subparsers(dest="vae_command", metavar="COMMAND", required=True)
+    rt = vae_sub.add_parser("roundtrip", help="encode and decode a video, report PSNR")
+    rt.add_argument("input", help="video (.mp4/.gif/.npy/...) with H, W divisible by 8")
+    rt.add_argument("-o", "--output", required=True, help="reconstruction (.mp4/.gif/.npy)")
+    rt.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
+    rt.set_defaults(func=_cmd_vae_roundtrip)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tinysora.config import ConfigError
     from tinysora.io.video import VideoError
     from tinysora.worlds.shapes import WorldError
 
@@ -76,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         args.func(args)
-    except (CliError, WorldError, VideoError) as e:
+    except (CliError, WorldError, VideoError, ConfigError) as e:
         print(f"tinysora: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return 0

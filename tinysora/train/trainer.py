@@ -1,0 +1,234 @@
+"""One training loop for every model: bf16 autocast, AdamW, warmup + cosine, grad clipping,
+EMA, a progress bar with loss and ETA, a JSONL log, atomic checkpoints and resume.
+
+A model plugs in with two functions:
+
+* ``batch_fn(step) -> batch``: deterministic in ``step`` (so a resumed run sees the
+  same data as an uninterrupted one);
+* ``loss_fn(model, batch) -> (loss, {name: float})``.
+
+Checkpoints are directories ``<out>/checkpoints/step_<N>/`` holding
+``model.safetensors``, ``ema.safetensors``, ``optimizer.safetensors`` and
+``state.json``; a directory is written under a temporary name and renamed when
+complete, then ``<out>/checkpoints/latest`` (a text file) is switched to it
+atomically. A run killed at any moment resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tinysora.config import Config, atomic_write_text
+from tinysora.io.checkpoint import CheckpointError, load_into, load_tensors, save_tensors
+
+
+@dataclass
+class TrainConfig(Config):
+    steps: int = 10_000
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 = no EMA
+    bf16: bool = True
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 500
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = leave torch's default
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine from lr to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        out: str | Path,
+        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
+        batch_fn: Callable[[int], Any],
+        eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        flops_per_step: Callable[[Any], float] | None = None,
+        peak_flops: float | None = None,
+    ):
+        self.model, self.cfg, self.out = model, cfg, Path(out)
+        self.loss_fn, self.batch_fn, self.eval_fn = loss_fn, batch_fn, eval_fn
+        self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.ema = (
+            {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+            if cfg.ema_decay > 0
+            else None
+        )
+        self.step = 0
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        final = self.ckpt_root / f"step_{self.step:08d}"
+        tmp = self.ckpt_root / f".step_{self.step:08d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_tensors(self.model.state_dict(), tmp / "model.safetensors")
+        if self.ema is not None:
+            save_tensors(self.ema, tmp / "ema.safetensors")
+        opt_tensors, opt_meta = _flatten_optimizer(self.optimizer)
+        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        state = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
+        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        atomic_write_text(self.ckpt_root / "latest", final.name + "\n")
+        old = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
+        for p in old[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(p, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``<out>/checkpoints/latest``; False if there is none."""
+        latest = self.ckpt_root / "latest"
+        if not latest.is_file():
+            return False
+        path = self.ckpt_root / latest.read_text().strip()
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot resume from '{path}': {e}") from None
+        load_into(self.model, load_tensors(path / "model.safetensors"), str(path))
+        if self.ema is not None and (path / "ema.safetensors").is_file():
+            self.ema = {k: v.float() for k, v in load_tensors(path / "ema.safetensors").items()}
+        _load_optimizer(
+            self.optimizer, load_tensors(path / "optimizer.safetensors"), state["optimizer"]
+        )
+        self.step = int(state["step"])
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """EMA weights if EMA is on, else the live weights."""
+        return self.ema if self.ema is not None else self.model.state_dict()
+
+    def _update_ema(self) -> None:
+        d = self.cfg.ema_decay
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                if v.is_floating_point():
+                    self.ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+                else:
+                    self.ema[k].copy_(v)
+
+    def log(self, record: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        self.model.train()
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True
+        )
+        window: list[dict[str, float]] = []
+        t_window = time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                batch = self.batch_fn(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, self.step)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss, metrics = self.loss_fn(self.model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                self.optimizer.step()
+                if self.ema is not None:
+                    self._update_ema()
+                self.step += 1
+                metrics = {"loss": float(loss), "grad_norm": float(grad_norm), **metrics}
+                if self.flops_per_step is not None:
+                    metrics["flops"] = float(self.flops_per_step(batch))
+                window.append(metrics)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log_window(window, time.perf_counter() - t_window)
+                    window, t_window = [], time.perf_counter()
+                if self.eval_fn is not None and (
+                    self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                ):
+                    self.model.eval()
+                    with torch.no_grad():
+                        scores = self.eval_fn(self.model)
+                    self.model.train()
+                    self.log({"step": self.step, "eval": scores})
+                    bar.write(
+                        f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+                    )
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+
+    def _log_window(self, window: list[dict[str, float]], seconds: float) -> None:
+        keys = window[0].keys()
+        record: dict[str, Any] = {"step": self.step, "lr": lr_at(self.cfg, self.step - 1)}
+        record.update({k: sum(m[k] for m in window) / len(window) for k in keys if k != "flops"})
+        record["s_per_step"] = seconds / len(window)
+        if "flops" in keys and self.peak_flops:
+            achieved = sum(m["flops"] for m in window) / seconds
+            record["mfu"] = achieved / self.peak_flops
+        self.log(record)
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW state -> ({'<param index>.<name>': tensor}, JSON-able param groups)."""
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            tensors[f"{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict):
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})

@@ -1,0 +1,111 @@
+"""`tinysora train vae`: train the causal video VAE on Shapes World and export it.
+
+The recipe is one TOML file (``configs/vae_shapes.toml``) with the sections
+``[model]`` (VAEConfig), ``[train]`` (TrainConfig), ``[data]`` (WorldDataConfig)
+and ``[loss]`` (VAELossConfig). Output directory layout::
+
+    OUT/log.jsonl           one line per logged window (loss, l1, ssim, kl, s/step)
+    OUT/checkpoints/...     resumable training state (see tinysora.train.trainer)
+    OUT/vae/                the trained model: config.json + model.safetensors (bf16),
+                            with scaling_factor / shift_factor measured on training latents
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tinysora.config import Config
+from tinysora.data.datasets import WorldBatches, WorldDataConfig, frames_to_tensor, tensor_to_frames
+from tinysora.eval.metrics import psnr
+from tinysora.io.checkpoint import load_config, load_into, load_tensors, save_pretrained
+from tinysora.train.trainer import TrainConfig, Trainer
+from tinysora.vae.loss import VAELossConfig, vae_loss
+from tinysora.vae.model import VAEConfig, VideoVAE
+from tinysora.worlds.shapes import render, sample_scene, split_seed
+
+
+@dataclass
+class VAERecipe(Config):
+    model: VAEConfig = field(default_factory=VAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: WorldDataConfig = field(default_factory=WorldDataConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    val_clips: int = 16  # validation-split clips scored at every eval (64x64x17)
+    stats_clips: int = 64  # training clips used to measure scaling / shift factors
+
+
+def reconstruct(vae: VideoVAE, frames, chunk_frames: int | None = 16):
+    """uint8 (T, H, W, 3) -> reconstructed uint8 (T, H, W, 3) through the posterior mean."""
+    x = frames_to_tensor(frames)[None]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z = vae.encode(x, chunk_frames=chunk_frames).mean
+        y = vae.decode(z, num_frames=x.shape[2], chunk_latents=chunk_frames and chunk_frames // 4)
+    return tensor_to_frames(y[0])
+
+
+def val_psnr(vae: VideoVAE, n: int) -> dict[str, float]:
+    scores = []
+    for i in range(n):
+        clip = render(sample_scene(split_seed("val", i)), 64, 64, 17)
+        scores.append(psnr(reconstruct(vae, clip), clip))
+    return {"val_psnr": sum(scores) / len(scores)}
+
+
+def measure_latent_stats(vae: VideoVAE, n: int) -> tuple[float, float]:
+    """(shift, scale) so that (z - shift) * scale has mean 0 and std 1 on training clips."""
+    zs = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for i in range(n):
+            x = frames_to_tensor(render(sample_scene(i * 9973 % 1_000_000), 64, 64, 17))[None]
+            zs.append(vae.encode(x).mean.float().flatten())
+    z = torch.cat(zs)
+    return float(z.mean()), float(1.0 / z.std())
+
+
+def train_vae(config_path: str | Path, out: str | Path, resume: bool = False) -> Path:
+    recipe = VAERecipe.load(config_path)
+    out = Path(out)
+    torch.manual_seed(recipe.train.seed)
+    model = VideoVAE(recipe.model)
+    generator = torch.Generator().manual_seed(recipe.train.seed)
+
+    def loss_fn(m, batch):
+        recon, posterior = m(batch, generator)
+        return vae_loss(recon, batch, posterior, recipe.loss)
+
+    trainer = Trainer(
+        model,
+        recipe.train,
+        out,
+        loss_fn=loss_fn,
+        batch_fn=WorldBatches(recipe.data, "train"),
+        eval_fn=lambda m: val_psnr(m, recipe.val_clips),
+    )
+    if resume and trainer.load_checkpoint():
+        print(f"resumed from step {trainer.step}")
+    elif not resume and (out / "checkpoints" / "latest").exists():
+        raise FileExistsError(
+            f"'{out}' already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    recipe.save(out / "recipe.json")
+    trainer.fit()
+    final = VideoVAE(recipe.model)
+    load_into(final, {k: v for k, v in trainer.ema_state().items()}, "trained weights")
+    final.eval()
+    shift, scale = measure_latent_stats(final, recipe.stats_clips)
+    final.config.shift_factor, final.config.scaling_factor = shift, scale
+    path = save_pretrained(final, final.config, out / "vae", dtype=torch.bfloat16)
+    print(f"saved {path} (shift_factor {shift:.4f}, scaling_factor {scale:.4f})")
+    return path
+
+
+def load_vae(directory: str | Path) -> VideoVAE:
+    """Load a VAE directory (config.json + model.safetensors) in fp32, eval mode."""
+    cfg = load_config(VAEConfig, directory)
+    vae = VideoVAE(cfg)
+    load_into(vae, load_tensors(Path(directory) / "model.safetensors"), str(directory))
+    return vae.eval()
