@@ -6,11 +6,12 @@ import argparse
 import sys
 
 from tinysora import __version__
+from tinysora.errors import UserError
 
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A user-facing error: printed as one line, exit code 2."""
 
 
@@ -120,10 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinysora.config import ConfigError
-    from tinysora.io.video import VideoError
-    from tinysora.worlds.shapes import WorldError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         args.func(args)
-    except (CliError, WorldError, VideoError, ConfigError) as e:
+    except UserError as e:
         print(f"tinysora: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return 0

@@ -19,10 +19,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tinysora.errors import UserError
+
 C = TypeVar("C", bound="Config")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or dict that does not match its dataclass."""
 
 

@@ -75,10 +75,15 @@ class WorldBatches:
         self.cum = np.cumsum(cfg.frame_weights) / total
 
     def shape_at(self, step: int) -> tuple[int, int, int, int]:
-        """(batch, H, W, T) of a step."""
+        """(batch, H, W, T) of a step; (size, length) pairs over the pixel budget are redrawn."""
         rng = SplitMix64(self.cfg.seed, step, 0)
-        h, w = rng.choice(self.cfg.sizes)
-        t = self.cfg.frames[int(np.searchsorted(self.cum, rng.uniform(), side="right"))]
+        for _ in range(100):
+            h, w = rng.choice(self.cfg.sizes)
+            t = self.cfg.frames[int(np.searchsorted(self.cum, rng.uniform(), side="right"))]
+            if t * h * w <= self.cfg.pixels_per_batch:
+                break
+        else:
+            raise ValueError("data.pixels_per_batch is too small for every size and length")
         b = max(1, min(self.cfg.max_batch, self.cfg.pixels_per_batch // (t * h * w)))
         return b, h, w, t
 

@@ -20,12 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tinysora.config import Config, atomic_write_text
+from tinysora.errors import UserError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """Missing, corrupt or mismatched weights; the message names the file and the fix."""
 
 
@@ -35,14 +36,18 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -69,7 +74,7 @@ def save_pretrained(
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_tensors(state, tmp / WEIGHTS_NAME)
         atomic_write_text(tmp / CONFIG_NAME, config.to_json())
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o777 & ~_umask())
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -59,6 +59,8 @@ import av.error
 import numpy as np
 from PIL import Image
 
+from tinysora.errors import UserError
+
 __all__ = [
     "VideoError",
     "read_video",
@@ -90,7 +92,7 @@ _IO_ERRORS = (
 )
 
 
-class VideoError(Exception):
+class VideoError(UserError):
     """One-line, user-facing error: names the file and the problem (and the fix if any)."""
 
 

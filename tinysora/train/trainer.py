@@ -176,7 +176,7 @@ class Trainer:
                 if self.ema is not None:
                     self._update_ema()
                 self.step += 1
-                metrics = {"loss": float(loss), "grad_norm": float(grad_norm), **metrics}
+                metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), **metrics}
                 if self.flops_per_step is not None:
                     metrics["flops"] = float(self.flops_per_step(batch))
                 window.append(metrics)

@@ -70,18 +70,24 @@ def train_vae(config_path: str | Path, out: str | Path, resume: bool = False) ->
     out = Path(out)
     torch.manual_seed(recipe.train.seed)
     model = VideoVAE(recipe.model)
-    generator = torch.Generator().manual_seed(recipe.train.seed)
+    clips = WorldBatches(recipe.data, "train")
+
+    def batch_fn(step: int):
+        return clips(step), step
 
     def loss_fn(m, batch):
-        recon, posterior = m(batch, generator)
-        return vae_loss(recon, batch, posterior, recipe.loss)
+        x, step = batch
+        # posterior noise seeded by the step, so a resumed run repeats an uninterrupted one
+        generator = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + step)
+        recon, posterior = m(x, generator)
+        return vae_loss(recon, x, posterior, recipe.loss)
 
     trainer = Trainer(
         model,
         recipe.train,
         out,
         loss_fn=loss_fn,
-        batch_fn=WorldBatches(recipe.data, "train"),
+        batch_fn=batch_fn,
         eval_fn=lambda m: val_psnr(m, recipe.val_clips),
     )
     if resume and trainer.load_checkpoint():

@@ -26,10 +26,13 @@ def _frames01(x: torch.Tensor) -> torch.Tensor:
 def vae_loss(
     recon: torch.Tensor, target: torch.Tensor, posterior: Posterior, cfg: VAELossConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """recon, target: (B, 3, T, H, W) in [-1, 1]."""
-    recon, target = recon.float(), target.float()
-    l1 = (recon - target).abs().mean()
-    ssim = ssim_map(_frames01(recon).clamp(0, 1), _frames01(target)).mean()
-    kl = posterior.kl()
-    loss = cfg.l1_weight * l1 + cfg.ssim_weight * (1 - ssim) + cfg.kl_weight * kl
-    return loss, {"l1": float(l1), "ssim": float(ssim), "kl": float(kl)}
+    """recon, target: (B, 3, T, H, W) in [-1, 1]. Computed in fp32 even under autocast
+    (SSIM's variances are differences of near-equal numbers; bf16 makes them negative)."""
+    with torch.autocast("cpu", enabled=False):
+        recon, target = recon.float(), target.float()
+        l1 = (recon - target).abs().mean()
+        ssim = ssim_map(_frames01(recon).clamp(0, 1), _frames01(target)).mean()
+        kl = Posterior(posterior.mean.float(), posterior.logvar.float()).kl()
+        loss = cfg.l1_weight * l1 + cfg.ssim_weight * (1 - ssim) + cfg.kl_weight * kl
+    parts = {"l1": l1.item(), "ssim": ssim.item(), "kl": kl.item()}
+    return loss, parts

