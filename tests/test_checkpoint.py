@@ -107,13 +107,13 @@ def test_bf16_saving_halves_the_file_and_loads_back_close(tmp_path):
 
 def test_saving_twice_replaces_the_directory_cleanly(tmp_path):
     parent = tmp_path / "models"
-    first, second = tiny_vae(seed=3), tiny_vae(seed=4, latent_channels=6)
+    first, second = tiny_vae(seed=3), tiny_vae(seed=4, latent_channels=8)
     save_pretrained(first, first.config, parent / "vae")
     (parent / "vae" / "stale.txt").write_text("from an older save")
     save_pretrained(second, second.config, parent / "vae")
     assert [p.name for p in parent.iterdir()] == ["vae"]  # no .vae.old / temp dirs
     assert sorted(p.name for p in (parent / "vae").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
-    assert load_config(VAEConfig, parent / "vae").latent_channels == 6
+    assert load_config(VAEConfig, parent / "vae").latent_channels == 8
     loaded = VideoVAE(second.config)
     load_into(loaded, load_tensors(parent / "vae" / WEIGHTS_NAME))
     assert_same_state(second, loaded)
@@ -190,7 +190,7 @@ def test_load_into_wrong_shape_names_key_and_shapes():
 
 def test_load_into_wrong_vae_config(tmp_path):
     save_pretrained(tiny_vae(), VAEConfig(**TINY), tmp_path / "vae")
-    bigger = VideoVAE(VAEConfig(**{**TINY, "latent_channels": 6}))
+    bigger = VideoVAE(VAEConfig(**{**TINY, "latent_channels": 8}))
     with pytest.raises(CheckpointError, match="shape"):
         load_into(bigger, load_tensors(tmp_path / "vae" / WEIGHTS_NAME))
 

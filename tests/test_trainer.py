@@ -373,7 +373,7 @@ def test_train_vae_outputs(vae_run):
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
-    assert all({"l1", "ssim", "kl"} <= r.keys() for r in train)
+    assert all({"l1", "mse", "grad", "ssim", "kl"} <= r.keys() for r in train)
     assert [r["step"] for r in evals] == [2, 4]
     assert all(math.isfinite(r["eval"]["val_psnr"]) for r in evals)
 

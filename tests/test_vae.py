@@ -98,8 +98,13 @@ def test_encode_decode_shapes(vae, t, lt):
 
 @torch.no_grad()
 def test_square_32_shapes():
-    vae = tiny_vae(latent_channels=6)
-    assert vae.encode(clip(5, 32, 32)).mean.shape == (1, 6, 2, 4, 4)
+    vae = tiny_vae(latent_channels=8)
+    assert vae.encode(clip(5, 32, 32)).mean.shape == (1, 8, 2, 4, 4)
+
+
+def test_latent_channels_must_divide_the_widest_stage():
+    with pytest.raises(ValueError, match="multiple of latent_channels"):
+        tiny_vae(latent_channels=6)
 
 
 @torch.no_grad()
@@ -294,7 +299,7 @@ def test_overfit_one_batch_reduces_loss():
     for step in range(30):
         recon, post = vae(x, g)
         loss, parts = vae_loss(recon, x, post, cfg)
-        assert set(parts) == {"l1", "ssim", "kl"}
+        assert set(parts) == {"l1", "mse", "grad", "kl"}
         opt.zero_grad()
         loss.backward()
         if step == 0:
@@ -309,8 +314,8 @@ def test_overfit_one_batch_reduces_loss():
 def test_vae_loss_of_perfect_reconstruction():
     x = clip(5)
     post = Posterior(torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2))
-    loss, parts = vae_loss(x, x, post, VAELossConfig())
-    assert parts["l1"] == 0.0
+    loss, parts = vae_loss(x, x, post, VAELossConfig(ssim_weight=0.5))
+    assert parts["l1"] == 0.0 and parts["mse"] == 0.0 and parts["grad"] == 0.0
     assert parts["ssim"] == pytest.approx(1.0, abs=1e-5)
     assert float(loss) == pytest.approx(0.0, abs=1e-5)
     worse, _ = vae_loss(-x, x, post, VAELossConfig())

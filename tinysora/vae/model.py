@@ -32,6 +32,7 @@ from tinysora.config import Config
 
 TIME_FACTOR = 4
 SPACE_FACTOR = 8
+INITIAL_LOGVAR = -8.0
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-        y = self.conv(F.pad(y, (0, 1, 0, 1)))
+        y = self.conv(F.pad(y, (0, 1, 0, 1))) + F.avg_pool2d(y, 2)  # residual shortcut
         y = y.reshape(b, t, c, h // 2, w // 2).transpose(1, 2)  # (B, C, T, H/2, W/2)
         first = y[:, :, :1] if _starts_clip(self, cache) else y[:, :, :0]
         rest = y[:, :, first.shape[2] :]
@@ -163,7 +164,8 @@ class Upsample(nn.Module):
         x = torch.cat([first, rest], dim=2)
         b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-        y = self.conv(F.interpolate(y, scale_factor=2.0, mode="nearest"))
+        y = F.interpolate(y, scale_factor=2.0, mode="nearest")
+        y = self.conv(y) + y  # residual shortcut
         return y.reshape(b, t, c, 2 * h, 2 * w).transpose(1, 2)  # (B, C, T, 2H, 2W)
 
 
@@ -181,6 +183,13 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm_out = ChannelRMSNorm(c2)
         self.conv_out = CausalConv3d(c2, 2 * cfg.latent_channels)
+        self.latent_channels = cfg.latent_channels
+        if c2 % cfg.latent_channels:
+            raise ValueError("channels[2] must be a multiple of latent_channels")
+        # Start with a small posterior std (e^-4 = 0.02): with unit std the decoder first sees
+        # mostly noise and learning crawls until the log-variance has been pushed down.
+        with torch.no_grad():
+            self.conv_out.conv.bias[cfg.latent_channels :].fill_(INITIAL_LOGVAR)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         # (B, 3, T, H, W) -> pixel-unshuffle -> (B, 12, T, H/2, W/2)
@@ -190,7 +199,12 @@ class Encoder(nn.Module):
         x = self.conv_in(x, cache)
         for layer in self.layers:
             x = layer(x, cache)
-        return self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, 2c, t, H/8, W/8)
+        moments = self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, 2c, t, H/8, W/8)
+        # shortcut: the mean also gets the features averaged in groups of channels
+        b, c, t, h, w = x.shape
+        shortcut = x.reshape(b, self.latent_channels, c // self.latent_channels, t, h, w).mean(2)
+        return torch.cat([moments[:, : self.latent_channels] + shortcut,
+                          moments[:, self.latent_channels :]], dim=1)
 
 
 class Decoder(nn.Module):
@@ -208,7 +222,8 @@ class Decoder(nn.Module):
         self.conv_out = CausalConv3d(c0, 3 * 4)
 
     def forward(self, z: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = self.conv_in(z, cache)
+        repeat = self.conv_in.conv.out_channels // z.shape[1]
+        x = self.conv_in(z, cache) + z.repeat_interleave(repeat, dim=1)  # residual shortcut
         for layer in self.layers:
             x = layer(x, cache)
         x = self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, 12, T, H/2, W/2)
