@@ -67,6 +67,35 @@ def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
     print(path.resolve())
 
 
+def _cmd_generate(args: argparse.Namespace) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    import torch
+
+    from tinysora.pipeline import TextToVideoPipeline, export_to_video
+
+    pipe = TextToVideoPipeline.from_pretrained(args.model)
+    t_load = time.perf_counter() - t0
+    video = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=torch.Generator().manual_seed(args.seed),
+        sampler=args.sampler,
+    )
+    fps = args.fps or pipe.config.fps
+    out = args.output or f"outputs/generate_{args.seed}.mp4"
+    path = export_to_video(video.frames, out, fps=fps)
+    t_total = time.perf_counter() - t0
+    print(f"load {t_load:.1f} s, generate + write {t_total - t_load:.1f} s", file=sys.stderr)
+    print(path.resolve())
+
+
 def default_weights(component: str) -> str:
     from pathlib import Path
 
@@ -102,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="output .mp4/.gif/.png/.npy (default outputs/world_SEED.mp4)"
     )
     world.set_defaults(func=_cmd_world)
+
+    gen = sub.add_parser("generate", help="generate a video from a prompt")
+    gen.add_argument("prompt", help="e.g. 'a small red circle moving left on a black background'")
+    gen.add_argument("-o", "--output", help="output .mp4/.gif/.png/.npy (default outputs/)")
+    gen.add_argument("--frames", type=int, default=17, help="frame count (1 + 4k; default 17)")
+    gen.add_argument("--height", type=int, default=64, help="multiple of 16 in 32..512")
+    gen.add_argument("--width", type=int, default=64, help="multiple of 16 in 32..512")
+    gen.add_argument("--fps", type=float, help="frames per second (default: the model's)")
+    gen.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    gen.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
+    gen.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
+    gen.add_argument("--negative-prompt", help="what to steer away from")
+    gen.add_argument("--model", help="model directory (default: bundled weights/)")
+    gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")
     train.add_argument("model", choices=["vae"], help="which model to train")

@@ -152,8 +152,10 @@ class Trainer:
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def fit(self) -> None:
+    def fit(self, stop_at: int | None = None) -> None:
+        """Train to ``cfg.steps`` (or pause after ``stop_at`` steps, schedule unchanged)."""
         cfg = self.cfg
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         self.model.train()
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True
@@ -161,7 +163,7 @@ class Trainer:
         window: list[dict[str, float]] = []
         t_window = time.perf_counter()
         try:
-            while self.step < cfg.steps:
+            while self.step < end:
                 batch = self.batch_fn(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(cfg, self.step)
@@ -182,11 +184,11 @@ class Trainer:
                 window.append(metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or self.step == end:
                     self._log_window(window, time.perf_counter() - t_window)
                     window, t_window = [], time.perf_counter()
                 if self.eval_fn is not None and (
-                    self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                    self.step % cfg.eval_every == 0 or self.step == end
                 ):
                     self.model.eval()
                     with torch.no_grad():
@@ -196,7 +198,7 @@ class Trainer:
                     bar.write(
                         f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
                     )
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 or self.step == end:
                     self.save_checkpoint()
         finally:
             bar.close()

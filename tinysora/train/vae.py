@@ -65,7 +65,9 @@ def measure_latent_stats(vae: VideoVAE, n: int) -> tuple[float, float]:
     return float(z.mean()), float(1.0 / z.std())
 
 
-def train_vae(config_path: str | Path, out: str | Path, resume: bool = False) -> Path:
+def train_vae(
+    config_path: str | Path, out: str | Path, resume: bool = False, stop_at: int | None = None
+) -> Path:
     recipe = VAERecipe.load(config_path)
     out = Path(out)
     torch.manual_seed(recipe.train.seed)
@@ -98,7 +100,7 @@ def train_vae(config_path: str | Path, out: str | Path, resume: bool = False) ->
             "or choose another --out"
         )
     recipe.save(out / "recipe.json")
-    trainer.fit()
+    trainer.fit(stop_at=stop_at)
     final = VideoVAE(recipe.model)
     load_into(final, {k: v for k, v in trainer.ema_state().items()}, "trained weights")
     final.eval()

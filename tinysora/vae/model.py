@@ -203,8 +203,10 @@ class Encoder(nn.Module):
         # shortcut: the mean also gets the features averaged in groups of channels
         b, c, t, h, w = x.shape
         shortcut = x.reshape(b, self.latent_channels, c // self.latent_channels, t, h, w).mean(2)
-        return torch.cat([moments[:, : self.latent_channels] + shortcut,
-                          moments[:, self.latent_channels :]], dim=1)
+        return torch.cat(
+            [moments[:, : self.latent_channels] + shortcut, moments[:, self.latent_channels :]],
+            dim=1,
+        )
 
 
 class Decoder(nn.Module):

@@ -1,0 +1,78 @@
+"""Attention for spacetime tokens: 3D rotary positions and masked multi-head attention.
+
+Masks are boolean, True = may attend, shaped to broadcast to (B, heads, Nq, Nk).
+Packing many clips into one sequence needs only :func:`segment_mask` (tokens
+attend within their own clip) combined with the masks below.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Head-dim channels rotated by t, h and w: about 1/4 for time, 3/8 each for space."""
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
+    dt = 2 * max(1, head_dim // 8)
+    dh = 2 * ((head_dim - dt) // 4)
+    return dt, dh, head_dim - dt - dh
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """positions (..., N, 3) integer (t, h, w) -> rotation angles (..., N, head_dim / 2)."""
+    parts = []
+    for axis, d in enumerate(rope_split(head_dim)):
+        freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
+        parts.append(positions[..., axis, None].float() * freqs)  # (..., N, d/2)
+    return torch.cat(parts, dim=-1)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, heads, N, head_dim) by angles (B or 1, N, hd/2)."""
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # (B, 1, N, hd/2)
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, h, N, hd/2, 2)
+    return out.flatten(-2).to(x.dtype)
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """segment ids (B, N) -> (B, 1, N, N): a token sees only tokens of its own clip."""
+    return (segments[:, :, None] == segments[:, None, :])[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention with optional RoPE and a boolean mask."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, qk_norm: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.q_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
+        self.k_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        angles: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, N, D); context (B, L, Dc) for cross-attention (else self); angles for RoPE."""
+        b, n, d = x.shape
+        ctx = x if context is None else context
+        q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
+        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, self.head_dim).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, h, L, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if angles is not None:
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, hd)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))

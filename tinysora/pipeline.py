@@ -1,0 +1,186 @@
+"""Text-to-video pipeline: prompt -> text encoder -> DiT sampling in VAE latents -> frames.
+
+    pipe = TextToVideoPipeline.from_pretrained()          # bundled weights/
+    video = pipe("a small red circle moving left", num_frames=17, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0))
+    export_to_video(video.frames, "out.mp4", fps=8)
+
+A model directory holds ``vae/`` and ``dit/`` (each config.json + model.safetensors)
+and ``pipeline.json`` (sampling defaults). Sizes the VAE / patch grid cannot take
+are rounded to the nearest legal size with a warning: height and width to a
+multiple of 16 (VAE factor 8 x patch 2) within 32..512, frames to 1 + 4k.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tinysora.config import Config
+from tinysora.data.datasets import tensor_to_frames
+from tinysora.diffusion.flow import FlowConfig, timestep_shift
+from tinysora.diffusion.samplers import cfg_denoiser, flow_times, get_sampler
+from tinysora.dit.model import DiT, DiTConfig
+from tinysora.dit.patchify import grid_size
+from tinysora.errors import UserError
+from tinysora.io.checkpoint import load_config, load_into, load_tensors
+from tinysora.io.video import write_video
+from tinysora.text.encoder import TextEncoder
+from tinysora.train.vae import load_vae
+from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR, VideoVAE, latent_frames
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+MIN_SIDE, MAX_SIDE = 32, 512
+
+
+class PipelineError(UserError, ValueError):
+    """Bad arguments to the pipeline (the message names the fix)."""
+
+
+@dataclass
+class PipelineConfig(Config):
+    num_inference_steps: int = 30
+    guidance_scale: float = 4.0
+    sampler: str = "euler"
+    fps: float = 8.0
+    text_max_length: int = 32
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+
+@dataclass
+class VideoOutput:
+    frames: np.ndarray | list | torch.Tensor  # np: uint8 (T, H, W, 3); pil: list; latent
+
+
+def legal_size(num_frames: int, height: int, width: int, multiple: int) -> tuple[int, int, int]:
+    """Nearest legal (frames, height, width): frames 1 + 4k, sides a multiple in 32..512."""
+
+    def side(v: int) -> int:
+        return int(min(MAX_SIDE, max(MIN_SIDE, multiple * round(v / multiple))))
+
+    frames = 1 + TIME_FACTOR * max(0, round((num_frames - 1) / TIME_FACTOR))
+    return frames, side(height), side(width)
+
+
+def load_dit(directory: str | os.PathLike) -> DiT:
+    cfg = load_config(DiTConfig, directory)
+    dit = DiT(cfg)
+    load_into(dit, load_tensors(Path(directory) / "model.safetensors"), str(directory))
+    return dit.eval()
+
+
+class TextToVideoPipeline:
+    def __init__(self, vae: VideoVAE, dit: DiT, text_encoder: TextEncoder, config: PipelineConfig):
+        self.vae, self.dit, self.text_encoder, self.config = vae, dit, text_encoder, config
+        if dit.config.in_channels != vae.config.latent_channels:
+            raise PipelineError("the DiT's in_channels do not match the VAE's latent channels")
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike | None = None, text_encoder: TextEncoder | None = None
+    ) -> TextToVideoPipeline:
+        """Load ``directory`` (default: the bundled ``weights/``)."""
+        root = Path(directory) if directory is not None else WEIGHTS_DIR
+        if not (root / "dit" / "config.json").is_file():
+            raise PipelineError(
+                f"no text-to-video model in '{root}' (expected dit/, vae/ and pipeline.json); "
+                "train one with `tinysora train dit` or pass --model DIR"
+            )
+        config = PipelineConfig.load(root / "pipeline.json")
+        encoder = text_encoder or TextEncoder(max_length=config.text_max_length)
+        return cls(load_vae(root / "vae"), load_dit(root / "dit"), encoder, config)
+
+    def _text(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        states, mask = self.text_encoder(prompts)
+        return {"text": states, "text_mask": mask}
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int = 17,
+        height: int = 64,
+        width: int = 64,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        sampler: str | None = None,
+        callback: Callable[[dict], None] | None = None,
+        progress: bool = True,
+    ) -> VideoOutput:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = negative_prompt if negative_prompt is not None else ""
+        negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
+        if len(negatives) != len(prompts):
+            raise PipelineError("negative_prompt must be one string or one per prompt")
+        if output_type not in ("np", "pil", "latent"):
+            raise PipelineError(f"output_type must be 'np', 'pil' or 'latent', got {output_type!r}")
+        steps = num_inference_steps or self.config.num_inference_steps
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        sample = get_sampler(sampler or self.config.sampler)
+        if steps < 1:
+            raise PipelineError(f"num_inference_steps must be >= 1, got {steps}")
+        multiple = SPACE_FACTOR * self.dit.config.patch[1]
+        legal = legal_size(num_frames, height, width, multiple)
+        if legal != (num_frames, height, width):
+            warnings.warn(
+                f"size {num_frames}x{height}x{width} (frames x height x width) is not legal; "
+                f"using {legal[0]}x{legal[1]}x{legal[2]} (frames 1+4k, sides multiples of "
+                f"{multiple} in {MIN_SIDE}..{MAX_SIDE})",
+                stacklevel=2,
+            )
+        num_frames, height, width = legal
+        shape = (
+            len(prompts),
+            self.vae.config.latent_channels,
+            latent_frames(num_frames),
+            height // SPACE_FACTOR,
+            width // SPACE_FACTOR,
+        )
+        x = torch.randn(shape, generator=generator, dtype=torch.float32)
+        tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
+        times = flow_times(steps, timestep_shift(tokens, self.config.flow))
+
+        def denoiser(x, t, text, text_mask):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.dit(x, t, text, text_mask).float()
+
+        guided = cfg_denoiser(denoiser, scale)
+        extra = {"cond": self._text(prompts), "uncond": self._text(negatives)}
+        bar = tqdm(total=steps, desc="sampling", unit="step", disable=not progress)
+
+        def on_step(info: dict) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(info)
+
+        latents = sample(guided, x, times, extra_args=extra, callback=on_step)
+        bar.close()
+        if output_type == "latent":
+            return VideoOutput(latents)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pixels = self.vae.decode(
+                self.vae.denormalize(latents), num_frames=num_frames, chunk_latents=4
+            )
+        frames = [tensor_to_frames(p) for p in pixels]  # each uint8 (T, H, W, 3)
+        if output_type == "pil":
+            from PIL import Image
+
+            frames = [[Image.fromarray(f) for f in clip] for clip in frames]
+        return VideoOutput(frames[0] if isinstance(prompt, str) else frames)
+
+
+def export_to_video(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
+    """Write uint8 (T, H, W, 3) frames (or a list of PIL images) as mp4/gif/png/npy."""
+    if isinstance(frames, list):
+        frames = np.stack([np.asarray(f) for f in frames])
+    return write_video(path, frames, fps=fps)
