@@ -60,7 +60,9 @@ def test_samplers_and_output_types(pipe, sampler):
 
 def test_callback_sees_every_step(pipe):
     seen = []
-    pipe(PROMPT, num_inference_steps=4, callback=lambda info: seen.append(info["i"]), progress=False)
+    pipe(
+        PROMPT, num_inference_steps=4, callback=lambda info: seen.append(info["i"]), progress=False
+    )
     assert seen == [0, 1, 2, 3]
 
 

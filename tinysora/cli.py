@@ -40,12 +40,13 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     if args.model == "vae":
-        from tinysora.train.vae import train_vae
-
-        try:
-            train_vae(args.config, args.out, resume=args.resume)
-        except FileExistsError as e:
-            raise CliError(str(e)) from None
+        from tinysora.train.vae import train_vae as train
+    else:
+        from tinysora.train.dit import train_dit as train
+    try:
+        train(args.config, args.out, resume=args.resume)
+    except FileExistsError as e:
+        raise CliError(str(e)) from None
 
 
 def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")
-    train.add_argument("model", choices=["vae"], help="which model to train")
+    train.add_argument("model", choices=["vae", "dit"], help="which model to train")
     train.add_argument("--config", required=True, help="recipe, e.g. configs/vae_shapes.toml")
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

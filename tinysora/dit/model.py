@@ -48,6 +48,10 @@ def _tiny() -> DiTConfig:
     return DiTConfig(width=192, depth=6, heads=3)
 
 
+def _xsmall() -> DiTConfig:
+    return DiTConfig(width=256, depth=8, heads=4)
+
+
 def _small() -> DiTConfig:
     return DiTConfig(width=384, depth=12, heads=6)
 
@@ -57,8 +61,8 @@ def _base() -> DiTConfig:
 
 
 # Parameter counts with in_channels 8, patch (1, 2, 2), text_dim 384:
-# tiny 5.1M (factorized 6.7M), S/2 39.7M (52.2M), B/2 158.2M (207.8M).
-PRESETS = {"tiny": _tiny, "S/2": _small, "B/2": _base}
+# tiny 5.1M (factorized 6.7M), XS/2 12.0M, S/2 39.7M (52.2M), B/2 158.2M (207.8M).
+PRESETS = {"tiny": _tiny, "XS/2": _xsmall, "S/2": _small, "B/2": _base}
 
 
 def preset(name: str) -> DiTConfig:
@@ -79,6 +83,8 @@ class DiTBlock(nn.Module):
             self.attn_t = Attention(d, cfg.heads)
         self.norm_x = RMSNorm(d)
         self.cross = Attention(d, cfg.heads, kv_dim=d)
+        nn.init.zeros_(self.cross.out.weight)  # ungated residual: start at zero (PixArt)
+        nn.init.zeros_(self.cross.out.bias)
         self.norm2 = RMSNorm(d, affine=False)
         self.mlp = MLP(d, int(d * cfg.mlp_ratio))
         self.n_mod = 9 if self.factorized else 6

@@ -1,0 +1,179 @@
+"""`tinysora train dit`: train the text-to-video DiT on pre-encoded Shapes World latents.
+
+Recipe sections: ``[model]`` (DiTConfig, or ``preset = "tiny"`` + overrides),
+``[train]`` (TrainConfig), ``[flow]`` (FlowConfig) and top-level data settings.
+Steps:
+
+1. **Latent cache** (once per run dir): ``cache_clips`` training-split clips of
+   ``height x width x frames`` are rendered, encoded with the VAE (posterior mean),
+   normalized with the VAE's shift / scaling factors and stored in
+   ``OUT/latents.safetensors`` with their seeds.
+2. **Training**: each step takes ``batch_size`` cached latents (deterministic in the
+   step), a caption per clip (a paraphrase of the canonical caption, see
+   ``tinysora.worlds.captions``, dropped to "" with ``flow.caption_dropout``),
+   flow times from ``sample_timesteps`` and the velocity loss.
+3. **Export**: ``OUT/model/`` = ``vae/`` (copied) + ``dit/`` (EMA weights, bf16) +
+   ``pipeline.json`` — a directory ``TextToVideoPipeline.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tinysora.config import Config
+from tinysora.data.datasets import frames_to_tensor
+from tinysora.diffusion.flow import (
+    FlowConfig,
+    add_noise,
+    drop_captions,
+    flow_loss,
+    sample_timesteps,
+    velocity_target,
+)
+from tinysora.dit.model import DiT, DiTConfig
+from tinysora.dit.patchify import patchify
+from tinysora.io.checkpoint import load_into, load_tensors, save_pretrained, save_tensors
+from tinysora.pipeline import PipelineConfig
+from tinysora.text.encoder import TextEncoder
+from tinysora.train.trainer import TrainConfig, Trainer
+from tinysora.train.vae import load_vae
+from tinysora.worlds.captions import paraphrase
+from tinysora.worlds.shapes import SplitMix64, render, sample_scene
+
+
+@dataclass
+class DiTRecipe(Config):
+    model: DiTConfig = field(default_factory=DiTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    vae: str = "weights/vae"  # VAE directory used to encode the training clips
+    cache_clips: int = 20_000
+    height: int = 64
+    width: int = 64
+    frames: int = 17
+    batch_size: int = 32
+    encode_batch: int = 16
+
+
+def build_latent_cache(recipe: DiTRecipe, path: Path) -> None:
+    """Render + encode ``cache_clips`` training clips into ``path`` (safetensors)."""
+    vae = load_vae(recipe.vae)
+    seeds = torch.arange(recipe.cache_clips, dtype=torch.int64)
+    chunks = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for i in tqdm(range(0, len(seeds), recipe.encode_batch), desc="encoding latents"):
+            batch = seeds[i : i + recipe.encode_batch]
+            x = torch.stack(
+                [
+                    frames_to_tensor(
+                        render(sample_scene(int(s)), recipe.height, recipe.width, recipe.frames)
+                    )
+                    for s in batch
+                ]
+            )  # (B, 3, T, H, W)
+            chunks.append(vae.normalize(vae.encode(x).mean.float()).to(torch.bfloat16))
+    save_tensors({"latents": torch.cat(chunks), "seeds": seeds}, path)
+
+
+def dit_flops_per_sample(cfg: DiTConfig, tokens: int, text_len: int) -> float:
+    """Forward+backward FLOPs of one sample: 6 x (matmul params x tokens) + attention.
+
+    Matmul params per block: self-attn 4 D^2 (+4 D^2 if factorized), cross-attn q/out
+    2 D^2 (k/v on text: 2 D^2 x text_len / tokens), MLP 2 r D^2, modulation 6 D^2 (only
+    once per sample when the timestep is shared, so it is left out). Attention scores
+    and values: 4 N^2 D per self-attention, 4 N L D for cross-attention.
+    """
+    d, r = cfg.width, cfg.mlp_ratio
+    n_self = 2 if cfg.attention == "factorized" else 1
+    per_token = (4 * n_self + 2 + 2 * r) * d * d + 2 * d * d * text_len / tokens
+    attn = 4 * tokens * tokens * d * n_self + 4 * tokens * text_len * d
+    return 3 * cfg.depth * (2 * per_token * tokens + attn)
+
+
+def measure_bf16_peak(n: int = 1024, repeats: int = 10) -> float:
+    """Measured bf16 matmul FLOP/s of this machine (the MFU ceiling)."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) -> Path:
+    recipe = DiTRecipe.load(config_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and (out / "checkpoints" / "latest").exists():
+        raise FileExistsError(
+            f"'{out}' already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    cache = out / "latents.safetensors"
+    if not cache.is_file():
+        build_latent_cache(recipe, cache)
+    data = load_tensors(cache)
+    latents, seeds = data["latents"], data["seeds"]  # (N, C, t, h, w), (N,)
+    recipe.model.in_channels = latents.shape[1]
+    recipe.save(out / "recipe.json")
+    torch.manual_seed(recipe.train.seed)
+    model = DiT(recipe.model)
+    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
+    tokens = patchify(latents[:1].float(), recipe.model.patch)[0].shape[1]
+
+    def batch_fn(step: int):
+        rng = SplitMix64(recipe.train.seed, step, 7)
+        idx = [int(rng.uniform() * len(latents)) for _ in range(recipe.batch_size)]
+        captions = [paraphrase(sample_scene(int(seeds[i])), rng) for i in idx]
+        g = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + step)
+        captions = drop_captions(captions, recipe.flow.caption_dropout, g)
+        x0 = latents[idx].float()
+        t = sample_timesteps(len(idx), tokens, recipe.flow, g)
+        noise = torch.randn(x0.shape, generator=g)
+        text, mask = encoder(captions)
+        return x0, noise, t, text, mask
+
+    def loss_fn(m, batch):
+        x0, noise, t, text, mask = batch
+        pred = m(add_noise(x0, t, noise), t, text, mask)
+        loss = flow_loss(
+            patchify(pred.float(), recipe.model.patch)[0],
+            patchify(velocity_target(x0, noise), recipe.model.patch)[0],
+        )
+        return loss, {}
+
+    text_len = recipe.pipeline.text_max_length
+    trainer = Trainer(
+        model,
+        recipe.train,
+        out,
+        loss_fn=loss_fn,
+        batch_fn=batch_fn,
+        flops_per_step=lambda b: len(b[0]) * dit_flops_per_sample(recipe.model, tokens, text_len),
+        peak_flops=measure_bf16_peak(),
+    )
+    if resume and trainer.load_checkpoint():
+        print(f"resumed from step {trainer.step}")
+    trainer.fit()
+    return export_model(recipe, trainer, out / "model")
+
+
+def export_model(recipe: DiTRecipe, trainer: Trainer, directory: Path) -> Path:
+    """Write a pipeline directory: vae/ (copied), dit/ (EMA weights, bf16), pipeline.json."""
+    final = DiT(recipe.model)
+    load_into(final, dict(trainer.ema_state()), "trained weights")
+    directory.mkdir(parents=True, exist_ok=True)
+    save_pretrained(final, recipe.model, directory / "dit", dtype=torch.bfloat16)
+    shutil.copytree(recipe.vae, directory / "vae", dirs_exist_ok=True)
+    recipe.pipeline.flow = recipe.flow
+    recipe.pipeline.save(directory / "pipeline.json")
+    print(f"saved {directory}")
+    return directory

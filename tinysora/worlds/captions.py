@@ -1,0 +1,65 @@
+"""Caption variants for training and evaluation: attributes left out, synonyms used.
+
+WORLD.md: prompts users type may leave out size, background or the article and may
+use other words. :func:`paraphrase` turns a scene into such a prompt; training
+uses it as caption augmentation and the evaluation's 'paraphrased' group uses it
+with every variant switched on.
+"""
+
+from __future__ import annotations
+
+from tinysora.worlds.shapes import ObjectSpec, Scene, SplitMix64
+
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "circle": ("ball", "disc"),
+    "square": ("box", "block"),
+    "triangle": ("pyramid",),
+    "red": ("crimson",),
+    "purple": ("violet",),
+    "pink": ("rose",),
+    "cyan": ("turquoise",),
+    "large": ("big",),
+    "small": ("little", "tiny"),
+    "standing still": ("still", "not moving"),
+    "growing": ("gets bigger", "expanding"),
+    "shrinking": ("gets smaller",),
+    "bouncing": ("hopping",),
+    "moving left": ("going left", "sliding left"),
+    "moving right": ("going right", "sliding right"),
+    "moving up": ("going up", "rising"),
+    "moving down": ("going down", "falling"),
+}
+
+
+def _word(value: str, rng: SplitMix64, p_synonym: float) -> str:
+    options = SYNONYMS.get(value, ())
+    if options and rng.uniform() < p_synonym:
+        return rng.choice(options)
+    return value
+
+
+def paraphrase(
+    scene: Scene,
+    rng: SplitMix64,
+    p_drop_size: float = 0.3,
+    p_drop_background: float = 0.3,
+    p_drop_article: float = 0.2,
+    p_synonym: float = 0.3,
+) -> str:
+    """A prompt for ``scene`` with attributes randomly left out and words swapped."""
+
+    def phrase(o: ObjectSpec) -> str:
+        words = [] if rng.uniform() < p_drop_article else ["a"]
+        if rng.uniform() >= p_drop_size:
+            words.append(_word(o.size, rng, p_synonym))
+        words += [
+            _word(o.color, rng, p_synonym),
+            _word(o.shape, rng, p_synonym),
+            _word(o.motion, rng, p_synonym),
+        ]
+        return " ".join(words)
+
+    text = " and ".join(phrase(o) for o in scene.objects)
+    if rng.uniform() >= p_drop_background:
+        text += f" on a {scene.background} background"
+    return text
