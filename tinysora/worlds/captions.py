@@ -49,14 +49,15 @@ def paraphrase(
     """A prompt for ``scene`` with attributes randomly left out and words swapped."""
 
     def phrase(o: ObjectSpec) -> str:
-        words = [] if rng.uniform() < p_drop_article else ["a"]
-        if rng.uniform() >= p_drop_size:
-            words.append(_word(o.size, rng, p_synonym))
+        article = rng.uniform() >= p_drop_article
+        words = [_word(o.size, rng, p_synonym)] if rng.uniform() >= p_drop_size else []
         words += [
             _word(o.color, rng, p_synonym),
             _word(o.shape, rng, p_synonym),
             _word(o.motion, rng, p_synonym),
         ]
+        if article:
+            words.insert(0, "an" if words[0][0] in "aeiou" else "a")
         return " ".join(words)
 
     text = " and ".join(phrase(o) for o in scene.objects)
