@@ -33,6 +33,7 @@ class VAERecipe(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
     data: WorldDataConfig = field(default_factory=WorldDataConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
+    init_from: str = ""  # optional VAE directory to start from (e.g. the bundled weights)
     val_clips: int = 16  # validation-split clips scored at every eval (64x64x17)
     stats_clips: int = 64  # training clips used to measure scaling / shift factors
 
@@ -72,6 +73,10 @@ def train_vae(
     out = Path(out)
     torch.manual_seed(recipe.train.seed)
     model = VideoVAE(recipe.model)
+    if recipe.init_from:
+        load_into(
+            model, load_tensors(Path(recipe.init_from) / "model.safetensors"), recipe.init_from
+        )
     clips = WorldBatches(recipe.data, "train")
 
     def batch_fn(step: int):

@@ -93,8 +93,8 @@ class CausalConv3d(nn.Module):
         starts = cache is None or self not in cache
         if self.past and starts and x.shape[2] == 1:
             # A lone first frame sees only copies of itself: the same numbers as a 2D conv
-            # with the kernel summed over time (faster, and it avoids a oneDNN bf16
-            # backward that stalls for some single-output-frame shapes).
+            # with the kernel summed over time (faster, and it avoids oneDNN bf16 Conv3d
+            # backward kernels that stall or crash for single-output-frame shapes).
             if cache is not None:
                 cache[self] = x.expand(-1, -1, self.past, -1, -1).detach()
             weight = self.conv.weight.sum(2)  # (cout, cin, kh, kw)
@@ -119,7 +119,22 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)), cache)
         h = self.conv2(F.silu(self.norm2(h)), cache)
-        return self.skip(x) + h
+        return _pointwise(self.skip, x) + h
+
+
+def _pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1x1 Conv3d applied frame by frame as a 1x1 Conv2d (identity passes through).
+
+    Same weights and numbers; it sidesteps oneDNN bf16 Conv3d backward kernels that
+    stall (2 threads) or corrupt memory (1 thread) for some shapes in torch 2.13
+    (seen for 64 -> 32 channels at 64x64).
+    """
+    if isinstance(conv, nn.Identity):
+        return x
+    b, c, t, h, w = x.shape
+    y = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
+    y = F.conv2d(y, conv.weight[:, :, 0], conv.bias)
+    return y.reshape(b, t, -1, h, w).transpose(1, 2)  # (B, C', T, H, W)
 
 
 def _starts_clip(module: nn.Module, cache: Cache | None) -> bool:
