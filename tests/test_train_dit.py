@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinysora.dit.model import preset
+from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts, judge, wilson
 from tinysora.io.checkpoint import save_pretrained
 from tinysora.pipeline import TextToVideoPipeline
@@ -60,9 +60,7 @@ def test_flops_formula_scales():
     cfg = preset("XS/2")
     one = dit_flops_per_sample(cfg, 80, 32)
     assert dit_flops_per_sample(cfg, 160, 32) > 2 * one  # attention is superlinear
-    params = sum(
-        p.numel() for p in __import__("tinysora.dit.model").dit.model.DiT(cfg).parameters()
-    )
+    params = sum(p.numel() for p in DiT(cfg).parameters())
     assert 0.5 < one / (6 * params * 80) < 2.0  # close to the 6 N D rule of thumb
 
 
