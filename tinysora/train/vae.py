@@ -106,14 +106,26 @@ def train_vae(
         )
     recipe.save(out / "recipe.json")
     trainer.fit(stop_at=stop_at)
-    final = VideoVAE(recipe.model)
-    load_into(final, {k: v for k, v in trainer.ema_state().items()}, "trained weights")
-    final.eval()
+    final = _better_of_ema_and_live(recipe, trainer)
     shift, scale = measure_latent_stats(final, recipe.stats_clips)
     final.config.shift_factor, final.config.scaling_factor = shift, scale
     path = save_pretrained(final, final.config, out / "vae", dtype=torch.bfloat16)
     print(f"saved {path} (shift_factor {shift:.4f}, scaling_factor {scale:.4f})")
     return path
+
+
+def _better_of_ema_and_live(recipe: VAERecipe, trainer: Trainer) -> VideoVAE:
+    """The EMA or the live weights, whichever reconstructs the validation clips better."""
+    candidates = {"live": trainer.model.state_dict(), "ema": trainer.ema_state()}
+    best, best_psnr = None, -1.0
+    for name, state in candidates.items():
+        vae = VideoVAE(recipe.model)
+        load_into(vae, dict(state), f"{name} weights")
+        score = val_psnr(vae.eval(), recipe.val_clips)["val_psnr"]
+        print(f"{name} weights: validation PSNR {score:.2f} dB")
+        if score > best_psnr:
+            best, best_psnr = vae, score
+    return best
 
 
 def load_vae(directory: str | Path) -> VideoVAE:
