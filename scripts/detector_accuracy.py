@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tinysora.eval.metrics import wilson
 from tinysora.io.video import read_video, write_video
 from tinysora.worlds.detect import compare_to_truth, detect
 from tinysora.worlds.shapes import layout, render_tracks, sample_scene, split_seed
@@ -31,16 +31,6 @@ ATTRIBUTES = ("color", "shape", "motion", "size")
 MIXTURE = [
     (h, w, t) for (h, w) in [(48, 96), (64, 112), (112, 64), (128, 128)] for t in (9, 17, 33)
 ]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a rate k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def measure(sizes: list[tuple[int, int, int]], n: int, start: int, desc: str) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -28,22 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tinysora.eval.metrics import wilson
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import Detection, detect
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, Scene, SplitMix64, sample_scene, split_seed
 
 GROUPS = ("single", "two", "held_out", "paraphrased")
 ATTRIBUTES = ("color", "shape", "motion")
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of the rate k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def group_prompts(group: str, n: int) -> list[tuple[Scene, str]]:

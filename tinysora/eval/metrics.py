@@ -6,6 +6,8 @@ any leading dims (frames are scored one by one and averaged).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -59,3 +61,13 @@ def ssim(a, b) -> float:
     a, b = _as_unit(a), _as_unit(b)
     a, b = a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])
     return float(ssim_map(a, b).mean())
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of the rate k / n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

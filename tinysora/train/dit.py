@@ -41,7 +41,7 @@ from tinysora.dit.patchify import patchify
 from tinysora.io.checkpoint import load_into, load_tensors, save_pretrained, save_tensors
 from tinysora.pipeline import PipelineConfig
 from tinysora.text.encoder import TextEncoder
-from tinysora.train.trainer import TrainConfig, Trainer
+from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir
 from tinysora.train.vae import load_vae
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.shapes import SplitMix64, render, sample_scene
@@ -111,12 +111,8 @@ def measure_bf16_peak(n: int = 1024, repeats: int = 10) -> float:
 def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) -> Path:
     recipe = DiTRecipe.load(config_path)
     out = Path(out)
+    check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
-    if not resume and (out / "checkpoints" / "latest").exists():
-        raise FileExistsError(
-            f"'{out}' already holds a training run; pass --resume to continue it "
-            "or choose another --out"
-        )
     cache = out / "latents.safetensors"
     if not cache.is_file():
         build_latent_cache(recipe, cache)

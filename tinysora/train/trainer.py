@@ -52,6 +52,15 @@ class TrainConfig(Config):
     threads: int = 0  # torch threads; 0 = leave torch's default
 
 
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to start a new run on top of an old one unless resuming."""
+    if not resume and (Path(out) / "checkpoints" / "latest").exists():
+        raise FileExistsError(
+            f"'{out}' already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warmup, then cosine from lr to lr * min_lr_ratio."""
     if step < cfg.warmup_steps:

@@ -21,7 +21,7 @@ from tinysora.config import Config
 from tinysora.data.datasets import WorldBatches, WorldDataConfig, frames_to_tensor, tensor_to_frames
 from tinysora.eval.metrics import psnr
 from tinysora.io.checkpoint import load_config, load_into, load_tensors, save_pretrained
-from tinysora.train.trainer import TrainConfig, Trainer
+from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir
 from tinysora.vae.loss import VAELossConfig, vae_loss
 from tinysora.vae.model import VAEConfig, VideoVAE
 from tinysora.worlds.shapes import render, sample_scene, split_seed
@@ -71,6 +71,7 @@ def train_vae(
 ) -> Path:
     recipe = VAERecipe.load(config_path)
     out = Path(out)
+    check_run_dir(out, resume)
     torch.manual_seed(recipe.train.seed)
     model = VideoVAE(recipe.model)
     if recipe.init_from:
@@ -99,11 +100,6 @@ def train_vae(
     )
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")
-    elif not resume and (out / "checkpoints" / "latest").exists():
-        raise FileExistsError(
-            f"'{out}' already holds a training run; pass --resume to continue it "
-            "or choose another --out"
-        )
     recipe.save(out / "recipe.json")
     trainer.fit(stop_at=stop_at)
     final = _better_of_ema_and_live(recipe, trainer)
