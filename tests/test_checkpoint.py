@@ -28,12 +28,7 @@ from tinysora.vae.model import VAEConfig, VideoVAE
 TINY = dict(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vae(seed: int = 0, **overrides) -> VideoVAE:

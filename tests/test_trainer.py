@@ -30,13 +30,7 @@ MODULE = [sys.executable, "-m", "tinysora.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: oversubscribed torch threads make tiny models several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -25,14 +25,7 @@ from tinysora.vae.model import (
 TINY = dict(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine has 2 cores shared with other jobs; oversubscribed torch threads make the
-    tiny convolutions here several times slower, so use one thread and restore it after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vae(seed: int = 0, **overrides) -> VideoVAE:
