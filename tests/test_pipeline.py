@@ -13,7 +13,13 @@ import torch
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.io.checkpoint import save_pretrained
 from tinysora.io.video import read_video
-from tinysora.pipeline import PipelineConfig, TextToVideoPipeline, export_to_video, legal_size
+from tinysora.pipeline import (
+    PipelineConfig,
+    PipelineError,
+    TextToVideoPipeline,
+    export_to_video,
+    legal_size,
+)
 from tinysora.text.encoder import TextEncoder
 from tinysora.vae.model import VAEConfig, VideoVAE
 
@@ -47,6 +53,19 @@ def test_generates_frames_and_is_deterministic(pipe):
     assert a.shape == (17, 64, 64, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_one_generator_per_prompt_makes_a_batch_reproduce_lone_runs(pipe):
+    prompts = [PROMPT, "a large blue square moving up on a white background"]
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    batch = pipe(prompts, generator=gens, output_type="latent", progress=False).frames
+    for i, seed in enumerate((5, 6)):
+        g = torch.Generator().manual_seed(seed)
+        alone = pipe(prompts[i], generator=g, output_type="latent", progress=False).frames
+        assert torch.allclose(batch[i], alone[0], atol=2e-2), (batch[i] - alone[0]).abs().max()
+    assert not torch.allclose(batch[0], batch[1], atol=0.1)
+    with pytest.raises(PipelineError, match="2 generators for 1 prompts"):
+        pipe(PROMPT, generator=gens, progress=False)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinysora.cli import main
 from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts, judge, wilson
 from tinysora.io.checkpoint import save_pretrained
@@ -111,3 +112,31 @@ def test_judge():
     assert judge(scene, extra)["extra"] == 1 and not judge(scene, extra)["all_right"]
     lo, hi = wilson(90, 100)
     assert lo < 0.9 < hi and hi - lo < 0.15
+
+
+def test_export_a_checkpoint_of_a_run_from_the_cli(trained, tmp_path, capsys):
+    root, final = trained
+    assert main(["export", str(root / "run"), "-o", str(tmp_path / "m2"), "--step", "2"]) == 0
+    assert capsys.readouterr().out.strip().endswith("m2")
+    early = TextToVideoPipeline.from_pretrained(tmp_path / "m2").dit.state_dict()
+    late = TextToVideoPipeline.from_pretrained(final).dit.state_dict()
+    assert any(not torch.equal(early[k], late[k]) for k in late)  # step 2 is not step 4
+    assert main(["export", str(root / "run"), "-o", str(tmp_path / "m4")]) == 0  # latest
+    latest = TextToVideoPipeline.from_pretrained(tmp_path / "m4").dit.state_dict()
+    assert all(torch.equal(latest[k], late[k]) for k in late)
+    assert main(["export", str(root / "run"), "-o", str(tmp_path / "x"), "--step", "3"]) == 2
+    assert "no checkpoint 'step_00000003'" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "-o", str(tmp_path / "y")]) == 2
+    assert "not a DiT run directory" in capsys.readouterr().err
+
+
+def test_eval_adherence_cli_writes_a_report(trained, tmp_path, capsys):
+    _, model_dir = trained
+    out = tmp_path / "adherence.json"
+    argv = ["eval", "adherence", "--model", str(model_dir), "--n", "2", "--frames", "5"]
+    assert main([*argv, "--groups", "single", "two", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"single", "two"}
+    assert report["two"]["prompts"] == 2 and len(report["two"]["rows"][0]["objects"]) == 2
+    assert 0 <= report["single"]["all_right"] <= 1
+    assert "all right" in capsys.readouterr().out

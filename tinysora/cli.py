@@ -49,6 +49,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise CliError(str(e)) from None
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from tinysora.train.dit import export_checkpoint
+
+    path = export_checkpoint(args.run, args.output, step=args.step)
+    print(path.resolve())
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import importlib
+
+    importlib.import_module(f"tinysora.eval.{args.eval_command}").run(args)
+
+
 def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
     from tinysora.eval.metrics import psnr
     from tinysora.io.video import read_video, write_video
@@ -106,6 +119,34 @@ def default_weights(component: str) -> str:
     return str(path)
 
 
+def _add_eval_parsers(sub) -> None:
+    ev = sub.add_parser("eval", help="measure quality (reports as text and JSON)")
+    ev_sub = ev.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, generates: bool) -> argparse.ArgumentParser:
+        p = ev_sub.add_parser(name, help=help_text)
+        p.set_defaults(func=_cmd_eval)
+        p.add_argument("--json", help="also write the full report here")
+        if generates:
+            p.add_argument("--model", help="model directory (default: bundled weights/)")
+            p.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
+            p.add_argument("--height", type=int, default=64, help="height (default 64)")
+            p.add_argument("--width", type=int, default=64, help="width (default 64)")
+            p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+        return p
+
+    p = command("adherence", "prompt adherence of generations, judged by the detector", True)
+    p.add_argument("--n", type=int, default=200, help="prompts per group (default 200)")
+    p.add_argument("--groups", nargs="+", default=["single", "two", "held_out", "paraphrased"])
+    p = command("dynamics", "motion smoothness, temporal consistency, object permanence", True)
+    p.add_argument("--n", type=int, default=100, help="scenes (default 100)")
+    p.add_argument("--truth", action="store_true", help="judge ground-truth renders instead")
+    p = command("vae", "VAE reconstruction quality, compression, speed and memory", False)
+    p.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
+    p.add_argument("--n", type=int, default=200, help="clips per quality set (default 200)")
+    p.add_argument("--_probe", type=int, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysora",
@@ -154,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.set_defaults(func=_cmd_train)
+
+    export = sub.add_parser("export", help="export a DiT run's checkpoint as a model directory")
+    export.add_argument("run", help="run directory of `tinysora train dit`")
+    export.add_argument("-o", "--output", required=True, help="model directory to write")
+    export.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    export.set_defaults(func=_cmd_export)
+
+    _add_eval_parsers(sub)
 
     vae = sub.add_parser("vae", help="video VAE tools")
     vae_sub = vae.add_subparsers(dest="vae_command", metavar="COMMAND", required=True)

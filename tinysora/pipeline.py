@@ -111,7 +111,7 @@ class TextToVideoPipeline:
         width: int = 64,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         sampler: str | None = None,
         callback: Callable[[dict], None] | None = None,
@@ -146,7 +146,7 @@ class TextToVideoPipeline:
             height // SPACE_FACTOR,
             width // SPACE_FACTOR,
         )
-        x = torch.randn(shape, generator=generator, dtype=torch.float32)
+        x = initial_noise(shape, generator)
         tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
         times = flow_times(steps, timestep_shift(tokens, self.config.flow))
 
@@ -177,6 +177,17 @@ class TextToVideoPipeline:
 
             frames = [[Image.fromarray(f) for f in clip] for clip in frames]
         return VideoOutput(frames[0] if isinstance(prompt, str) else frames)
+
+
+def initial_noise(
+    shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None
+) -> torch.Tensor:
+    """Gaussian latents; with one generator per sample, sample i depends only on its own."""
+    if not isinstance(generator, list):
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+    if len(generator) != shape[0]:
+        raise PipelineError(f"got {len(generator)} generators for {shape[0]} prompts")
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
 
 
 def export_to_video(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:

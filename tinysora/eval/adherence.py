@@ -1,6 +1,6 @@
 """Prompt adherence: generate test-split prompts with fixed seeds, judge them with the detector.
 
-    python -m tinysora.eval.adherence [--model DIR] [--n 200] [--json OUT]
+    tinysora eval adherence [--model DIR] [--n 200] [--json OUT]
 
 Groups (each ``n`` prompts from test-split scenes, in seed order):
 
@@ -19,15 +19,13 @@ Rates come with 95% Wilson intervals.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from tinysora.eval.metrics import wilson
+from tinysora.errors import UserError
+from tinysora.eval.metrics import wilson, write_json
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import Detection, detect
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, Scene, SplitMix64, sample_scene, split_seed
@@ -79,7 +77,7 @@ def evaluate(
     height: int = 64,
     width: int = 64,
     groups=GROUPS,
-    batch: int = 8,
+    batch: int = 25,
     steps: int | None = None,
 ) -> dict:
     report = {}
@@ -88,19 +86,15 @@ def evaluate(
         rows = []
         for start in tqdm(range(0, n, batch), desc=group, unit="batch"):
             chunk = prompts[start : start + batch]
-            videos = []
-            for k, (_, text) in enumerate(chunk):
-                g = torch.Generator().manual_seed(start + k)
-                out = pipe(
-                    text,
-                    num_frames=frames,
-                    height=height,
-                    width=width,
-                    num_inference_steps=steps,
-                    generator=g,
-                    progress=False,
-                )
-                videos.append(out.frames)
+            videos = pipe(
+                [text for _, text in chunk],
+                num_frames=frames,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
+                progress=False,
+            ).frames
             for (scene, text), video in zip(chunk, videos, strict=True):
                 result = judge(scene, detect(video), judge_motion=frames > 1)
                 rows.append({"seed": scene.seed, "prompt": text, **result})
@@ -117,19 +111,12 @@ def evaluate(
     return report
 
 
-def main() -> int:
+def run(args: argparse.Namespace) -> dict:
     from tinysora.pipeline import TextToVideoPipeline
 
-    parser = argparse.ArgumentParser(description="Prompt adherence judged by the detector")
-    parser.add_argument("--model", help="model directory (default: bundled weights/)")
-    parser.add_argument("--n", type=int, default=200, help="prompts per group")
-    parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
-    parser.add_argument("--json", help="write the full report here")
-    args = parser.parse_args()
+    unknown = sorted(set(args.groups) - set(GROUPS))
+    if unknown:
+        raise UserError(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
     pipe = TextToVideoPipeline.from_pretrained(args.model)
     report = evaluate(
         pipe, args.n, args.frames, args.height, args.width, args.groups, steps=args.steps
@@ -138,12 +125,15 @@ def main() -> int:
         lo, hi = r["all_right_ci95"]
         attrs = ", ".join(f"{a} {v:.1%}" for a, v in r["per_attribute"].items())
         print(f"{group:12s} all right {r['all_right']:.1%} [{lo:.1%}, {hi:.1%}] ({attrs})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1, default=float))
-    return 0
+    write_json(report, args.json)
+    return report
+
+
+def main() -> int:
+    from tinysora.cli import main as cli_main
+
+    return cli_main(["eval", "adherence", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     sys.exit(main())

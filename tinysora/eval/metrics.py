@@ -1,4 +1,4 @@
-"""Image/video quality metrics (torch, float): PSNR and SSIM.
+"""Image/video quality metrics (torch, float): PSNR and SSIM; confidence intervals; reports.
 
 Both take tensors in [0, 1] or uint8 arrays; video tensors are (..., 3, H, W) with
 any leading dims (frames are scored one by one and averaged).
@@ -6,11 +6,16 @@ any leading dims (frames are scored one by one and averaged).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tinysora.config import atomic_write_text
 
 SSIM_WINDOW = 7
 SSIM_SIGMA = 1.5
@@ -71,3 +76,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def write_json(report: dict, path: str | os.PathLike | None) -> None:
+    """Write an eval/bench report as indented JSON (numpy scalars as floats); no-op if no path."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(path), json.dumps(report, indent=1, default=float))

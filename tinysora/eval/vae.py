@@ -1,6 +1,6 @@
 """VAE evaluation: reconstruction quality on test-split clips, compression, speed, memory.
 
-    python -m tinysora.eval.vae [--model weights/vae] [--n 200] [--json OUT]
+    tinysora eval vae [--model weights/vae] [--n 200] [--json OUT]
 
 * quality: PSNR / SSIM of the posterior-mean reconstruction on rendered test
   clips at 64x64x17, on clip shapes the VAE did not train on (48x96x33,
@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from tinysora.data.datasets import frames_to_tensor
-from tinysora.eval.metrics import psnr, ssim
+from tinysora.eval.metrics import psnr, ssim, write_json
 from tinysora.train.vae import load_vae, reconstruct
 from tinysora.vae.model import latent_frames
 from tinysora.worlds.shapes import render, sample_scene, split_seed
@@ -110,17 +110,13 @@ def evaluate(model_dir: str, n: int) -> dict:
     return report
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a trained VAE")
-    parser.add_argument("--model", default=str(Path(__file__).resolve().parents[2] / "weights/vae"))
-    parser.add_argument("--n", type=int, default=200, help="clips per quality set")
-    parser.add_argument("--json", help="write the report here")
-    parser.add_argument("--_probe", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> dict:
+    model = args.model or str(Path(__file__).resolve().parents[2] / "weights/vae")
     if args._probe:
-        print(json.dumps(speed_and_memory(args.model, args._probe)))
-        return 0
-    report = evaluate(args.model, args.n)
+        result = speed_and_memory(model, args._probe)
+        print(json.dumps(result))
+        return result
+    report = evaluate(model, args.n)
     for name, q in report["quality"].items():
         print(
             f"{name:12s} PSNR {q['psnr_mean']:.2f} dB (min {q['psnr_min']:.2f}), "
@@ -132,10 +128,14 @@ def main() -> int:
             f"T={s['frames']:4d}: encode {s['encode_fps']:.0f} fps, decode {s['decode_fps']:.0f} "
             f"fps, peak RSS {s['peak_rss_mb']:.0f} MB (before encoding {s['rss_before_mb']:.0f})"
         )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return 0
+    write_json(report, args.json)
+    return report
+
+
+def main() -> int:
+    from tinysora.cli import main as cli_main
+
+    return cli_main(["eval", "vae", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

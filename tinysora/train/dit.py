@@ -38,7 +38,13 @@ from tinysora.diffusion.flow import (
 )
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import patchify
-from tinysora.io.checkpoint import load_into, load_tensors, save_pretrained, save_tensors
+from tinysora.io.checkpoint import (
+    CheckpointError,
+    load_into,
+    load_tensors,
+    save_pretrained,
+    save_tensors,
+)
 from tinysora.pipeline import PipelineConfig
 from tinysora.text.encoder import TextEncoder
 from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir
@@ -159,13 +165,13 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")
     trainer.fit()
-    return export_model(recipe, trainer, out / "model")
+    return export_model(recipe, trainer.ema_state(), out / "model")
 
 
-def export_model(recipe: DiTRecipe, trainer: Trainer, directory: Path) -> Path:
-    """Write a pipeline directory: vae/ (copied), dit/ (EMA weights, bf16), pipeline.json."""
+def export_model(recipe: DiTRecipe, weights: dict[str, torch.Tensor], directory: Path) -> Path:
+    """Write a pipeline directory: vae/ (copied), dit/ (``weights``, bf16), pipeline.json."""
     final = DiT(recipe.model)
-    load_into(final, dict(trainer.ema_state()), "trained weights")
+    load_into(final, dict(weights), "trained weights")
     directory.mkdir(parents=True, exist_ok=True)
     save_pretrained(final, recipe.model, directory / "dit", dtype=torch.bfloat16)
     shutil.copytree(recipe.vae, directory / "vae", dirs_exist_ok=True)
@@ -173,3 +179,30 @@ def export_model(recipe: DiTRecipe, trainer: Trainer, directory: Path) -> Path:
     recipe.pipeline.save(directory / "pipeline.json")
     print(f"saved {directory}")
     return directory
+
+
+def export_checkpoint(run: str | Path, directory: str | Path, step: int | None = None) -> Path:
+    """Export a checkpoint of a (possibly still running) DiT run as a pipeline directory.
+
+    Uses the run's ``recipe.json`` and the EMA weights (live weights if the run has no
+    EMA) of checkpoint ``step`` (default: the latest).
+    """
+    run = Path(run)
+    if not (run / "recipe.json").is_file():
+        raise CheckpointError(f"'{run}' is not a DiT run directory (no recipe.json)")
+    recipe = DiTRecipe.load(run / "recipe.json")
+    root = run / "checkpoints"
+    if step is None:
+        if not (root / "latest").is_file():
+            raise CheckpointError(f"'{run}' has no checkpoint yet")
+        name = (root / "latest").read_text().strip()
+    else:
+        name = f"step_{step:08d}"
+    path = root / name
+    available = sorted(p.name for p in root.glob("step_*"))
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint '{name}' in '{root}'; available: {available}")
+    weights = path / "ema.safetensors"
+    if not weights.is_file():
+        weights = path / "model.safetensors"
+    return export_model(recipe, load_tensors(weights), Path(directory))
