@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tinysora.eval.metrics import psnr, ssim
-from tinysora.vae.loss import VAELossConfig, vae_loss
+from tinysora.vae.loss import VAELossConfig, edge_band, vae_loss
 from tinysora.vae.model import (
     Posterior,
     VAEConfig,
@@ -313,6 +313,35 @@ def test_vae_loss_of_perfect_reconstruction():
     assert float(loss) == pytest.approx(0.0, abs=1e-5)
     worse, _ = vae_loss(-x, x, post, VAELossConfig())
     assert float(worse) > 0.5
+
+
+def test_edge_band_marks_one_pixel_around_edges():
+    x = -torch.ones(1, 3, 2, 12, 12)
+    x[:, :, :, 4:8, 4:8] = 1.0  # a 4x4 square
+    band = edge_band(x, 0.05)
+    assert band.shape == (1, 1, 2, 12, 12)
+    # edge pixels: both sides of each boundary (rows/cols 3, 4, 7, 8 along the sides);
+    # dilated by 1 -> the 8x8 block 2..9, less its 4 corners (2 px from any edge pixel)
+    expected = torch.zeros(12, 12)
+    expected[2:10, 2:10] = 1
+    expected[2, 2] = expected[2, 9] = expected[9, 2] = expected[9, 9] = 0
+    assert torch.equal(band[0, 0, 0], expected) and torch.equal(band[0, 0, 1], expected)
+    assert band.sum() < band.numel()  # flat background is outside
+
+
+def test_edge_weight_raises_the_loss_of_errors_at_edges_only():
+    x = -torch.ones(1, 3, 1, 16, 16)
+    x[:, :, :, 6:10, 6:10] = 1.0
+    post = Posterior(torch.zeros(1, 4, 1, 2, 2), torch.zeros(1, 4, 1, 2, 2))
+    at_edge, far = x.clone(), x.clone()
+    at_edge[:, :, :, 6, 6] = 0.0  # a corner pixel of the square
+    far[:, :, :, 0, 15] = 0.0  # a background corner
+    weighted = VAELossConfig(edge_weight=8.0, gradient_weight=0.0)
+    plain = VAELossConfig(gradient_weight=0.0)
+    l_edge, _ = vae_loss(at_edge, x, post, weighted)
+    l_far, _ = vae_loss(far, x, post, weighted)
+    assert float(l_edge) == pytest.approx(9 * float(l_far), rel=1e-4)
+    assert float(vae_loss(at_edge, x, post, plain)[0]) == pytest.approx(float(l_far), rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- metrics
