@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_PROMPT ?= a large red circle bouncing on a navy background
 
-.PHONY: demo test test-slow lint detector-accuracy clean
+.PHONY: demo test test-slow lint bench bench-quick detector-accuracy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ test-slow: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	touch $@
+
+# Speed / MFU / side by side with diffusers -> bench/results/<date>-full.json (minutes).
+bench: $(VENV)/.installed-bench
+	$(BIN)/tinysora bench
+
+bench-quick: $(VENV)/.installed-bench
+	$(BIN)/tinysora bench --quick
 
 detector-accuracy: $(VENV)/.installed
 	$(BIN)/python scripts/detector_accuracy.py --json outputs/detector_accuracy.json

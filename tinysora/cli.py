@@ -59,7 +59,19 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     import importlib
 
-    importlib.import_module(f"tinysora.eval.{args.eval_command}").run(args)
+    module = "report" if args.eval_command == "all" else args.eval_command
+    importlib.import_module(f"tinysora.eval.{module}").run(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from tinysora.bench import run
+
+    # the bench's own parser is built only here: it imports torch (slow for `tinysora --help`)
+    parser = argparse.ArgumentParser(
+        prog="tinysora bench", description="speed, MFU and the side by side with diffusers"
+    )
+    run.add_arguments(parser)
+    run.run(parser.parse_args(args.bench_args))
 
 
 def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
@@ -145,6 +157,10 @@ def _add_eval_parsers(sub) -> None:
     p.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
     p.add_argument("--n", type=int, default=200, help="clips per quality set (default 200)")
     p.add_argument("--_probe", type=int, help=argparse.SUPPRESS)
+    p = command("all", "every evaluation on one static HTML page (+ JSON)", True)
+    p.add_argument("--html", required=True, help="output directory for index.html and images")
+    p.add_argument("--n", type=int, default=50, help="prompts / clips per measurement")
+    p.add_argument("--log", help="a training log.jsonl to plot the learning curve from")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_eval_parsers(sub)
 
+    bench = sub.add_parser(
+        "bench",
+        help="speed, MFU, side by side with diffusers (`tinysora bench --help`)",
+        add_help=False,
+    )
+    bench.set_defaults(func=_cmd_bench)
+
     vae = sub.add_parser("vae", help="video VAE tools")
     vae_sub = vae.add_subparsers(dest="vae_command", metavar="COMMAND", required=True)
     rt = vae_sub.add_parser("roundtrip", help="encode and decode a video, report PSNR")
@@ -216,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -19,13 +19,13 @@ Steps:
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from tinysora.bench.timing import matmul_peak
 from tinysora.config import Config
 from tinysora.data.datasets import frames_to_tensor
 from tinysora.diffusion.flow import (
@@ -103,15 +103,9 @@ def dit_flops_per_sample(cfg: DiTConfig, tokens: int, text_len: int) -> float:
     return 3 * cfg.depth * (2 * per_token * tokens + attn)
 
 
-def measure_bf16_peak(n: int = 1024, repeats: int = 10) -> float:
-    """Measured bf16 matmul FLOP/s of this machine (the MFU ceiling)."""
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+def measure_bf16_peak() -> float:
+    """Measured bf16 matmul FLOP/s of this machine (the MFU ceiling, as `tinysora bench` has it)."""
+    return matmul_peak(torch.bfloat16)["gflops"] * 1e9
 
 
 def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) -> Path:
