@@ -16,7 +16,7 @@ import torch
 import tinysora.dit.model as dit_model
 from tinysora.config import ConfigError
 from tinysora.dit.model import PRESETS, DiT, DiTBlock, DiTConfig, preset
-from tinysora.dit.patchify import grid_positions, patchify
+from tinysora.dit.patchify import grid_positions, patchify, unpatchify
 from tinysora.nn.attention import (
     Attention,
     apply_rope,
@@ -243,6 +243,27 @@ def test_factorized_masks_split_space_and_time():
     assert torch.equal(masks["temporal"][0, 0], same_hw)
     assert masks["self"][0, 0].sum() == n * 6  # 6 tokens per frame
     assert masks["temporal"][0, 0].sum() == n * 2  # 2 frames per place
+
+
+def test_grouped_factorized_attention_equals_the_masked_form():
+    torch.manual_seed(0)
+    model = DiT(tiny_cfg("factorized"))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    latents = torch.randn(2, model.config.in_channels, 3, 4, 6)
+    t = torch.tensor([0.3, 0.8])
+    text, text_mask = torch.randn(2, 5, model.config.text_dim), torch.ones(2, 5, dtype=bool)
+    tokens, grid = patchify(latents, model.config.patch)
+    positions = grid_positions(grid)
+    masked = model.forward_tokens(tokens, t, positions, text, text_mask)
+    grouped = model.forward_tokens(tokens, t, positions, text, text_mask, grid=grid)
+    assert (grouped - masked).abs().max() < 1e-5
+    assert masked.abs().max() > 1e-2  # the comparison is not between zeros
+    assert torch.allclose(
+        model(latents, t, text, text_mask), unpatchify(grouped, grid, model.config.patch), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="one whole clip"):
+        model.forward_tokens(tokens[:, :-1], t, positions[:-1], text, text_mask, grid=grid)
 
 
 def test_full_masks_and_segments():

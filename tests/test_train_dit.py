@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts, judge, wilson
 from tinysora.io.checkpoint import save_pretrained
 from tinysora.pipeline import TextToVideoPipeline
-from tinysora.train.dit import dit_flops_per_sample, train_dit
+from tinysora.train.dit import attention_flops, dit_flops_per_sample, train_dit
 from tinysora.vae.model import VAEConfig, VideoVAE
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import DetectedObject, Detection
@@ -59,8 +60,12 @@ def test_train_dit_refuses_to_overwrite_and_resumes(trained):
 
 def test_flops_formula_scales():
     cfg = preset("XS/2")
-    one = dit_flops_per_sample(cfg, 80, 32)
-    assert dit_flops_per_sample(cfg, 160, 32) > 2 * one  # attention is superlinear
+    one = dit_flops_per_sample(cfg, (5, 4, 4), 32)
+    assert dit_flops_per_sample(cfg, (10, 4, 4), 32) > 2 * one  # attention is superlinear
+    fact = dataclasses.replace(cfg, attention="factorized")
+    # factorized attention grows linearly in frames at a fixed frame size
+    a, b = (attention_flops(fact, (f, 4, 4), 0) for f in (5, 10))
+    assert b == pytest.approx(2 * a * (16 + 10) / (16 + 5))
     params = sum(p.numel() for p in DiT(cfg).parameters())
     assert 0.5 < one / (6 * params * 80) < 2.0  # close to the 6 N D rule of thumb
 

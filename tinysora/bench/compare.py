@@ -22,8 +22,8 @@ backward of the velocity MSE.
 
 FLOPs: a FlopCounterMode pass counts each model's executed matmuls. The *model* FLOPs
 used to correct the time ratio are the counted Linear / conv FLOPs plus the attention
-FLOPs the architecture needs (:func:`tinysora.bench.dit.essential_attention_flops`, the
-same number for both models of a pair). The corrected speedup is
+FLOPs the architecture needs (3 x depth x :func:`tinysora.train.dit.attention_flops`,
+the same number for both models of a pair). The corrected speedup is
 ``(their time / their model FLOPs) / (our time / our model FLOPs)``: the ratio of
 achieved model FLOP/s, i.e. the time ratio at equal work.
 """
@@ -38,7 +38,6 @@ import torch
 
 from tinysora.bench.dit import (
     dit_inputs,
-    essential_attention_flops,
     flow_step_loss,
     fwd_bwd,
     latent_shape,
@@ -49,6 +48,7 @@ from tinysora.diffusion.flow import add_noise, flow_loss, velocity_target
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import patchify
 from tinysora.errors import UserError
+from tinysora.train.dit import attention_flops
 
 TIMESTEP_SCALE = 1000.0  # diffusers transformers take t in [0, 1000]
 
@@ -281,7 +281,7 @@ def side_by_side(
             theirs,
             loss,
             inputs,
-            essential_attention_flops(mode_cfg, grid, text_len),
+            3 * mode_cfg.depth * attention_flops(mode_cfg, grid, text_len),
             warmup,
             repeats,
         )

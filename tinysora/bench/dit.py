@@ -2,10 +2,12 @@
 
 Model FLOPs (what MFU divides by) are ``tinysora.train.dit.dit_flops_per_sample``::
 
-    6 x (matmul params per token x tokens) + 3 x attention (4 N^2 D self, 4 N L D cross)
+    3 x depth x (2 x matmul params per token x N + attention_flops)
 
-per block, forward + backward (backward = 2 x forward); the patch embedding, output
-layer, timestep MLP and the per-sample modulation are left out. A FlopCounterMode
+forward + backward (backward = 2 x forward); attention_flops is 4 N^2 D for ``full``,
+4 N (gh gw) D + 4 N gt D for ``factorized`` (attention within frames, then within
+patch columns), plus 4 N L D cross-attention; the patch embedding, output layer,
+timestep MLP and the per-sample modulation are left out. A FlopCounterMode
 pass over the real model (every matmul executed) is reported next to it.
 """
 
@@ -21,7 +23,7 @@ from tinysora.bench.timing import count_flops, measure
 from tinysora.diffusion.flow import add_noise, flow_loss, sample_timesteps, velocity_target
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_size, patchify
-from tinysora.train.dit import DiTRecipe, dit_flops_per_sample
+from tinysora.train.dit import DiTRecipe, attention_flops, dit_flops_per_sample
 from tinysora.train.trainer import Trainer
 from tinysora.vae.model import SPACE_FACTOR, latent_frames
 
@@ -92,7 +94,8 @@ def train_step(
     torch.manual_seed(tcfg.seed)
     model = DiT(cfg).train()
     shape = latent_shape(cfg, recipe.frames, recipe.height, recipe.width)
-    tokens = _prod(token_grid(cfg, recipe.frames, recipe.height, recipe.width))
+    grid = token_grid(cfg, recipe.frames, recipe.height, recipe.width)
+    tokens = _prod(grid)
     text_len = recipe.pipeline.text_max_length
     inputs = dit_inputs(cfg, batch, shape, text_len)
     g = torch.Generator().manual_seed(1)
@@ -119,7 +122,7 @@ def train_step(
     t_fwd = measure(forward, warmup, repeats)
     t_fwd_bwd = measure(lambda: fwd_bwd(model, flow_step_loss, inputs), warmup, repeats)
     t_step = measure(step, warmup, repeats)
-    flops_sample = dit_flops_per_sample(cfg, tokens, text_len)
+    flops_sample = dit_flops_per_sample(cfg, grid, text_len)
     counted = count_flops(lambda: fwd_bwd(model, flow_step_loss, inputs))
     step_s = t_step["median_s"]
     step_flops = batch * flops_sample
@@ -146,23 +149,6 @@ def train_step(
         "mfu": step_flops / step_s / (bf16_peak_gflops * 1e9),
         "mfu_fwd_bwd_only": step_flops / t_fwd_bwd["median_s"] / (bf16_peak_gflops * 1e9),
     }
-
-
-def essential_attention_flops(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) -> float:
-    """Forward + backward attention FLOPs per sample that the architecture needs.
-
-    full: 4 N^2 D per block; factorized: spatial 4 N (gh gw) D + temporal 4 N gt D (each
-    token attends within its frame, then within its place); cross-attention 4 N L D.
-    Times 3 for forward + backward. (Our ``factorized`` mode runs both attentions as
-    masked full attention, so it executes 2 x 4 N^2 D: see ``executed`` FLOPs.)
-    """
-    gt, gh, gw = grid
-    n, d = gt * gh * gw, cfg.width
-    if cfg.attention == "factorized":
-        self_attn = 4 * n * (gh * gw) * d + 4 * n * gt * d
-    else:
-        self_attn = 4 * n * n * d
-    return 3.0 * cfg.depth * (self_attn + 4 * n * text_len * d)
 
 
 def scaling(
@@ -192,7 +178,7 @@ def scaling(
                 mode_cfg, batch, latent_shape(mode_cfg, frames, height, width), text_len
             )
             t = measure(lambda m=model, x=inputs: fwd_bwd(m, flow_step_loss, x), warmup, repeats)
-            executed = batch * dit_flops_per_sample(mode_cfg, tokens, text_len)
+            executed = batch * dit_flops_per_sample(mode_cfg, grid, text_len)
             rows.append(
                 {
                     "attention": attention,
@@ -202,9 +188,7 @@ def scaling(
                     "s_per_clip": t["median_s"] / batch,
                     "us_per_token": t["median_s"] / (batch * tokens) * 1e6,
                     "flops_per_step": executed,
-                    "attention_flops_share": _attention_share(mode_cfg, tokens, text_len),
-                    "essential_attention_flops_per_step": batch
-                    * essential_attention_flops(mode_cfg, grid, text_len),
+                    "attention_flops_share": _attention_share(mode_cfg, grid, text_len),
                     "achieved_gflops": executed / t["median_s"] / 1e9,
                 }
             )
@@ -225,12 +209,10 @@ def scaling(
     }
 
 
-def _attention_share(cfg: DiTConfig, tokens: int, text_len: int) -> float:
-    """Fraction of the formula's FLOPs that are attention scores / values (self + cross)."""
-    n_self = 2 if cfg.attention == "factorized" else 1
-    d = cfg.width
-    attn = 3 * cfg.depth * (4 * tokens * tokens * d * n_self + 4 * tokens * text_len * d)
-    return attn / dit_flops_per_sample(cfg, tokens, text_len)
+def _attention_share(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) -> float:
+    """Fraction of the model FLOPs that are attention scores / values (self + cross)."""
+    attn = 3 * cfg.depth * attention_flops(cfg, grid, text_len)
+    return attn / dit_flops_per_sample(cfg, grid, text_len)
 
 
 def _ratio(rows: list[dict], frames: int) -> float:

@@ -92,17 +92,41 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, c, text, masks: dict, angles) -> torch.Tensor:
-        """x (B, N, D); c (B, N or 1, D) SiLU'd timestep embedding; text (B, L, D)."""
+    def forward(self, x, c, text, masks: dict, angles, grid=None) -> torch.Tensor:
+        """x (B, N, D); c (B, N or 1, D) SiLU'd timestep embedding; text (B, L, D).
+
+        ``grid`` (gt, gh, gw): the tokens of each row are one clip in raster order, so
+        factorized attention runs on reshaped groups (frames, then patch columns)
+        instead of masking the full N x N attention; None = use the masks.
+        """
         mods = self.modulation(c).chunk(self.n_mod, dim=-1)  # each (B, N or 1, D)
         h = modulate(self.norm1(x), mods[0], mods[1])
-        x = x + mods[2] * self.attn(h, mask=masks["self"], angles=angles)
-        if self.factorized:
+        if self.factorized and grid is not None:
+            x = x + mods[2] * _grouped(self.attn, h, angles, grid[0], across_time=False)
             h = modulate(self.norm_t(x), mods[6], mods[7])
-            x = x + mods[8] * self.attn_t(h, mask=masks["temporal"], angles=angles)
+            x = x + mods[8] * _grouped(self.attn_t, h, angles, grid[0], across_time=True)
+        else:
+            x = x + mods[2] * self.attn(h, mask=masks["self"], angles=angles)
+            if self.factorized:
+                h = modulate(self.norm_t(x), mods[6], mods[7])
+                x = x + mods[8] * self.attn_t(h, mask=masks["temporal"], angles=angles)
         x = x + self.cross(self.norm_x(x), context=text, mask=masks["text"])
         h = modulate(self.norm2(x), mods[3], mods[4])
         return x + mods[5] * self.mlp(h)
+
+
+def _grouped(attn, x: torch.Tensor, angles: torch.Tensor, frames: int, across_time: bool):
+    """Attention within each frame (all patches of one t) or, ``across_time``, within
+    each patch column (one (h, w) over all t); x (B, N, D) in (t, h, w) raster order."""
+    b, n, d = x.shape
+    a = angles.expand(b, -1, -1)
+    x, a = x.view(b, frames, n // frames, d), a.reshape(b, frames, n // frames, -1)
+    if across_time:
+        x, a = x.transpose(1, 2), a.transpose(1, 2)  # (B, hw, T, .)
+    groups, size = x.shape[1], x.shape[2]
+    y = attn(x.reshape(b * groups, size, d), angles=a.reshape(b * groups, size, -1))
+    y = y.view(b, groups, size, d)
+    return (y.transpose(1, 2) if across_time else y).reshape(b, n, d)
 
 
 class DiT(nn.Module):
@@ -131,18 +155,24 @@ class DiT(nn.Module):
         text_mask: torch.Tensor,
         segments: torch.Tensor | None = None,
         text_segments: torch.Tensor | None = None,
+        grid: tuple[int, int, int] | None = None,
     ) -> torch.Tensor:
         """Velocity for patch tokens.
 
         tokens (B, N, patch_dim); t (B,) or per token (B, N); positions (N, 3) or
         (B, N, 3); text (B, L, text_dim) with text_mask (B, L) True = real token;
         segments (B, N) / text_segments (B, L): clip ids when several clips are packed
-        into one sequence (None = one clip per row). Returns (B, N, patch_dim).
+        into one sequence (None = one clip per row); grid (gt, gh, gw) when every row
+        is one whole clip in raster order (lets factorized attention skip the masks).
+        Returns (B, N, patch_dim).
         """
         b, n, _ = tokens.shape
+        grouped = self.config.attention == "factorized" and grid is not None
+        if grouped and (segments is not None or n != grid[0] * grid[1] * grid[2]):
+            raise ValueError("grid is only for rows that hold one whole clip (no segments)")
         if positions.ndim == 2:
             positions = positions[None].expand(b, -1, -1)  # (B, N, 3)
-        masks = self._masks(positions, text_mask, segments, text_segments)
+        masks = self._masks(positions, text_mask, segments, text_segments, grouped)
         angles = rope_angles(
             positions, self.config.width // self.config.heads, self.config.rope_theta
         )
@@ -151,18 +181,18 @@ class DiT(nn.Module):
         x = self.x_embed(tokens)
         text = self.text_proj(text)
         for block in self.blocks:
-            x = block(x, c, text, masks, angles)
+            x = block(x, c, text, masks, angles, grid if grouped else None)
         shift, scale = self.out_modulation(c).chunk(2, dim=-1)
         return self.out(modulate(self.norm_out(x), shift, scale))
 
-    def _masks(self, positions, text_mask, segments, text_segments) -> dict:
+    def _masks(self, positions, text_mask, segments, text_segments, grouped=False) -> dict:
         """Boolean attention masks (True = attend), each (B, 1, Nq, Nk) or None."""
         same_clip = segment_mask(segments) if segments is not None else None
         text = text_mask[:, None, None, :]  # (B, 1, 1, L)
         if segments is not None and text_segments is not None:
             text = text & (segments[:, :, None] == text_segments[:, None, :])[:, None]
         masks = {"self": same_clip, "temporal": None, "text": text}
-        if self.config.attention == "factorized":
+        if self.config.attention == "factorized" and not grouped:
             same_t = (positions[:, :, None, 0] == positions[:, None, :, 0])[:, None]
             same_hw = (positions[:, :, None, 1:] == positions[:, None, :, 1:]).all(-1)[:, None]
             masks["self"] = same_t if same_clip is None else same_t & same_clip
@@ -175,5 +205,5 @@ class DiT(nn.Module):
         """Velocity for latents (B, C, T, H, W) at flow time t (B,) -> (B, C, T, H, W)."""
         tokens, grid = patchify(latents, self.config.patch)
         positions = grid_positions(grid).to(latents.device)
-        v = self.forward_tokens(tokens, t, positions, text, text_mask)
+        v = self.forward_tokens(tokens, t, positions, text, text_mask, grid=grid)
         return unpatchify(v, grid, self.config.patch)

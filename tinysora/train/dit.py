@@ -37,7 +37,7 @@ from tinysora.diffusion.flow import (
     velocity_target,
 )
 from tinysora.dit.model import DiT, DiTConfig
-from tinysora.dit.patchify import patchify
+from tinysora.dit.patchify import grid_size, patchify
 from tinysora.io.checkpoint import (
     CheckpointError,
     load_into,
@@ -88,19 +88,34 @@ def build_latent_cache(recipe: DiTRecipe, path: Path) -> None:
     save_tensors({"latents": torch.cat(chunks), "seeds": seeds}, path)
 
 
-def dit_flops_per_sample(cfg: DiTConfig, tokens: int, text_len: int) -> float:
-    """Forward+backward FLOPs of one sample: 6 x (matmul params x tokens) + attention.
+def attention_flops(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) -> float:
+    """Forward FLOPs of one block's attention scores and values for one clip.
+
+    full: 4 N^2 D; factorized: 4 N (gh gw) D within frames + 4 N gt D within patch
+    columns; plus cross-attention 4 N L D. N = gt gh gw tokens, D = width.
+    """
+    gt, gh, gw = grid
+    n, d = gt * gh * gw, cfg.width
+    if cfg.attention == "factorized":
+        self_attn = 4 * n * (gh * gw) * d + 4 * n * gt * d
+    else:
+        self_attn = 4 * n * n * d
+    return self_attn + 4 * n * text_len * d
+
+
+def dit_flops_per_sample(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) -> float:
+    """Forward+backward FLOPs of one clip with a (gt, gh, gw) token grid:
+    3 x depth x (2 x matmul params per token x N + attention_flops).
 
     Matmul params per block: self-attn 4 D^2 (+4 D^2 if factorized), cross-attn q/out
-    2 D^2 (k/v on text: 2 D^2 x text_len / tokens), MLP 2 r D^2, modulation 6 D^2 (only
-    once per sample when the timestep is shared, so it is left out). Attention scores
-    and values: 4 N^2 D per self-attention, 4 N L D for cross-attention.
+    2 D^2 (k/v on text: 2 D^2 x text_len / N), MLP 2 r D^2; the per-sample modulation,
+    patch embedding, output layer and timestep MLP are left out (~1% at XS/2).
     """
+    n = grid[0] * grid[1] * grid[2]
     d, r = cfg.width, cfg.mlp_ratio
     n_self = 2 if cfg.attention == "factorized" else 1
-    per_token = (4 * n_self + 2 + 2 * r) * d * d + 2 * d * d * text_len / tokens
-    attn = 4 * tokens * tokens * d * n_self + 4 * tokens * text_len * d
-    return 3 * cfg.depth * (2 * per_token * tokens + attn)
+    per_token = (4 * n_self + 2 + 2 * r) * d * d + 2 * d * d * text_len / n
+    return 3 * cfg.depth * (2 * per_token * n + attention_flops(cfg, grid, text_len))
 
 
 def measure_bf16_peak() -> float:
@@ -123,7 +138,8 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
     torch.manual_seed(recipe.train.seed)
     model = DiT(recipe.model)
     encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
-    tokens = patchify(latents[:1].float(), recipe.model.patch)[0].shape[1]
+    grid = grid_size(tuple(latents.shape[2:]), recipe.model.patch)
+    tokens = grid[0] * grid[1] * grid[2]
 
     def batch_fn(step: int):
         rng = SplitMix64(recipe.train.seed, step, 7)
@@ -153,7 +169,7 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
         out,
         loss_fn=loss_fn,
         batch_fn=batch_fn,
-        flops_per_step=lambda b: len(b[0]) * dit_flops_per_sample(recipe.model, tokens, text_len),
+        flops_per_step=lambda b: len(b[0]) * dit_flops_per_sample(recipe.model, grid, text_len),
         peak_flops=measure_bf16_peak(),
     )
     if resume and trainer.load_checkpoint():
