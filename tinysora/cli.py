@@ -151,7 +151,7 @@ def _add_eval_parsers(sub) -> None:
     p.add_argument("--n", type=int, default=200, help="prompts per group (default 200)")
     p.add_argument("--groups", nargs="+", default=["single", "two", "held_out", "paraphrased"])
     p = command("dynamics", "motion smoothness, temporal consistency, object permanence", True)
-    p.add_argument("--n", type=int, default=100, help="scenes (default 100)")
+    p.add_argument("--n", type=int, default=100, help="scenes per group (default 100)")
     p.add_argument("--truth", action="store_true", help="judge ground-truth renders instead")
     p = command("vae", "VAE reconstruction quality, compression, speed and memory", False)
     p.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
