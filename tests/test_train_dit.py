@@ -12,9 +12,9 @@ import torch
 from tinysora.cli import main
 from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts, judge, wilson
-from tinysora.io.checkpoint import save_pretrained
+from tinysora.io.checkpoint import load_tensors, save_pretrained
 from tinysora.pipeline import TextToVideoPipeline
-from tinysora.train.dit import attention_flops, dit_flops_per_sample, train_dit
+from tinysora.train.dit import _kept_tokens, attention_flops, dit_flops_per_sample, train_dit
 from tinysora.vae.model import VAEConfig, VideoVAE
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import DetectedObject, Detection
@@ -145,3 +145,42 @@ def test_eval_adherence_cli_writes_a_report(trained, tmp_path, capsys):
     assert report["two"]["prompts"] == 2 and len(report["two"]["rows"][0]["objects"]) == 2
     assert 0 <= report["single"]["all_right"] <= 1
     assert "all right" in capsys.readouterr().out
+
+
+def test_packed_training_on_a_mixture_of_sizes(tmp_path, one_thread):
+    torch.manual_seed(0)
+    cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
+    save_pretrained(VideoVAE(cfg), cfg, tmp_path / "vae")
+    recipe = tmp_path / "packed.toml"
+    recipe.write_text(
+        f'vae = "{tmp_path / "vae"}"\nencode_batch = 2\n'
+        "[model]\nwidth = 32\ndepth = 1\nheads = 2\n"
+        "[train]\nsteps = 2\nwarmup_steps = 1\ncheckpoint_every = 2\nlog_every = 1\n"
+        "[pipeline]\nnum_inference_steps = 2\n"
+        "[packing]\nenabled = true\ntoken_budget = 40\nrows = 2\nclips_per_size = 2\n"
+        "[packing.mixture]\nsides = [32, 48]\nframes = [1, 9]\nframe_weights = [0.5, 0.5]\n"
+    )
+    model_dir = train_dit(recipe, tmp_path / "run")
+    cache = load_tensors(tmp_path / "run" / "latents.safetensors")
+    assert cache["latents/9x48x32"].shape == (2, 4, 3, 6, 4)  # every size of the mixture
+    assert len({int(s) for k, v in cache.items() if k.startswith("seeds/") for s in v}) == 16
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(0.9 <= r["pack_efficiency"] <= 1 and np.isfinite(r["loss"]) for r in log)
+    assert all(0 < r["mfu"] < 1 for r in log)
+    pipe = TextToVideoPipeline.from_pretrained(model_dir)
+    assert pipe("a red ball", num_frames=9, height=48, width=32, progress=False).frames.shape == (
+        9,
+        48,
+        32,
+        3,
+    )
+
+
+def test_token_dropping_keeps_images_whole_and_drops_up_to_the_fraction():
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(_kept_tokens((1, 4, 4), 0.5, g), torch.arange(16))
+    assert torch.equal(_kept_tokens((5, 4, 4), 0.0, g), torch.arange(80))
+    sizes = [len(_kept_tokens((5, 4, 4), 0.5, g)) for _ in range(200)]
+    assert 40 <= min(sizes) < 50 and max(sizes) > 75  # drop fraction ~ U(0, 0.5)
+    kept = _kept_tokens((5, 4, 4), 0.5, g)
+    assert torch.equal(kept, kept.sort().values) and len(set(kept.tolist())) == len(kept)

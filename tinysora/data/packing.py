@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tinysora.config import Config
 from tinysora.worlds.shapes import SplitMix64
 
 PAD = -1  # segment id of padding tokens
@@ -65,6 +66,14 @@ class Packed:
     def efficiency(self) -> float:
         """Real tokens / all tokens."""
         return float(self.valid.float().mean())
+
+    def scatter(self, items: list[torch.Tensor]) -> torch.Tensor:
+        """Per-item token tensors (N_i, ...) -> rows (R, budget, ...) laid out like the
+        packed tokens (zeros on padding): e.g. the velocity targets."""
+        out = items[0].new_zeros((*self.segments.shape, *items[0].shape[1:]))
+        for item, (row, start, length) in zip(items, self.places, strict=True):
+            out[row, start : start + length] = item
+        return out
 
     def per_token(self, values: torch.Tensor) -> torch.Tensor:
         """Per-item values (I, ...) -> per-token (R, budget, ...) (zeros on padding)."""
@@ -123,7 +132,7 @@ def pack(
 
 
 @dataclass
-class Mixture:
+class Mixture(Config):
     """Clip sizes to train on: sides in ``sides`` (pixels, multiples of 16), aspect
     between 1:``max_aspect`` and ``max_aspect``:1, frames from ``frames`` with weights."""
 
@@ -133,6 +142,10 @@ class Mixture:
     frame_weights: tuple[float, ...] = (0.2, 0.3, 0.3, 0.2)
     pixels_per_token: int = 16 * 16  # VAE x8 then 2x2 patches
     frames_per_token: int = 4  # VAE x4 in time (frame 0 alone), patch 1 in time
+
+    def sizes(self) -> list[tuple[int, int, int]]:
+        """Every (frames, height, width) of the mixture."""
+        return [(f, h, w) for f in self.frames for h, w in self.shapes()]
 
     def shapes(self) -> list[tuple[int, int]]:
         return [

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from tinysora.bench.timing import matmul_peak
 from tinysora.config import Config
 from tinysora.data.datasets import frames_to_tensor
+from tinysora.data.packing import Mixture, pack, plan_row
 from tinysora.diffusion.flow import (
     FlowConfig,
     add_noise,
@@ -37,7 +38,7 @@ from tinysora.diffusion.flow import (
     velocity_target,
 )
 from tinysora.dit.model import DiT, DiTConfig
-from tinysora.dit.patchify import grid_size, patchify
+from tinysora.dit.patchify import grid_positions, grid_size, patchify
 from tinysora.io.checkpoint import (
     CheckpointError,
     load_into,
@@ -54,6 +55,26 @@ from tinysora.worlds.shapes import SplitMix64, render, sample_scene
 
 
 @dataclass
+class PackingConfig(Config):
+    """``[packing]``: Patch n' Pack training on clips of mixed sizes and lengths.
+
+    The latent cache then holds ``clips_per_size`` clips of every size of ``mixture``;
+    each step packs ``rows`` rows of ``token_budget`` tokens (sizes from
+    ``tinysora.data.packing.plan_row``), each clip with its own flow time (shifted by
+    its own token count), noise and caption. ``token_drop`` > 0 drops a random fraction
+    (uniform in [0, token_drop]) of each video clip's tokens, as NaViT does; rows are
+    planned before dropping, so dropping also lowers the packing efficiency.
+    """
+
+    enabled: bool = False
+    token_budget: int = 1024
+    rows: int = 3
+    clips_per_size: int = 100
+    token_drop: float = 0.0
+    mixture: Mixture = field(default_factory=Mixture)
+
+
+@dataclass
 class DiTRecipe(Config):
     model: DiTConfig = field(default_factory=DiTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -66,6 +87,7 @@ class DiTRecipe(Config):
     frames: int = 17
     batch_size: int = 32
     encode_batch: int = 16
+    packing: PackingConfig = field(default_factory=PackingConfig)
 
 
 def build_latent_cache(recipe: DiTRecipe, path: Path) -> None:
@@ -103,6 +125,38 @@ def attention_flops(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) -
     return self_attn + 4 * n * text_len * d
 
 
+def size_key(frames: int, height: int, width: int) -> str:
+    return f"{frames}x{height}x{width}"
+
+
+def build_mixture_cache(recipe: DiTRecipe, path: Path) -> None:
+    """Render + encode ``clips_per_size`` training clips of every size of the mixture.
+
+    Keys ``latents/TxHxW`` (K, C, t, h, w) bf16 and ``seeds/TxHxW`` (K,); clip k of
+    size number j has training seed j x K + k, so no two clips share a scene.
+    """
+    vae = load_vae(recipe.vae)
+    k = recipe.packing.clips_per_size
+    tensors = {}
+    sizes = recipe.packing.mixture.sizes()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for j, (frames, h, w) in enumerate(tqdm(sizes, desc="encoding latents", unit="size")):
+            seeds = torch.arange(j * k, (j + 1) * k, dtype=torch.int64)
+            chunks = []
+            for i in range(0, k, recipe.encode_batch):
+                x = torch.stack(
+                    [
+                        frames_to_tensor(render(sample_scene(int(s)), h, w, frames))
+                        for s in seeds[i : i + recipe.encode_batch]
+                    ]
+                )
+                z = vae.normalize(vae.encode(x).mean.float())
+                chunks.append(z.to(torch.bfloat16))
+            tensors[f"latents/{size_key(frames, h, w)}"] = torch.cat(chunks)
+            tensors[f"seeds/{size_key(frames, h, w)}"] = seeds
+    save_tensors(tensors, path)
+
+
 def dit_flops_per_sample(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) -> float:
     """Forward+backward FLOPs of one clip with a (gt, gh, gw) token grid:
     3 x depth x (2 x matmul params per token x N + attention_flops).
@@ -128,18 +182,36 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
     out = Path(out)
     check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
+    packing = recipe.packing.enabled
     cache = out / "latents.safetensors"
     if not cache.is_file():
-        build_latent_cache(recipe, cache)
-    data = load_tensors(cache)
-    latents, seeds = data["latents"], data["seeds"]  # (N, C, t, h, w), (N,)
-    recipe.model.in_channels = latents.shape[1]
+        (build_mixture_cache if packing else build_latent_cache)(recipe, cache)
+    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
+    steps = (packed_steps if packing else fixed_size_steps)(recipe, load_tensors(cache), encoder)
+    batch_fn, loss_fn, flops_per_step, recipe.model.in_channels = steps
     recipe.save(out / "recipe.json")
     torch.manual_seed(recipe.train.seed)
-    model = DiT(recipe.model)
-    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
+    trainer = Trainer(
+        DiT(recipe.model),
+        recipe.train,
+        out,
+        loss_fn=loss_fn,
+        batch_fn=batch_fn,
+        flops_per_step=flops_per_step,
+        peak_flops=measure_bf16_peak(),
+    )
+    if resume and trainer.load_checkpoint():
+        print(f"resumed from step {trainer.step}")
+    trainer.fit()
+    return export_model(recipe, trainer.ema_state(), out / "model")
+
+
+def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
+    """(batch_fn, loss_fn, flops_per_step, latent channels) for batches of equal clips."""
+    latents, seeds = data["latents"], data["seeds"]  # (N, C, t, h, w), (N,)
     grid = grid_size(tuple(latents.shape[2:]), recipe.model.patch)
     tokens = grid[0] * grid[1] * grid[2]
+    text_len = recipe.pipeline.text_max_length
 
     def batch_fn(step: int):
         rng = SplitMix64(recipe.train.seed, step, 7)
@@ -162,20 +234,75 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
         )
         return loss, {}
 
+    def flops(batch) -> float:
+        return len(batch[0]) * dit_flops_per_sample(recipe.model, grid, text_len)
+
+    return batch_fn, loss_fn, flops, latents.shape[1]
+
+
+def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
+    """(batch_fn, loss_fn, flops_per_step, latent channels) for Patch n' Pack batches."""
+    pk, patch = recipe.packing, recipe.model.patch
+    latents = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("latents/")}
+    seeds = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("seeds/")}
     text_len = recipe.pipeline.text_max_length
-    trainer = Trainer(
-        model,
-        recipe.train,
-        out,
-        loss_fn=loss_fn,
-        batch_fn=batch_fn,
-        flops_per_step=lambda b: len(b[0]) * dit_flops_per_sample(recipe.model, grid, text_len),
-        peak_flops=measure_bf16_peak(),
-    )
-    if resume and trainer.load_checkpoint():
-        print(f"resumed from step {trainer.step}")
-    trainer.fit()
-    return export_model(recipe, trainer.ema_state(), out / "model")
+
+    def batch_fn(step: int):
+        rng = SplitMix64(recipe.train.seed, step, 7)
+        g = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + step)
+        clips = []  # (x0 (1, C, t, h, w), seed)
+        for _ in range(pk.rows):
+            for size in plan_row(pk.mixture, pk.token_budget, rng):
+                key = size_key(*size)
+                i = int(rng.uniform() * len(latents[key]))
+                clips.append((latents[key][i : i + 1].float(), int(seeds[key][i])))
+        captions = [paraphrase(sample_scene(seed), rng) for _, seed in clips]
+        text, mask = encoder(drop_captions(captions, recipe.flow.caption_dropout, g))
+        grids = [grid_size(tuple(x0.shape[2:]), patch) for x0, _ in clips]
+        counts = torch.tensor([gt * gh * gw for gt, gh, gw in grids])
+        t = sample_timesteps(len(clips), counts, recipe.flow, g)
+        noisy, targets, positions, kept = [], [], [], []
+        for (x0, _), grid, ti in zip(clips, grids, t, strict=True):
+            noise = torch.randn(x0.shape, generator=g)
+            keep = _kept_tokens(grid, pk.token_drop, g)
+            noisy.append(patchify(add_noise(x0, ti[None], noise), patch)[0][0][keep])
+            targets.append(patchify(velocity_target(x0, noise), patch)[0][0][keep])
+            positions.append(grid_positions(grid)[keep])
+            kept.append(len(keep))
+        packed = pack(noisy, positions, list(text), list(mask), pk.token_budget)
+        share = [k / int(n) for k, n in zip(kept, counts, strict=True)]
+        model_flops = sum(
+            s * dit_flops_per_sample(recipe.model, grid, text_len)
+            for s, grid in zip(share, grids, strict=True)
+        )
+        return packed, packed.scatter(targets), packed.per_token(t), model_flops
+
+    def loss_fn(m, batch):
+        packed, target, t, _ = batch
+        pred = m.forward_tokens(
+            packed.tokens,
+            t,
+            packed.positions,
+            packed.text,
+            packed.text_mask,
+            packed.segments,
+            packed.text_segments,
+        )
+        loss = flow_loss(pred.float(), target, packed.valid)
+        return loss, {"pack_efficiency": packed.efficiency}
+
+    channels = next(iter(latents.values())).shape[1]
+    return batch_fn, loss_fn, lambda batch: batch[3], channels
+
+
+def _kept_tokens(grid: tuple[int, int, int], max_drop: float, g: torch.Generator):
+    """Indices of the tokens a clip keeps: all for images or max_drop 0, else a random
+    subset missing a fraction ~ U(0, max_drop) (NaViT token dropping), in token order."""
+    n = grid[0] * grid[1] * grid[2]
+    if max_drop <= 0 or grid[0] == 1:
+        return torch.arange(n)
+    drop = int(n * max_drop * float(torch.rand((), generator=g)))
+    return torch.randperm(n, generator=g)[: n - drop].sort().values
 
 
 def export_model(recipe: DiTRecipe, weights: dict[str, torch.Tensor], directory: Path) -> Path:
