@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinysora.data.packing import PAD, Mixture, first_fit_decreasing, pack, plan_row
+from tinysora.data.packing import (
+    PAD,
+    Mixture,
+    bucketed_efficiency,
+    first_fit_decreasing,
+    pack,
+    packed_efficiency,
+    padded_efficiency,
+    plan_row,
+)
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_positions, patchify
 from tinysora.worlds.shapes import SplitMix64
@@ -110,3 +119,15 @@ def test_packed_model_output_equals_each_clip_alone(attention):
             )[0]
             assert alone.abs().max() > 1e-2
             assert (got - alone).abs().max() <= 1e-4, (i, (got - alone).abs().max())
+
+
+def test_efficiency_baselines_on_known_cases():
+    assert padded_efficiency([1, 2, 3, 4], 2) == pytest.approx(10 / 12)
+    assert packed_efficiency([6, 4, 5, 5], 10) == 1.0
+    assert packed_efficiency([6, 6], 10) == pytest.approx(12 / 20)
+    m = Mixture()
+    # same bucket (17 frames, square): padded to the larger; other bucket alone, batch 2
+    sizes = [(17, 64, 64), (17, 32, 32), (9, 64, 32)]
+    real = m.tokens(17, 64, 64) + m.tokens(17, 32, 32) + m.tokens(9, 64, 32)
+    total = 2 * m.tokens(17, 64, 64) + 2 * m.tokens(9, 64, 32)
+    assert bucketed_efficiency(sizes, m, 2) == pytest.approx(real / total)

@@ -194,3 +194,37 @@ def plan_row(mixture: Mixture, budget: int, rng: SplitMix64, tries: int = 8):
             plan.append((1, h, w))
             free -= mixture.tokens(1, h, w)
     return plan
+
+
+# ------------------------------------------------------------------ efficiency baselines
+
+
+def packed_efficiency(lengths: list[int], budget: int, window: int = 64) -> float:
+    """Real / total tokens when each window of consecutive items is packed (FFD)."""
+    total = 0
+    for i in range(0, len(lengths), window):
+        total += budget * len(first_fit_decreasing(lengths[i : i + window], budget))
+    return sum(lengths) / total
+
+
+def padded_efficiency(lengths: list[int], batch: int) -> float:
+    """Real / total tokens when consecutive batches are padded to their longest item."""
+    total = sum(batch * max(lengths[i : i + batch]) for i in range(0, len(lengths), batch))
+    return sum(lengths) / total
+
+
+def bucketed_efficiency(sizes: list[tuple[int, int, int]], mixture: Mixture, batch: int) -> float:
+    """Real / total tokens with aspect buckets: items are grouped by (frames, aspect
+    ratio rounded to a power of 2^(1/2)); each full batch of a bucket is padded to its
+    largest item (a bucket's last partial batch is padded to ``batch`` items)."""
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for frames, h, w in sizes:
+        aspect = round(2 * torch.log2(torch.tensor(h / w)).item())
+        buckets.setdefault((frames, aspect), []).append(mixture.tokens(frames, h, w))
+    real = total = 0
+    for lengths in buckets.values():
+        for i in range(0, len(lengths), batch):
+            chunk = lengths[i : i + batch]
+            real += sum(chunk)
+            total += batch * max(chunk)
+    return real / total
