@@ -93,13 +93,14 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x, c, text, masks: dict, angles, grid=None) -> torch.Tensor:
-        """x (B, N, D); c (B, N or 1, D) SiLU'd timestep embedding; text (B, L, D).
+        """x (B, N, D); c: SiLU'd timestep embedding, (B, 1, D) shared by a row's tokens
+        or a :class:`PerToken` pair; text (B, L, D).
 
         ``grid`` (gt, gh, gw): the tokens of each row are one clip in raster order, so
         factorized attention runs on reshaped groups (frames, then patch columns)
         instead of masking the full N x N attention; None = use the masks.
         """
-        mods = self.modulation(c).chunk(self.n_mod, dim=-1)  # each (B, N or 1, D)
+        mods = _modulation(self.modulation, c).chunk(self.n_mod, dim=-1)  # (B, N or 1, D)
         h = modulate(self.norm1(x), mods[0], mods[1])
         if self.factorized and grid is not None:
             x = x + mods[2] * _grouped(self.attn, h, angles, grid[0], across_time=False)
@@ -113,6 +114,23 @@ class DiTBlock(nn.Module):
         x = x + self.cross(self.norm_x(x), context=text, mask=masks["text"])
         h = modulate(self.norm2(x), mods[3], mods[4])
         return x + mods[5] * self.mlp(h)
+
+
+@dataclass
+class PerToken:
+    """Per-token conditioning stored once per distinct flow time: embeddings (K, D) of
+    the K distinct times and ``index`` (B, N) into them. Tokens take few distinct times
+    (a clip's time, or 0 for tokens given clean), so modulation Linears run on K rows,
+    not on every token, and their outputs are gathered."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+
+
+def _modulation(layer: nn.Linear, c) -> torch.Tensor:
+    if isinstance(c, PerToken):
+        return layer(c.values)[c.index]  # (B, N, out)
+    return layer(c)
 
 
 def _grouped(attn, x: torch.Tensor, angles: torch.Tensor, frames: int, across_time: bool):
@@ -176,13 +194,16 @@ class DiT(nn.Module):
         angles = rope_angles(
             positions, self.config.width // self.config.heads, self.config.rope_theta
         )
-        t = t[:, None] if t.ndim == 1 else t  # (B, 1) shared or (B, N) per token
-        c = nn.functional.silu(self.t_embed(t))  # (B, 1 or N, D)
+        if t.ndim == 1:  # one time per row
+            c = nn.functional.silu(self.t_embed(t[:, None]))  # (B, 1, D)
+        else:  # per token (B, N)
+            values, index = torch.unique(t, return_inverse=True)
+            c = PerToken(nn.functional.silu(self.t_embed(values)), index)
         x = self.x_embed(tokens)
         text = self.text_proj(text)
         for block in self.blocks:
             x = block(x, c, text, masks, angles, grid if grouped else None)
-        shift, scale = self.out_modulation(c).chunk(2, dim=-1)
+        shift, scale = _modulation(self.out_modulation, c).chunk(2, dim=-1)
         return self.out(modulate(self.norm_out(x), shift, scale))
 
     def _masks(self, positions, text_mask, segments, text_segments, grouped=False) -> dict:
