@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from tinysora.bench.timing import matmul_peak
-from tinysora.config import Config
+from tinysora.config import Config, ConfigError
 from tinysora.data.datasets import frames_to_tensor
 from tinysora.data.packing import Mixture, pack, plan_row
 from tinysora.diffusion.flow import (
@@ -37,6 +37,7 @@ from tinysora.diffusion.flow import (
     sample_timesteps,
     velocity_target,
 )
+from tinysora.diffusion.tasks import TaskConfig, sample_given
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_positions, grid_size, patchify
 from tinysora.io.checkpoint import (
@@ -88,6 +89,7 @@ class DiTRecipe(Config):
     batch_size: int = 32
     encode_batch: int = 16
     packing: PackingConfig = field(default_factory=PackingConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)  # tokens given clean per sample
 
 
 def build_latent_cache(recipe: DiTRecipe, path: Path) -> None:
@@ -183,6 +185,8 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
     check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     packing = recipe.packing.enabled
+    if packing and recipe.tasks.conditioned:
+        raise ConfigError("[packing] with conditioning [tasks] is not supported yet; use one")
     cache = out / "latents.safetensors"
     if not cache.is_file():
         (build_mixture_cache if packing else build_latent_cache)(recipe, cache)
@@ -209,9 +213,12 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
 def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
     """(batch_fn, loss_fn, flops_per_step, latent channels) for batches of equal clips."""
     latents, seeds = data["latents"], data["seeds"]  # (N, C, t, h, w), (N,)
-    grid = grid_size(tuple(latents.shape[2:]), recipe.model.patch)
+    patch = recipe.model.patch
+    grid = grid_size(tuple(latents.shape[2:]), patch)
     tokens = grid[0] * grid[1] * grid[2]
+    positions = grid_positions(grid)
     text_len = recipe.pipeline.text_max_length
+    conditioned = recipe.tasks.conditioned
 
     def batch_fn(step: int):
         rng = SplitMix64(recipe.train.seed, step, 7)
@@ -223,16 +230,24 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
         t = sample_timesteps(len(idx), tokens, recipe.flow, g)
         noise = torch.randn(x0.shape, generator=g)
         text, mask = encoder(captions)
-        return x0, noise, t, text, mask
+        given = sample_given(recipe.tasks, grid, len(idx), g)[0] if conditioned else None
+        return x0, noise, t, text, mask, given
 
     def loss_fn(m, batch):
-        x0, noise, t, text, mask = batch
-        pred = m(add_noise(x0, t, noise), t, text, mask)
-        loss = flow_loss(
-            patchify(pred.float(), recipe.model.patch)[0],
-            patchify(velocity_target(x0, noise), recipe.model.patch)[0],
-        )
-        return loss, {}
+        x0, noise, t, text, mask, given = batch
+        if given is None:
+            pred = m(add_noise(x0, t, noise), t, text, mask)
+            loss = flow_loss(
+                patchify(pred.float(), recipe.model.patch)[0],
+                patchify(velocity_target(x0, noise), recipe.model.patch)[0],
+            )
+            return loss, {}
+        # given tokens enter clean at t = 0 and carry no loss
+        clean, eps = patchify(x0, patch)[0], patchify(noise, patch)[0]
+        t_tok = torch.where(given, 0.0, t[:, None])  # (B, N)
+        x_in = add_noise(clean, t_tok, eps)
+        pred = m.forward_tokens(x_in, t_tok, positions, text, mask, grid=grid)
+        return flow_loss(pred.float(), velocity_target(clean, eps), ~given), {}
 
     def flops(batch) -> float:
         return len(batch[0]) * dit_flops_per_sample(recipe.model, grid, text_len)

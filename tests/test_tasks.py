@@ -1,0 +1,75 @@
+"""Conditioning tasks: the given-token masks, the mixture, and training with them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tinysora.config import ConfigError
+from tinysora.diffusion.tasks import TASKS, TaskConfig, given_mask, sample_given
+from tinysora.io.checkpoint import save_pretrained
+from tinysora.train.dit import train_dit
+from tinysora.vae.model import VAEConfig, VideoVAE
+
+GRID = (5, 4, 4)
+
+
+def test_given_masks_of_each_task():
+    g = torch.Generator().manual_seed(0)
+    assert not given_mask("t2v", GRID, g).any()
+    first = given_mask("first_frame", GRID, g)
+    assert first[0].all() and not first[1:].any()
+    for _ in range(20):
+        k = given_mask("first_k", GRID, g)
+        n = int(k.flatten(1).all(1).sum())
+        assert 1 <= n <= 4 and k[:n].all() and not k[n:].any()
+    ends = given_mask("first_last", GRID, g)
+    assert ends[0].all() and ends[-1].all() and not ends[1:-1].any()
+    for _ in range(20):
+        box = given_mask("regions", GRID, g)
+        assert 0 < box.sum() < box.numel()
+        idx = box.nonzero()
+        lo, hi = idx.min(0).values, idx.max(0).values + 1
+        assert box[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].all()  # one box
+    assert not given_mask("first_frame", (1, 4, 4), g).any()  # an image: nothing to give
+    with pytest.raises(ValueError, match="unknown task"):
+        given_mask("zoom", GRID, g)
+
+
+def test_task_mixture_and_condition_dropout():
+    g = torch.Generator().manual_seed(1)
+    cfg = TaskConfig(t2v=0.0, first_frame=1.0, drop_condition=0.25)
+    masks, tasks = sample_given(cfg, GRID, 400, g)
+    assert masks.shape == (400, 80)
+    dropped = tasks.count("t2v") / 400
+    assert 0.18 < dropped < 0.32 and set(tasks) == {"t2v", "first_frame"}
+    assert all(
+        m[:16].all() == (task == "first_frame") for m, task in zip(masks, tasks, strict=True)
+    )
+    assert not TaskConfig().conditioned and cfg.conditioned
+    with pytest.raises(ConfigError, match="positive sum"):
+        TaskConfig(t2v=0.0)
+    assert set(TASKS) == {f for f in TaskConfig.__dataclass_fields__ if f != "drop_condition"}
+
+
+def test_training_with_conditioning_tasks(tmp_path, one_thread):
+    torch.manual_seed(0)
+    cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
+    save_pretrained(VideoVAE(cfg), cfg, tmp_path / "vae")
+    recipe = tmp_path / "tasks.toml"
+    recipe.write_text(
+        f'vae = "{tmp_path / "vae"}"\ncache_clips = 6\nbatch_size = 6\nencode_batch = 6\n'
+        "[model]\nwidth = 32\ndepth = 1\nheads = 2\n"
+        "[train]\nsteps = 2\nwarmup_steps = 1\ncheckpoint_every = 2\nlog_every = 1\n"
+        "[tasks]\nt2v = 1.0\nfirst_frame = 1.0\nfirst_k = 1.0\nfirst_last = 1.0\n"
+        "regions = 1.0\n"
+    )
+    train_dit(recipe, tmp_path / "run")
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(0 < r["loss"] < 10 for r in log)
+    both = recipe.read_text() + "[packing]\nenabled = true\n"
+    recipe.write_text(both)
+    with pytest.raises(ConfigError, match="not supported yet"):
+        train_dit(recipe, tmp_path / "run2")
