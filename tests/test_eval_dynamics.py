@@ -10,10 +10,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
+from tiny import save_tiny_model
 
 from tinysora.cli import main
-from tinysora.dit.model import DiT, DiTConfig
 from tinysora.eval.dynamics import (
     GROUPS,
     POST_SEEN_FRACTION,
@@ -29,9 +28,7 @@ from tinysora.eval.dynamics import (
     smoothness,
 )
 from tinysora.eval.dynamics import label_pixels as labels_of
-from tinysora.io.checkpoint import save_pretrained
-from tinysora.pipeline import PipelineConfig, TextToVideoPipeline
-from tinysora.vae.model import VAEConfig, VideoVAE
+from tinysora.pipeline import TextToVideoPipeline
 from tinysora.worlds.detect import DetectedObject, detect
 from tinysora.worlds.shapes import COLORS, layout, render_tracks, sample_scene, split_seed
 
@@ -247,16 +244,7 @@ def test_run_on_ground_truth_prints_and_writes_strict_json(tmp_path, capsys):
 
 
 def test_run_on_generations_of_a_tiny_random_model(tmp_path, one_thread):
-    torch.manual_seed(0)
-    vae_cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
-    save_pretrained(VideoVAE(vae_cfg), vae_cfg, tmp_path / "vae")
-    dit_cfg = DiTConfig(in_channels=4, width=64, depth=2, heads=2)
-    dit = DiT(dit_cfg)
-    for p in dit.parameters():  # a fresh DiT predicts exactly zero; make it do something
-        torch.nn.init.normal_(p, std=0.02)
-    save_pretrained(dit, dit_cfg, tmp_path / "dit")
-    PipelineConfig(num_inference_steps=2, guidance_scale=2.0).save(tmp_path / "pipeline.json")
-    pipe = TextToVideoPipeline.from_pretrained(tmp_path)
+    pipe = TextToVideoPipeline.from_pretrained(save_tiny_model(tmp_path))
     report = evaluate(pipe, 2, frames=9)
     for group in GROUPS:
         assert report[group]["clips"] == 2

@@ -6,24 +6,14 @@ from __future__ import annotations
 import json
 import re
 
-import torch
+from tiny import save_tiny_model
 
 from tinysora.cli import main
-from tinysora.dit.model import DiT, DiTConfig
-from tinysora.io.checkpoint import save_pretrained
 from tinysora.io.video import read_video
-from tinysora.pipeline import PipelineConfig
-from tinysora.vae.model import VAEConfig, VideoVAE
 
 
 def test_eval_all_writes_a_self_contained_page(tmp_path, one_thread, capsys):
-    torch.manual_seed(0)
-    model = tmp_path / "model"
-    vae_cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
-    save_pretrained(VideoVAE(vae_cfg), vae_cfg, model / "vae")
-    dit_cfg = DiTConfig(in_channels=4, width=32, depth=1, heads=2)
-    save_pretrained(DiT(dit_cfg), dit_cfg, model / "dit")
-    PipelineConfig(num_inference_steps=2).save(model / "pipeline.json")
+    model = save_tiny_model(tmp_path / "model", width=32, depth=1)
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in (1, 2, 3)))
     out = tmp_path / "report"
@@ -36,7 +26,7 @@ def test_eval_all_writes_a_self_contained_page(tmp_path, one_thread, capsys):
     assert set(report) >= {"adherence", "dynamics", "vae", "samples"}
     assert set(report["adherence"]) == {"single", "two", "held_out", "paraphrased"}
     for group in report["adherence"]:
-        assert f"<td class=\"l\">{group}</td>" in page
+        assert f'<td class="l">{group}</td>' in page
     # every image the page shows exists; GIFs are real clips of the asked size
     sources = re.findall(r'src="([^"]+)"', page)
     assert {"adherence.png", "vae.png", "training.png"} <= set(sources)

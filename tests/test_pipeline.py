@@ -9,36 +9,23 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny import save_tiny_model
 
-from tinysora.dit.model import DiT, DiTConfig
-from tinysora.io.checkpoint import save_pretrained
 from tinysora.io.video import read_video
 from tinysora.pipeline import (
-    PipelineConfig,
     PipelineError,
     TextToVideoPipeline,
     export_to_video,
     legal_size,
 )
 from tinysora.text.encoder import TextEncoder
-from tinysora.vae.model import VAEConfig, VideoVAE
 
 PROMPT = "a small red circle moving left on a black background"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("model")
-    vae_cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
-    save_pretrained(VideoVAE(vae_cfg), vae_cfg, root / "vae")
-    dit_cfg = DiTConfig(in_channels=4, width=64, depth=2, heads=2)
-    dit = DiT(dit_cfg)
-    for p in dit.parameters():  # a fresh DiT predicts exactly zero; make it do something
-        torch.nn.init.normal_(p, std=0.02)
-    save_pretrained(dit, dit_cfg, root / "dit")
-    PipelineConfig(num_inference_steps=3, guidance_scale=2.0).save(root / "pipeline.json")
-    return root
+    return save_tiny_model(tmp_path_factory.mktemp("model"), steps=3)
 
 
 @pytest.fixture(scope="module")

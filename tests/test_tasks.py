@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from tiny import tiny_recipe
 
 from tinysora.config import ConfigError
 from tinysora.diffusion.tasks import TASKS, TaskConfig, given_mask, sample_given
-from tinysora.io.checkpoint import save_pretrained
 from tinysora.train.dit import train_dit
-from tinysora.vae.model import VAEConfig, VideoVAE
 
 GRID = (5, 4, 4)
 
@@ -55,16 +54,10 @@ def test_task_mixture_and_condition_dropout():
 
 
 def test_training_with_conditioning_tasks(tmp_path, one_thread):
-    torch.manual_seed(0)
-    cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
-    save_pretrained(VideoVAE(cfg), cfg, tmp_path / "vae")
-    recipe = tmp_path / "tasks.toml"
-    recipe.write_text(
-        f'vae = "{tmp_path / "vae"}"\ncache_clips = 6\nbatch_size = 6\nencode_batch = 6\n'
-        "[model]\nwidth = 32\ndepth = 1\nheads = 2\n"
-        "[train]\nsteps = 2\nwarmup_steps = 1\ncheckpoint_every = 2\nlog_every = 1\n"
-        "[tasks]\nt2v = 1.0\nfirst_frame = 1.0\nfirst_k = 1.0\nfirst_last = 1.0\n"
-        "regions = 1.0\n"
+    recipe = tiny_recipe(
+        tmp_path,
+        "[tasks]\nt2v = 1.0\nfirst_frame = 1.0\nfirst_k = 1.0\nfirst_last = 1.0\nregions = 1.0\n",
+        top="cache_clips = 6\nbatch_size = 6\nencode_batch = 6\n",
     )
     train_dit(recipe, tmp_path / "run")
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_recipe
 
 from tinysora.cli import main
 from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts, judge, wilson
-from tinysora.io.checkpoint import load_tensors, save_pretrained
+from tinysora.io.checkpoint import load_tensors
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.train.dit import _kept_tokens, attention_flops, dit_flops_per_sample, train_dit
-from tinysora.vae.model import VAEConfig, VideoVAE
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import DetectedObject, Detection
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, SplitMix64, parse_caption, sample_scene
@@ -25,15 +25,12 @@ from tinysora.worlds.shapes import HELD_OUT_PAIRS, SplitMix64, parse_caption, sa
 def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("dit")
-    torch.manual_seed(0)
-    cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
-    save_pretrained(VideoVAE(cfg), cfg, root / "vae")
-    recipe = root / "dit.toml"
-    recipe.write_text(
-        f'vae = "{root / "vae"}"\ncache_clips = 12\nbatch_size = 4\nencode_batch = 4\n'
-        "[model]\nwidth = 32\ndepth = 1\nheads = 2\n"
-        "[train]\nsteps = 4\nwarmup_steps = 1\ncheckpoint_every = 2\nlog_every = 2\n"
-        "ema_decay = 0.5\n[pipeline]\nnum_inference_steps = 2\n"
+    recipe = tiny_recipe(
+        root,
+        top="cache_clips = 12\nbatch_size = 4\nencode_batch = 4\n",
+        steps=4,
+        log_every=2,
+        train="ema_decay = 0.5\n",
     )
     out = train_dit(recipe, root / "run")
     return root, out
@@ -54,8 +51,8 @@ def test_train_dit_writes_a_loadable_pipeline(trained):
 def test_train_dit_refuses_to_overwrite_and_resumes(trained):
     root, _ = trained
     with pytest.raises(FileExistsError):
-        train_dit(root / "dit.toml", root / "run")
-    train_dit(root / "dit.toml", root / "run", resume=True)  # already at the last step
+        train_dit(root / "recipe.toml", root / "run")
+    train_dit(root / "recipe.toml", root / "run", resume=True)  # already at the last step
 
 
 def test_flops_formula_scales():
@@ -148,17 +145,11 @@ def test_eval_adherence_cli_writes_a_report(trained, tmp_path, capsys):
 
 
 def test_packed_training_on_a_mixture_of_sizes(tmp_path, one_thread):
-    torch.manual_seed(0)
-    cfg = VAEConfig(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
-    save_pretrained(VideoVAE(cfg), cfg, tmp_path / "vae")
-    recipe = tmp_path / "packed.toml"
-    recipe.write_text(
-        f'vae = "{tmp_path / "vae"}"\nencode_batch = 2\n'
-        "[model]\nwidth = 32\ndepth = 1\nheads = 2\n"
-        "[train]\nsteps = 2\nwarmup_steps = 1\ncheckpoint_every = 2\nlog_every = 1\n"
-        "[pipeline]\nnum_inference_steps = 2\n"
+    recipe = tiny_recipe(
+        tmp_path,
         "[packing]\nenabled = true\ntoken_budget = 40\nrows = 2\nclips_per_size = 2\n"
-        "[packing.mixture]\nsides = [32, 48]\nframes = [1, 9]\nframe_weights = [0.5, 0.5]\n"
+        "[packing.mixture]\nsides = [32, 48]\nframes = [1, 9]\nframe_weights = [0.5, 0.5]\n",
+        top="encode_batch = 2\n",
     )
     model_dir = train_dit(recipe, tmp_path / "run")
     cache = load_tensors(tmp_path / "run" / "latents.safetensors")

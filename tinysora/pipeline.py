@@ -179,6 +179,34 @@ class TextToVideoPipeline:
         return VideoOutput(frames[0] if isinstance(prompt, str) else frames)
 
 
+def generate_seeded(
+    pipe: TextToVideoPipeline,
+    prompts: list[str],
+    frames: int = 17,
+    height: int = 64,
+    width: int = 64,
+    steps: int | None = None,
+    batch: int = 25,
+    desc: str | None = None,
+) -> list[np.ndarray]:
+    """uint8 clips of ``prompts``, prompt i with noise seed i, ``batch`` prompts per
+    pipeline call (a clip does not depend on the batching, up to bf16 rounding)."""
+    clips: list[np.ndarray] = []
+    starts = range(0, len(prompts), batch)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
+        chunk = prompts[start : start + batch]
+        clips += pipe(
+            chunk,
+            num_frames=frames,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
+            progress=False,
+        ).frames
+    return clips
+
+
 def initial_noise(
     shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None
 ) -> torch.Tensor:

@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-from tqdm import tqdm
-
 from tinysora.errors import UserError
 from tinysora.eval.metrics import wilson, write_json
 from tinysora.worlds.captions import paraphrase
@@ -80,24 +77,17 @@ def evaluate(
     batch: int = 25,
     steps: int | None = None,
 ) -> dict:
+    from tinysora.pipeline import generate_seeded  # (the pipeline imports this module)
+
     report = {}
     for group in groups:
         prompts = group_prompts(group, n)
+        texts = [text for _, text in prompts]
+        videos = generate_seeded(pipe, texts, frames, height, width, steps, batch, desc=group)
         rows = []
-        for start in tqdm(range(0, n, batch), desc=group, unit="batch"):
-            chunk = prompts[start : start + batch]
-            videos = pipe(
-                [text for _, text in chunk],
-                num_frames=frames,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
-                progress=False,
-            ).frames
-            for (scene, text), video in zip(chunk, videos, strict=True):
-                result = judge(scene, detect(video), judge_motion=frames > 1)
-                rows.append({"seed": scene.seed, "prompt": text, **result})
+        for (scene, text), video in zip(prompts, videos, strict=True):
+            result = judge(scene, detect(video), judge_motion=frames > 1)
+            rows.append({"seed": scene.seed, "prompt": text, **result})
         objs = [o for r in rows for o in r["objects"]]
         rates = {a: sum(o[a] for o in objs) / len(objs) for a in ATTRIBUTES}
         k = sum(r["all_right"] for r in rows)

@@ -489,22 +489,10 @@ def generate_items(
     batch: int = 25,
 ) -> list[tuple[Scene, np.ndarray]]:
     """(scene, generated clip) pairs: the canonical caption of scene k, noise seed k."""
-    import torch
+    from tinysora.pipeline import generate_seeded
 
-    out = []
-    for start in range(0, len(scenes), batch):
-        chunk = scenes[start : start + batch]
-        videos = pipe(
-            [s.caption for s in chunk],
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
-            progress=False,
-        ).frames
-        out.extend(zip(chunk, videos, strict=True))
-    return out
+    clips = generate_seeded(pipe, [s.caption for s in scenes], frames, height, width, steps, batch)
+    return list(zip(scenes, clips, strict=True))
 
 
 # --------------------------------------------------------------------------- command

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tinysora.eval import adherence, dynamics
 from tinysora.eval import vae as vae_eval
 from tinysora.eval.metrics import write_json
 from tinysora.io.video import write_gif
+from tinysora.pipeline import WEIGHTS_DIR, TextToVideoPipeline, generate_seeded
 from tinysora.worlds.detect import detect
 from tinysora.worlds.shapes import render
 
@@ -31,8 +31,6 @@ GIF_FPS = 8.0
 
 
 def run(args: argparse.Namespace) -> dict:
-    from tinysora.pipeline import WEIGHTS_DIR, TextToVideoPipeline
-
     out = Path(args.html)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(args.model) if args.model else WEIGHTS_DIR
@@ -67,15 +65,7 @@ def write_samples(pipe, out: Path, size: tuple[int, int, int], steps: int | None
     rows = []
     for group in adherence.GROUPS:
         prompts = adherence.group_prompts(group, SAMPLES_PER_GROUP)
-        videos = pipe(
-            [text for _, text in prompts],
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            generator=[torch.Generator().manual_seed(k) for k in range(len(prompts))],
-            progress=False,
-        ).frames
+        videos = generate_seeded(pipe, [text for _, text in prompts], *size, steps)
         for k, ((scene, text), video) in enumerate(zip(prompts, videos, strict=True)):
             name = f"samples/{group}_{k}"
             (out / "samples").mkdir(exist_ok=True)
@@ -120,40 +110,34 @@ def _pyplot():
     return plt
 
 
-def plot_adherence(report: dict, path: Path) -> str:
+def _bar_plot(path: Path, names, values, ylabel: str, title: str, **bar) -> str:
     plt = _pyplot()
-    groups = list(report)
-    rates = [report[g]["all_right"] for g in groups]
-    lo = [r - report[g]["all_right_ci95"][0] for g, r in zip(groups, rates, strict=True)]
-    hi = [report[g]["all_right_ci95"][1] - r for g, r in zip(groups, rates, strict=True)]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(
-        groups,
-        [100 * r for r in rates],
-        yerr=[np.multiply(lo, 100), np.multiply(hi, 100)],
-        capsize=4,
-        color="#4c72b0",
-    )
-    ax.set_ylabel("all right (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Prompt adherence (95% Wilson intervals)")
+    ax.bar(names, values, **bar)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path.name
+
+
+def plot_adherence(report: dict, path: Path) -> str:
+    groups = list(report)
+    rates = np.array([report[g]["all_right"] for g in groups])
+    ci = np.array([report[g]["all_right_ci95"] for g in groups])  # (G, 2)
+    errors = 100 * np.stack([rates - ci[:, 0], ci[:, 1] - rates])
+    title = "Prompt adherence (95% Wilson intervals)"
+    return _bar_plot(
+        path, groups, 100 * rates, "all right (%)", title, yerr=errors, capsize=4, color="#4c72b0"
+    )
 
 
 def plot_vae(quality: dict, path: Path) -> str:
-    plt = _pyplot()
     names = list(quality)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(names, [quality[k]["psnr_mean"] for k in names], color="#55a868")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title("VAE reconstruction on test clips")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    psnr = [quality[k]["psnr_mean"] for k in names]
+    title = "VAE reconstruction on test clips"
+    return _bar_plot(path, names, psnr, "PSNR (dB)", title, color="#55a868")
 
 
 def plot_log(log: Path, path: Path) -> str:
