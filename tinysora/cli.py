@@ -113,6 +113,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         guidance_scale=args.guidance,
         generator=torch.Generator().manual_seed(args.seed),
         sampler=args.sampler,
+        image=args.image,
+        first_image=args.first,
+        last_image=args.last,
+        video=args.video,
+        strength=args.strength,
     )
     fps = args.fps or pipe.config.fps
     out = args.output or f"outputs/generate_{args.seed}.mp4"
@@ -203,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
     gen.add_argument("--negative-prompt", help="what to steer away from")
     gen.add_argument("--model", help="model directory (default: bundled weights/)")
+    gen.add_argument("--image", help="image-to-video: this image is frame 0")
+    gen.add_argument("--first", help="keyframe: the first frame (with --last: interpolation)")
+    gen.add_argument("--last", help="keyframe: the last frame")
+    gen.add_argument("--video", help="video to re-generate under the prompt (with --strength)")
+    gen.add_argument(
+        "--strength", type=float, help="SDEdit noise level in (0, 1]: low keeps more of --video"
+    )
     gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")

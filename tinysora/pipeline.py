@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tinysora import conditioning
 from tinysora.config import Config
-from tinysora.data.datasets import tensor_to_frames
+from tinysora.data.datasets import frames_to_tensor, tensor_to_frames
 from tinysora.diffusion.flow import FlowConfig, timestep_shift
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, get_sampler
 from tinysora.dit.model import DiT, DiTConfig
-from tinysora.dit.patchify import grid_size
+from tinysora.dit.patchify import grid_positions, grid_size, patchify, unpatchify
 from tinysora.errors import UserError
 from tinysora.io.checkpoint import load_config, load_into, load_tensors
 from tinysora.io.video import write_video
@@ -116,7 +117,22 @@ class TextToVideoPipeline:
         sampler: str | None = None,
         callback: Callable[[dict], None] | None = None,
         progress: bool = True,
+        image=None,
+        first_image=None,
+        last_image=None,
+        video=None,
+        strength: float | None = None,
     ) -> VideoOutput:
+        """Generate videos from prompts (diffusers-style; see the module doc).
+
+        Conditioning (the same for every prompt of the call): ``image`` is frame 0
+        (image-to-video); ``first_image`` / ``last_image`` pin the ends (interpolation);
+        ``video`` with ``strength`` in (0, 1] re-generates a clip under the prompt from
+        its latents noised to flow time ``strength`` (SDEdit: low keeps more of the
+        input). Images: PIL, uint8 (H, W, 3) or a path; videos: uint8 (T, H, W, 3) or a
+        path. Inputs of another size are resized (centre crop to the aspect) with a
+        warning. Given latent frames enter the DiT clean at t = 0 and are kept as given.
+        """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = negative_prompt if negative_prompt is not None else ""
         negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
@@ -129,16 +145,16 @@ class TextToVideoPipeline:
         sample = get_sampler(sampler or self.config.sampler)
         if steps < 1:
             raise PipelineError(f"num_inference_steps must be >= 1, got {steps}")
-        multiple = SPACE_FACTOR * self.dit.config.patch[1]
-        legal = legal_size(num_frames, height, width, multiple)
-        if legal != (num_frames, height, width):
-            warnings.warn(
-                f"size {num_frames}x{height}x{width} (frames x height x width) is not legal; "
-                f"using {legal[0]}x{legal[1]}x{legal[2]} (frames 1+4k, sides multiples of "
-                f"{multiple} in {MIN_SIDE}..{MAX_SIDE})",
-                stacklevel=2,
-            )
-        num_frames, height, width = legal
+        if (video is None) != (strength is None):
+            raise PipelineError("video and strength go together (SDEdit: --video X --strength S)")
+        if strength is not None and not 0 < strength <= 1:
+            raise PipelineError(f"strength must be in (0, 1], got {strength}")
+        if image is not None and first_image is not None:
+            raise PipelineError("give either image or first_image (both mean frame 0)")
+        if video is not None:
+            video = conditioning.load_video(video)
+            num_frames = len(video)
+        num_frames, height, width = self._legal_size(num_frames, height, width)
         shape = (
             len(prompts),
             self.vae.config.latent_channels,
@@ -149,20 +165,43 @@ class TextToVideoPipeline:
         x = initial_noise(shape, generator)
         tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
         times = flow_times(steps, timestep_shift(tokens, self.config.flow))
+        given = clean = None
+        first = image if image is not None else first_image
+        if first is not None or last_image is not None:
+            clean, given = self._keyframes(first, last_image, num_frames, height, width)
+            x = torch.where(given, clean, x)
+        if video is not None:
+            start = self._encode(conditioning.fit_video(video, num_frames, height, width))
+            times = torch.cat([times.new_tensor([strength]), times[times < strength]])
+            x = (1 - strength) * start + strength * x
 
-        def denoiser(x, t, text, text_mask):
+        def denoiser(x, t, text, text_mask, given=None, clean=None):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self.dit(x, t, text, text_mask).float()
+                if given is None:
+                    return self.dit(x, t, text, text_mask).float()
+                x = torch.where(given, clean, x)
+                tokens, grid = patchify(x, self.dit.config.patch)
+                given_tokens = patchify(given.expand_as(x).float(), self.dit.config.patch)[0]
+                t_tok = torch.where(given_tokens[..., 0] > 0, 0.0, t[:, None])  # (B, N)
+                positions = grid_positions(grid)
+                v = self.dit.forward_tokens(tokens, t_tok, positions, text, text_mask, grid=grid)
+                v = unpatchify(v.float(), grid, self.dit.config.patch)
+            return torch.where(given, 0.0, v)  # given latents stay as they are
 
         guided = cfg_denoiser(denoiser, scale)
-        extra = {"cond": self._text(prompts), "uncond": self._text(negatives)}
-        bar = tqdm(total=steps, desc="sampling", unit="step", disable=not progress)
+        cond, uncond = self._text(prompts), self._text(negatives)
+        if given is not None:
+            batch = {"given": given.expand(len(prompts), -1, -1, -1, -1)}
+            batch["clean"] = clean.expand(len(prompts), -1, -1, -1, -1)
+            cond, uncond = {**cond, **batch}, {**uncond, **batch}
+        bar = tqdm(total=len(times) - 1, desc="sampling", unit="step", disable=not progress)
 
         def on_step(info: dict) -> None:
             bar.update(1)
             if callback is not None:
                 callback(info)
 
+        extra = {"cond": cond, "uncond": uncond}
         latents = sample(guided, x, times, extra_args=extra, callback=on_step)
         bar.close()
         if output_type == "latent":
@@ -177,6 +216,43 @@ class TextToVideoPipeline:
 
             frames = [[Image.fromarray(f) for f in clip] for clip in frames]
         return VideoOutput(frames[0] if isinstance(prompt, str) else frames)
+
+    def _legal_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        multiple = SPACE_FACTOR * self.dit.config.patch[1]
+        legal = legal_size(num_frames, height, width, multiple)
+        if legal != (num_frames, height, width):
+            warnings.warn(
+                f"size {num_frames}x{height}x{width} (frames x height x width) is not legal; "
+                f"using {legal[0]}x{legal[1]}x{legal[2]} (frames 1+4k, sides multiples of "
+                f"{multiple} in {MIN_SIDE}..{MAX_SIDE})",
+                stacklevel=3,
+            )
+        return legal
+
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> normalized latents (1, C, t, h, w) (posterior mean)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = self.vae.encode(frames_to_tensor(frames)[None], chunk_frames=16).mean
+        return self.vae.normalize(z.float())
+
+    def _keyframes(self, first, last, num_frames: int, height: int, width: int):
+        """Clean latents (1, C, t, h, w) and the given mask (1, 1, t, h, w) for images
+        pinned at frame 0 and / or the last frame. The last latent frame stands for the
+        last 4 frames: it is encoded from a clip that holds the last image still."""
+        t = latent_frames(num_frames)
+        given = torch.zeros(1, 1, t, height // SPACE_FACTOR, width // SPACE_FACTOR, dtype=bool)
+        clean = torch.zeros(1, self.vae.config.latent_channels, *given.shape[2:])
+        if first is not None:
+            frame = conditioning.fit_image(conditioning.load_image(first), height, width)
+            clean[:, :, :1] = self._encode(frame[None])
+            given[:, :, 0] = True
+        if last is not None:
+            if t < 2:
+                raise PipelineError("last_image needs a video (num_frames >= 5)")
+            frame = conditioning.fit_image(conditioning.load_image(last), height, width)
+            clean[:, :, -1:] = self._encode(np.repeat(frame[None], num_frames, 0))[:, :, -1:]
+            given[:, :, -1] = True
+        return clean, given
 
 
 def generate_seeded(

@@ -41,7 +41,7 @@ class WorldDataConfig(Config):
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float()
+    x = torch.tensor(np.asarray(frames), dtype=torch.float32)  # a copy: input may be read-only
     return x.permute(3, 0, 1, 2).div(127.5).sub(1.0)
 
 

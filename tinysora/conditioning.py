@@ -1,0 +1,93 @@
+"""Images and videos given to the pipeline as conditioning: loading and fitting to size.
+
+Images are PIL images, uint8 (H, W, 3) arrays or paths (any format ``read_video``
+reads); videos are uint8 (T, H, W, 3) arrays or paths. An input of another size is
+centre-cropped to the target aspect ratio and resized (bilinear), with a warning; a
+video of another length is cut or padded with its last frame, with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from tinysora.errors import UserError
+from tinysora.io.video import read_video
+
+
+class ConditioningError(UserError, ValueError):
+    """An image or video given as conditioning cannot be used (the message says why)."""
+
+
+def load_image(image) -> np.ndarray:
+    """PIL image / uint8 (H, W, 3) array / path -> uint8 (H, W, 3)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, (str, os.PathLike)):
+        return read_video(image)[0][0]
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ConditioningError(
+            f"an image must be uint8 (H, W, 3), a PIL image or a path; got {array.dtype} "
+            f"{array.shape}"
+        )
+    return array
+
+
+def load_video(video) -> np.ndarray:
+    """uint8 (T, H, W, 3) array / path -> uint8 (T, H, W, 3)."""
+    if isinstance(video, (str, os.PathLike)):
+        return read_video(video)[0]
+    array = np.asarray(video)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3 or len(array) == 0:
+        raise ConditioningError(
+            f"a video must be uint8 (T, H, W, 3) with T >= 1 or a path; got {array.dtype} "
+            f"{array.shape}"
+        )
+    return array
+
+
+def fit_image(image: np.ndarray, height: int, width: int, warn: bool = True) -> np.ndarray:
+    """Centre-crop to the aspect of (height, width), then resize to it."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    if warn:
+        warnings.warn(
+            f"conditioning image is {h}x{w}; centre-cropped and resized to {height}x{width}",
+            stacklevel=3,
+        )
+    if h * width > w * height:  # too tall: crop rows
+        keep = round(w * height / width)
+        top = (h - keep) // 2
+        image = image[top : top + keep]
+    else:
+        keep = round(h * width / height)
+        left = (w - keep) // 2
+        image = image[:, left : left + keep]
+    resized = Image.fromarray(image).resize((width, height), Image.BILINEAR)
+    return np.asarray(resized)
+
+
+def fit_video(video: np.ndarray, frames: int, height: int, width: int) -> np.ndarray:
+    """Fit every frame to (height, width) and the length to ``frames`` (cut, or pad with
+    the last frame)."""
+    t = len(video)
+    if t != frames:
+        warnings.warn(
+            f"conditioning video has {t} frames; using {frames} (cut, or the last frame "
+            "repeated): lengths are 1 + 4k",
+            stacklevel=3,
+        )
+        video = (
+            video[:frames]
+            if t > frames
+            else np.concatenate([video, np.repeat(video[-1:], frames - t, axis=0)])
+        )
+    if video.shape[1:3] != (height, width):
+        fit_image(video[0], height, width)  # one warning for the clip
+        video = np.stack([fit_image(f, height, width, warn=False) for f in video])
+    return video
