@@ -102,3 +102,39 @@ def test_generate_cli_with_an_image_and_a_video(model_dir, clip, tmp_path, one_t
     assert out[-2].endswith("i2v.mp4") and out[-1].endswith("e.gif")
     assert main([*base, "--video", str(video)]) == 2
     assert "video and strength go together" in capsys.readouterr().err
+
+
+def test_extend_continues_a_clip_window_by_window(pipe, clip, one_thread):
+    out = pipe(
+        PROMPT, video=clip, extend=10, generator=torch.Generator().manual_seed(0), progress=False
+    ).frames
+    assert out.shape == (27, 64, 64, 3)
+    assert np.array_equal(out[:17], clip)  # the input comes back unchanged, then new frames
+    long = pipe(PROMPT, num_frames=29, window=9, progress=False).frames
+    assert long.shape == (29, 64, 64, 3)
+
+
+def test_loop_pins_the_last_latent_to_frame_zero(pipe, clip, one_thread):
+    out = latents(pipe, image=clip[0], loop=True)
+    torch.testing.assert_close(out[:, :, :1], pipe._encode(clip[:1]), atol=1e-5, rtol=0)
+    held = pipe._encode(np.repeat(clip[:1], 17, axis=0))[:, :, -1:]
+    torch.testing.assert_close(out[:, :, -1:], held, atol=1e-5, rtol=0)
+    assert pipe(PROMPT, loop=True, num_frames=9, progress=False).frames.shape == (9, 64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"extend": 8}, "extend needs a video"),
+        ({"video": "CLIP", "extend": -4}, "backward"),
+        ({"video": "CLIP", "extend": 4, "strength": 0.5}, "extend takes a video only"),
+        ({"loop": True, "last_image": "FRAME"}, "loop pins the last frame"),
+        ({"prompt": [PROMPT, PROMPT], "loop": True}, "one prompt at a time"),
+        ({"num_frames": 17, "window": 5}, "longer than the 5 context frames"),
+    ],
+)
+def test_bad_extension_and_loop_arguments(pipe, clip, kwargs, message):
+    kwargs = {k: clip if v == "CLIP" else clip[0] if v == "FRAME" else v for k, v in kwargs.items()}
+    prompt = kwargs.pop("prompt", PROMPT)
+    with pytest.raises(PipelineError, match=message):
+        pipe(prompt, progress=False, **kwargs)

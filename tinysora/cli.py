@@ -118,6 +118,9 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         last_image=args.last,
         video=args.video,
         strength=args.strength,
+        extend=args.extend,
+        window=args.window,
+        loop=args.loop,
     )
     fps = args.fps or pipe.config.fps
     out = args.output or f"outputs/generate_{args.seed}.mp4"
@@ -215,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--strength", type=float, help="SDEdit noise level in (0, 1]: low keeps more of --video"
     )
+    gen.add_argument("--extend", type=int, help="continue --video by this many frames")
+    gen.add_argument(
+        "--window", type=int, help="frames per generation window for long clips (e.g. 17)"
+    )
+    gen.add_argument("--loop", action="store_true", help="make the clip end where it starts")
     gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")

@@ -122,16 +122,28 @@ class TextToVideoPipeline:
         last_image=None,
         video=None,
         strength: float | None = None,
+        extend: int | None = None,
+        window: int | None = None,
+        loop: bool = False,
     ) -> VideoOutput:
         """Generate videos from prompts (diffusers-style; see the module doc).
 
-        Conditioning (the same for every prompt of the call): ``image`` is frame 0
-        (image-to-video); ``first_image`` / ``last_image`` pin the ends (interpolation);
-        ``video`` with ``strength`` in (0, 1] re-generates a clip under the prompt from
-        its latents noised to flow time ``strength`` (SDEdit: low keeps more of the
-        input). Images: PIL, uint8 (H, W, 3) or a path; videos: uint8 (T, H, W, 3) or a
-        path. Inputs of another size are resized (centre crop to the aspect) with a
-        warning. Given latent frames enter the DiT clean at t = 0 and are kept as given.
+        Conditioning (one prompt at a time for ``extend`` / ``window`` / ``loop``):
+
+        * ``image``: frame 0 (image-to-video); ``first_image`` / ``last_image`` pin the
+          ends (interpolation, keyframes);
+        * ``video`` + ``strength`` in (0, 1]: re-generate the clip under the prompt from
+          its latents noised to flow time ``strength`` (SDEdit; low keeps more);
+        * ``video`` + ``extend=N``: continue the clip by N frames, ``window`` frames
+          (default ``num_frames``) at a time, each window given the last
+          1 + 4 (CONTEXT_LATENTS - 1) frames so far; returns the whole longer clip;
+        * ``window`` < ``num_frames`` without a video: a long clip made the same way
+          from a first generated window (memory bounded by the window);
+        * ``loop``: the clip ends where it starts (its last frame pinned to frame 0).
+
+        Images: PIL, uint8 (H, W, 3) or a path; videos: uint8 (T, H, W, 3) or a path.
+        Inputs of another size are resized (centre crop to the aspect) with a warning.
+        Given latent frames enter the DiT clean at t = 0 and come out as given.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = negative_prompt if negative_prompt is not None else ""
@@ -140,82 +152,173 @@ class TextToVideoPipeline:
             raise PipelineError("negative_prompt must be one string or one per prompt")
         if output_type not in ("np", "pil", "latent"):
             raise PipelineError(f"output_type must be 'np', 'pil' or 'latent', got {output_type!r}")
-        steps = num_inference_steps or self.config.num_inference_steps
-        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        sample = get_sampler(sampler or self.config.sampler)
-        if steps < 1:
-            raise PipelineError(f"num_inference_steps must be >= 1, got {steps}")
-        if (video is None) != (strength is None):
-            raise PipelineError("video and strength go together (SDEdit: --video X --strength S)")
-        if strength is not None and not 0 < strength <= 1:
-            raise PipelineError(f"strength must be in (0, 1], got {strength}")
-        if image is not None and first_image is not None:
-            raise PipelineError("give either image or first_image (both mean frame 0)")
+        run = _Run(
+            steps=num_inference_steps or self.config.num_inference_steps,
+            scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+            sample=get_sampler(sampler or self.config.sampler),
+            callback=callback,
+            progress=progress,
+        )
+        if run.steps < 1:
+            raise PipelineError(f"num_inference_steps must be >= 1, got {run.steps}")
+        _check_conditioning(image, first_image, last_image, video, strength, extend, loop)
+        sequential = extend is not None or loop or (window is not None and window < num_frames)
+        if sequential and len(prompts) != 1:
+            raise PipelineError("extend, window and loop take one prompt at a time")
+        if extend is not None or (window is not None and window < num_frames):
+            clip = self._extend(
+                prompts, negatives, video, extend, num_frames, window, height, width, generator, run
+            )
+            return self._output([clip], isinstance(prompt, str), output_type)
+        if loop:
+            image = self._loop_anchor(
+                prompts, negatives, image, num_frames, height, width, generator, run
+            )
+            first_image, last_image = image, image
         if video is not None:
             video = conditioning.load_video(video)
             num_frames = len(video)
         num_frames, height, width = self._legal_size(num_frames, height, width)
-        shape = (
-            len(prompts),
-            self.vae.config.latent_channels,
-            latent_frames(num_frames),
-            height // SPACE_FACTOR,
-            width // SPACE_FACTOR,
-        )
-        x = initial_noise(shape, generator)
-        tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
-        times = flow_times(steps, timestep_shift(tokens, self.config.flow))
-        given = clean = None
+        clean = given = start = None
         first = image if image is not None else first_image
         if first is not None or last_image is not None:
             clean, given = self._keyframes(first, last_image, num_frames, height, width)
-            x = torch.where(given, clean, x)
         if video is not None:
             start = self._encode(conditioning.fit_video(video, num_frames, height, width))
+        shape = self._latent_shape(len(prompts), num_frames, height, width)
+        latents = self._sample(
+            prompts, negatives, shape, generator, run, clean, given, start, strength
+        )
+        if output_type == "latent":
+            return VideoOutput(latents)
+        clips = [self._decode(z[None], num_frames) for z in latents]
+        return self._output(clips, isinstance(prompt, str), output_type)
+
+    def _latent_shape(self, batch: int, num_frames: int, height: int, width: int):
+        c = self.vae.config.latent_channels
+        return (batch, c, latent_frames(num_frames), height // SPACE_FACTOR, width // SPACE_FACTOR)
+
+    def _sample(
+        self,
+        prompts,
+        negatives,
+        shape,
+        generator,
+        run: _Run,
+        clean=None,
+        given=None,
+        start=None,
+        strength=None,
+    ) -> torch.Tensor:
+        """Latents (B, C, t, h, w): the flow ODE from noise (or from ``start`` noised to
+        ``strength``), with ``given`` latents (B or 1, 1, t, h, w) held at ``clean``."""
+        x = initial_noise(shape, generator)
+        tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
+        times = flow_times(run.steps, timestep_shift(tokens, self.config.flow))
+        if start is not None:
             times = torch.cat([times.new_tensor([strength]), times[times < strength]])
             x = (1 - strength) * start + strength * x
-
-        def denoiser(x, t, text, text_mask, given=None, clean=None):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                if given is None:
-                    return self.dit(x, t, text, text_mask).float()
-                x = torch.where(given, clean, x)
-                tokens, grid = patchify(x, self.dit.config.patch)
-                given_tokens = patchify(given.expand_as(x).float(), self.dit.config.patch)[0]
-                t_tok = torch.where(given_tokens[..., 0] > 0, 0.0, t[:, None])  # (B, N)
-                positions = grid_positions(grid)
-                v = self.dit.forward_tokens(tokens, t_tok, positions, text, text_mask, grid=grid)
-                v = unpatchify(v.float(), grid, self.dit.config.patch)
-            return torch.where(given, 0.0, v)  # given latents stay as they are
-
-        guided = cfg_denoiser(denoiser, scale)
         cond, uncond = self._text(prompts), self._text(negatives)
         if given is not None:
-            batch = {"given": given.expand(len(prompts), -1, -1, -1, -1)}
-            batch["clean"] = clean.expand(len(prompts), -1, -1, -1, -1)
-            cond, uncond = {**cond, **batch}, {**uncond, **batch}
-        bar = tqdm(total=len(times) - 1, desc="sampling", unit="step", disable=not progress)
+            x = torch.where(given, clean, x)
+            held = {
+                "given": given.expand(shape[0], -1, -1, -1, -1),
+                "clean": clean.expand(shape[0], -1, -1, -1, -1),
+            }
+            cond, uncond = {**cond, **held}, {**uncond, **held}
+        bar = tqdm(total=len(times) - 1, desc="sampling", unit="step", disable=not run.progress)
 
         def on_step(info: dict) -> None:
             bar.update(1)
-            if callback is not None:
-                callback(info)
+            if run.callback is not None:
+                run.callback(info)
 
+        guided = cfg_denoiser(self._denoise, run.scale)
         extra = {"cond": cond, "uncond": uncond}
-        latents = sample(guided, x, times, extra_args=extra, callback=on_step)
+        latents = run.sample(guided, x, times, extra_args=extra, callback=on_step)
         bar.close()
-        if output_type == "latent":
-            return VideoOutput(latents)
+        return latents
+
+    def _denoise(self, x, t, text, text_mask, given=None, clean=None) -> torch.Tensor:
+        """The DiT's velocity; ``given`` latents are set to ``clean``, enter at t = 0 and
+        get velocity 0 (so every sampler keeps them)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if given is None:
+                return self.dit(x, t, text, text_mask).float()
+            patch = self.dit.config.patch
+            x = torch.where(given, clean, x)
+            tokens, grid = patchify(x, patch)
+            given_tokens = patchify(given.expand_as(x).float(), patch)[0][..., 0] > 0  # (B, N)
+            t_tok = torch.where(given_tokens, 0.0, t[:, None])
+            positions = grid_positions(grid)
+            v = self.dit.forward_tokens(tokens, t_tok, positions, text, text_mask, grid=grid)
+            v = unpatchify(v.float(), grid, patch)
+        return torch.where(given, 0.0, v)
+
+    def _decode(self, latents: torch.Tensor, num_frames: int) -> np.ndarray:
+        """(1, C, t, h, w) normalized latents -> uint8 (T, H, W, 3)."""
         with torch.autocast("cpu", dtype=torch.bfloat16):
             pixels = self.vae.decode(
                 self.vae.denormalize(latents), num_frames=num_frames, chunk_latents=4
             )
-        frames = [tensor_to_frames(p) for p in pixels]  # each uint8 (T, H, W, 3)
+        return tensor_to_frames(pixels[0])
+
+    @staticmethod
+    def _output(clips: list[np.ndarray], single: bool, output_type: str) -> VideoOutput:
+        if output_type == "latent":
+            raise PipelineError("output_type 'latent' is not available with extend / window")
         if output_type == "pil":
             from PIL import Image
 
-            frames = [[Image.fromarray(f) for f in clip] for clip in frames]
-        return VideoOutput(frames[0] if isinstance(prompt, str) else frames)
+            clips = [[Image.fromarray(f) for f in clip] for clip in clips]
+        return VideoOutput(clips[0] if single else clips)
+
+    def _extend(
+        self,
+        prompts,
+        negatives,
+        video,
+        extend,
+        num_frames,
+        window,
+        height,
+        width,
+        generator,
+        run: _Run,
+    ) -> np.ndarray:
+        """The clip (given, or a first generated window) continued window by window."""
+        window = window or num_frames
+        window, height, width = self._legal_size(window, height, width)
+        context = 1 + TIME_FACTOR * (CONTEXT_LATENTS - 1)
+        if window <= context:
+            raise PipelineError(f"the window must be longer than the {context} context frames")
+        if video is None:
+            shape = self._latent_shape(1, window, height, width)
+            clip = self._decode(self._sample(prompts, negatives, shape, generator, run), window)
+            target = num_frames
+        else:
+            clip = conditioning.load_video(video)
+            clip = conditioning.fit_video(clip, len(clip), height, width)
+            target = len(clip) + extend
+        shape = self._latent_shape(1, window, height, width)
+        given = torch.zeros(1, 1, *shape[2:], dtype=torch.bool)
+        given[:, :, :CONTEXT_LATENTS] = True
+        while len(clip) < target:
+            clean = torch.zeros(shape)
+            clean[:, :, :CONTEXT_LATENTS] = self._encode(clip[-context:])
+            latents = self._sample(prompts, negatives, shape, generator, run, clean, given)
+            clip = np.concatenate([clip, self._decode(latents, window)[context:]])
+        return clip[:target]
+
+    def _loop_anchor(
+        self, prompts, negatives, image, num_frames, height, width, generator, run: _Run
+    ):
+        """Frame 0 of a looping clip: the given image, or that of a first generation."""
+        if image is not None:
+            return image
+        _, height, width = self._legal_size(num_frames, height, width)
+        shape = self._latent_shape(1, 1, height, width)
+        return self._decode(self._sample(prompts, negatives, shape, generator, run), 1)[0]
 
     def _legal_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         multiple = SPACE_FACTOR * self.dit.config.patch[1]
@@ -253,6 +356,40 @@ class TextToVideoPipeline:
             clean[:, :, -1:] = self._encode(np.repeat(frame[None], num_frames, 0))[:, :, -1:]
             given[:, :, -1] = True
         return clean, given
+
+
+@dataclass
+class _Run:
+    """How to run one sampling: steps, guidance, sampler function, progress reporting."""
+
+    steps: int
+    scale: float
+    sample: Callable
+    callback: Callable[[dict], None] | None
+    progress: bool
+
+
+CONTEXT_LATENTS = 2  # latent frames an extension window is given (= the last 5 frames)
+
+
+def _check_conditioning(image, first_image, last_image, video, strength, extend, loop):
+    if image is not None and first_image is not None:
+        raise PipelineError("give either image or first_image (both mean frame 0)")
+    if strength is not None and not 0 < strength <= 1:
+        raise PipelineError(f"strength must be in (0, 1], got {strength}")
+    if extend is not None:
+        if video is None:
+            raise PipelineError("extend needs a video to continue (--video X --extend N)")
+        if extend < 1:
+            raise PipelineError(
+                f"extend must be >= 1 frame (backward: not supported), got {extend}"
+            )
+        if loop or any(x is not None for x in (strength, image, first_image, last_image)):
+            raise PipelineError("extend takes a video only (no images, strength or loop)")
+    elif (video is None) != (strength is None):
+        raise PipelineError("video and strength go together (SDEdit: --video X --strength S)")
+    if loop and (last_image is not None or video is not None):
+        raise PipelineError("loop pins the last frame to frame 0: no last_image or video")
 
 
 def generate_seeded(
