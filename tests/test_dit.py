@@ -22,6 +22,7 @@ from tinysora.nn.attention import (
     apply_rope,
     rope_angles,
     rope_split,
+    rope_table,
     segment_mask,
 )
 from tinysora.nn.layers import MLP, RMSNorm, TimestepEmbedder, modulate
@@ -64,7 +65,7 @@ def text_inputs(b: int, L: int, lengths: list[int], seed: int = 5):
 
 
 def block_inputs(model: DiT, n: int = 6, L: int = 4, seed: int = 1):
-    """Random x, c, text, masks and angles for a (1, 2, 3) grid, batch 2."""
+    """Random x, c, text, masks and RoPE table for a (1, 2, 3) grid, batch 2."""
     d = model.config.width
     x = torch.randn(2, n, d, generator=gen(seed))
     c = torch.randn(2, n, d, generator=gen(seed + 1))  # per-token conditioning
@@ -72,8 +73,8 @@ def block_inputs(model: DiT, n: int = 6, L: int = 4, seed: int = 1):
     text_mask = torch.tensor([[True] * L, [True, True, False, False]])
     positions = grid_positions((1, 2, 3))[None].expand(2, -1, -1)
     masks = model._masks(positions, text_mask, None, None)
-    angles = rope_angles(positions, d // model.config.heads, model.config.rope_theta)
-    return x, c, text, masks, angles
+    rope = rope_table(rope_angles(positions, d // model.config.heads, model.config.rope_theta))
+    return x, c, text, masks, rope
 
 
 @pytest.mark.parametrize("attention", MODES)
@@ -359,7 +360,7 @@ def test_rope_angles_shape_and_zero_position():
     assert ang.shape == (1, 24, 8)
     assert torch.equal(ang[0, 0], torch.zeros(8))  # position (0, 0, 0): no rotation
     x = torch.randn(1, 2, 24, 16, generator=gen(20))
-    torch.testing.assert_close(apply_rope(x, ang)[:, :, 0], x[:, :, 0])
+    torch.testing.assert_close(apply_rope(x, rope_table(ang))[:, :, 0], x[:, :, 0])
 
 
 def test_apply_rope_preserves_norms():
@@ -367,7 +368,7 @@ def test_apply_rope_preserves_norms():
     pos = torch.randint(0, 50, (2, 7, 3), generator=gen(21))
     ang = rope_angles(pos, head_dim, 100.0)
     x = torch.randn(2, 3, 7, head_dim, generator=gen(22))
-    y = apply_rope(x, ang)
+    y = apply_rope(x, rope_table(ang))
     assert y.shape == x.shape
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(y, x)
@@ -381,7 +382,7 @@ def test_rope_dot_product_depends_only_on_offset(head_dim):
     def score(p_q, p_k):
         a_q = rope_angles(torch.tensor([[p_q]]), head_dim, 100.0)  # (1, 1, hd/2)
         a_k = rope_angles(torch.tensor([[p_k]]), head_dim, 100.0)
-        return (apply_rope(q, a_q) * apply_rope(k, a_k)).sum().item()
+        return (apply_rope(q, rope_table(a_q)) * apply_rope(k, rope_table(a_k))).sum().item()
 
     p1, p2 = [1, 2, 3], [4, 0, 7]
     base = score(p1, p2)
@@ -404,10 +405,10 @@ def test_attention_all_true_mask_equals_no_mask():
     torch.manual_seed(0)
     attn = Attention(32, 2).eval()
     x = torch.randn(2, 5, 32, generator=gen(30))
-    angles = rope_angles(grid_positions((1, 1, 5))[None].expand(2, -1, -1), 16, 100.0)
+    rope = rope_table(rope_angles(grid_positions((1, 1, 5))[None].expand(2, -1, -1), 16, 100.0))
     with torch.no_grad():
-        a = attn(x, mask=torch.ones(2, 1, 5, 5, dtype=torch.bool), angles=angles)
-        b = attn(x, angles=angles)
+        a = attn(x, mask=torch.ones(2, 1, 5, 5, dtype=torch.bool), rope=rope)
+        b = attn(x, rope=rope)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
     cross = Attention(32, 2, kv_dim=24).eval()

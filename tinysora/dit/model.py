@@ -27,7 +27,7 @@ from torch import nn
 
 from tinysora.config import Config
 from tinysora.dit.patchify import grid_positions, patchify, unpatchify
-from tinysora.nn.attention import Attention, rope_angles, segment_mask
+from tinysora.nn.attention import Attention, rope_angles, rope_table, segment_mask
 from tinysora.nn.layers import MLP, RMSNorm, TimestepEmbedder, modulate
 
 
@@ -92,7 +92,7 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, c, text, masks: dict, angles, grid=None) -> torch.Tensor:
+    def forward(self, x, c, text, masks: dict, rope, grid=None) -> torch.Tensor:
         """x (B, N, D); c: SiLU'd timestep embedding, (B, 1, D) shared by a row's tokens
         or a :class:`PerToken` pair; text (B, L, D).
 
@@ -103,14 +103,14 @@ class DiTBlock(nn.Module):
         mods = _modulation(self.modulation, c).chunk(self.n_mod, dim=-1)  # (B, N or 1, D)
         h = modulate(self.norm1(x), mods[0], mods[1])
         if self.factorized and grid is not None:
-            x = x + mods[2] * _grouped(self.attn, h, angles, grid[0], across_time=False)
+            x = x + mods[2] * _grouped(self.attn, h, rope, grid[0], across_time=False)
             h = modulate(self.norm_t(x), mods[6], mods[7])
-            x = x + mods[8] * _grouped(self.attn_t, h, angles, grid[0], across_time=True)
+            x = x + mods[8] * _grouped(self.attn_t, h, rope, grid[0], across_time=True)
         else:
-            x = x + mods[2] * self.attn(h, mask=masks["self"], angles=angles)
+            x = x + mods[2] * self.attn(h, mask=masks["self"], rope=rope)
             if self.factorized:
                 h = modulate(self.norm_t(x), mods[6], mods[7])
-                x = x + mods[8] * self.attn_t(h, mask=masks["temporal"], angles=angles)
+                x = x + mods[8] * self.attn_t(h, mask=masks["temporal"], rope=rope)
         x = x + self.cross(self.norm_x(x), context=text, mask=masks["text"])
         h = modulate(self.norm2(x), mods[3], mods[4])
         return x + mods[5] * self.mlp(h)
@@ -133,16 +133,16 @@ def _modulation(layer: nn.Linear, c) -> torch.Tensor:
     return layer(c)
 
 
-def _grouped(attn, x: torch.Tensor, angles: torch.Tensor, frames: int, across_time: bool):
+def _grouped(attn, x: torch.Tensor, rope: torch.Tensor, frames: int, across_time: bool):
     """Attention within each frame (all patches of one t) or, ``across_time``, within
     each patch column (one (h, w) over all t); x (B, N, D) in (t, h, w) raster order."""
     b, n, d = x.shape
-    a = angles.expand(b, -1, -1)
+    a = rope.expand(b, -1, -1)
     x, a = x.view(b, frames, n // frames, d), a.reshape(b, frames, n // frames, -1)
     if across_time:
         x, a = x.transpose(1, 2), a.transpose(1, 2)  # (B, hw, T, .)
     groups, size = x.shape[1], x.shape[2]
-    y = attn(x.reshape(b * groups, size, d), angles=a.reshape(b * groups, size, -1))
+    y = attn(x.reshape(b * groups, size, d), rope=a.reshape(b * groups, size, -1))
     y = y.view(b, groups, size, d)
     return (y.transpose(1, 2) if across_time else y).reshape(b, n, d)
 
@@ -155,7 +155,7 @@ class DiT(nn.Module):
         patch_dim = cfg.in_channels * cfg.patch[0] * cfg.patch[1] * cfg.patch[2]
         self.x_embed = nn.Linear(patch_dim, d)
         self.t_embed = TimestepEmbedder(d)
-        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"))
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU())
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.norm_out = RMSNorm(d, affine=False)
         self.out_modulation = nn.Linear(d, 2 * d)
@@ -191,9 +191,8 @@ class DiT(nn.Module):
         if positions.ndim == 2:
             positions = positions[None].expand(b, -1, -1)  # (B, N, 3)
         masks = self._masks(positions, text_mask, segments, text_segments, grouped)
-        angles = rope_angles(
-            positions, self.config.width // self.config.heads, self.config.rope_theta
-        )
+        head_dim = self.config.width // self.config.heads
+        rope = rope_table(rope_angles(positions, head_dim, self.config.rope_theta))
         if t.ndim == 1:  # one time per row
             c = nn.functional.silu(self.t_embed(t[:, None]))  # (B, 1, D)
         else:  # per token (B, N)
@@ -202,7 +201,7 @@ class DiT(nn.Module):
         x = self.x_embed(tokens)
         text = self.text_proj(text)
         for block in self.blocks:
-            x = block(x, c, text, masks, angles, grid if grouped else None)
+            x = block(x, c, text, masks, rope, grid if grouped else None)
         shift, scale = _modulation(self.out_modulation, c).chunk(2, dim=-1)
         return self.out(modulate(self.norm_out(x), shift, scale))
 
