@@ -219,7 +219,8 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
     dyn_rows = [[label] + [pick(dyn[g]) for g in dyn] for label, pick in DYNAMICS_ROWS]
     vq = report["vae"]["quality"]
     vae_rows = [
-        [k, q["clips"], q["psnr_mean"], q["psnr_min"], q["ssim_mean"]] for k, q in vq.items()
+        [k, q["clips"], q["psnr_mean"], q["psnr_min"], q["ssim_mean"], _pct(q["detected_exactly"])]
+        for k, q in vq.items()
     ]
     samples = "".join(
         f'<tr><td class="l">{html.escape(s["group"])}</td><td class="l">{html.escape(s["prompt"])}'
@@ -243,7 +244,7 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
 <h2>Dynamics</h2>
 {_table(["measure", *dyn], dyn_rows)}
 <h2>VAE reconstruction</h2>
-{_table(["set", "clips", "PSNR (dB)", "min PSNR", "SSIM"], vae_rows)}
+{_table(["set", "clips", "PSNR (dB)", "min PSNR", "SSIM", "detected exactly"], vae_rows)}
 <p>Compression {ratio:.1f}x (pixels x 3 / latent elements).</p>
 <h2>Plots</h2>
 {images}
