@@ -114,8 +114,9 @@ def test_extend_continues_a_clip_window_by_window(pipe, clip, one_thread):
     assert long.shape == (29, 64, 64, 3)
 
 
-def test_loop_pins_the_last_latent_to_frame_zero(pipe, clip, one_thread):
-    out = latents(pipe, image=clip[0], loop=True)
+@pytest.mark.parametrize("key", ["image", "first_image"])
+def test_loop_pins_the_last_latent_to_frame_zero(pipe, clip, one_thread, key):
+    out = latents(pipe, loop=True, **{key: clip[0]})
     torch.testing.assert_close(out[:, :, :1], pipe._encode(clip[:1]), atol=1e-5, rtol=0)
     held = pipe._encode(np.repeat(clip[:1], 17, axis=0))[:, :, -1:]
     torch.testing.assert_close(out[:, :, -1:], held, atol=1e-5, rtol=0)
@@ -131,10 +132,12 @@ def test_loop_pins_the_last_latent_to_frame_zero(pipe, clip, one_thread):
         ({"loop": True, "last_image": "FRAME"}, "loop pins the last frame"),
         ({"prompt": [PROMPT, PROMPT], "loop": True}, "one prompt at a time"),
         ({"num_frames": 17, "window": 5}, "longer than the 5 context frames"),
+        ({"video": "SHORT", "extend": 4}, "video of >= 5 frames"),
     ],
 )
 def test_bad_extension_and_loop_arguments(pipe, clip, kwargs, message):
-    kwargs = {k: clip if v == "CLIP" else clip[0] if v == "FRAME" else v for k, v in kwargs.items()}
+    named = {"CLIP": clip, "FRAME": clip[0], "SHORT": clip[:3]}
+    kwargs = {k: named.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
     prompt = kwargs.pop("prompt", PROMPT)
     with pytest.raises(PipelineError, match=message):
         pipe(prompt, progress=False, **kwargs)

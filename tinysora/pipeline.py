@@ -170,11 +170,12 @@ class TextToVideoPipeline:
                 prompts, negatives, video, extend, num_frames, window, height, width, generator, run
             )
             return self._output([clip], isinstance(prompt, str), output_type)
-        if loop:
+        if loop:  # frame 0 (given, or from a first generation) pinned at both ends
+            first = image if image is not None else first_image
             image = self._loop_anchor(
-                prompts, negatives, image, num_frames, height, width, generator, run
+                prompts, negatives, first, num_frames, height, width, generator, run
             )
-            first_image, last_image = image, image
+            first_image, last_image = None, image
         if video is not None:
             video = conditioning.load_video(video)
             num_frames = len(video)
@@ -298,6 +299,8 @@ class TextToVideoPipeline:
             target = num_frames
         else:
             clip = conditioning.load_video(video)
+            if len(clip) < context:
+                raise PipelineError(f"extend needs a video of >= {context} frames, got {len(clip)}")
             clip = conditioning.fit_video(clip, len(clip), height, width)
             target = len(clip) + extend
         shape = self._latent_shape(1, window, height, width)
