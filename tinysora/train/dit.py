@@ -1,8 +1,10 @@
 """`tinysora train dit`: train the text-to-video DiT on pre-encoded Shapes World latents.
 
 Recipe sections: ``[model]`` (DiTConfig, or ``preset = "tiny"`` + overrides),
-``[train]`` (TrainConfig), ``[flow]`` (FlowConfig) and top-level data settings.
-Steps:
+``[train]`` (TrainConfig), ``[flow]`` (FlowConfig), ``[pipeline]`` (sampling defaults
+of the exported model), ``[packing]`` (Patch n' Pack on a mixture of sizes, see
+:class:`PackingConfig`), ``[tasks]`` (conditioning tasks, see
+``tinysora.diffusion.tasks``) and top-level data settings. Steps (fixed size):
 
 1. **Latent cache** (once per run dir): ``cache_clips`` training-split clips of
    ``height x width x frames`` are rendered, encoded with the VAE (posterior mean),
