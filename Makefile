@@ -21,8 +21,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# Generates a clip with the bundled model (weights/) and prints its path last.
 demo: $(VENV)/.installed
-	$(BIN)/tinysora world "$(DEMO_PROMPT)" -o outputs/demo.mp4
+	$(BIN)/tinysora generate "$(DEMO_PROMPT)" -o outputs/demo.mp4
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
