@@ -1,6 +1,6 @@
 """Screenshot an HTML report with headless Chromium (Debian package `chromium`), to look at it.
 
-    python scripts/screenshot_report.py report/index.html -o report/screenshot.png
+python scripts/screenshot_report.py report/index.html -o report/screenshot.png
 """
 
 from __future__ import annotations
