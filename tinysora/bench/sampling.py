@@ -330,7 +330,14 @@ def vae_speed_memory(
         runs = []
         for _ in range(repeats):
             cmd = python_cmd(
-                "-m", "tinysora.eval.vae", "--model", str(vae_dir), "--_probe", str(frames)
+                "-m",
+                "tinysora.cli",
+                "eval",
+                "vae",
+                "--model",
+                str(vae_dir),
+                "--_probe",
+                str(frames),
             )
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode:
@@ -356,7 +363,7 @@ def vae_speed_memory(
     return {
         "vae": str(vae_dir),
         "clip_size": [64, 64],
-        "method": "python -m tinysora.eval.vae --_probe T: bf16, encode 1 + 16 frames then 16 "
+        "method": "python -m tinysora.cli eval vae --_probe T: bf16, encode 1 + 16 frames then 16 "
         "at a time, decode 4 latent frames at a time (causal cache); peak RSS of the process",
         "rows": rows,
     }

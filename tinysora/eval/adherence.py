@@ -19,7 +19,6 @@ Rates come with 95% Wilson intervals.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from tinysora.errors import UserError
 from tinysora.eval.metrics import wilson, write_json
@@ -117,13 +116,3 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{group:12s} all right {r['all_right']:.1%} [{lo:.1%}, {hi:.1%}] ({attrs})")
     write_json(report, args.json)
     return report
-
-
-def main() -> int:
-    from tinysora.cli import main as cli_main
-
-    return cli_main(["eval", "adherence", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,6 @@
 """Temporal quality of videos: motion smoothness, consistency, object permanence.
 
     tinysora eval dynamics [--model DIR] [--n 100] [--json OUT] [--truth]
-    python -m tinysora.eval.dynamics ...   (the same)
 
 Clips are read with the caption-blind detector (``tinysora.worlds.detect``). Each
 prompt object is matched to the detected object of its color (as in
@@ -51,7 +50,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import sys
 
 import numpy as np
 from scipy import optimize
@@ -544,13 +542,3 @@ def run(args: argparse.Namespace) -> dict:
         print("\n".join(summary_lines(group, r)))
     write_json(report, args.json)
     return report
-
-
-def main() -> int:
-    from tinysora.cli import main as cli_main
-
-    return cli_main(["eval", "dynamics", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -114,7 +114,8 @@ def evaluate(model_dir: str, n: int) -> dict:
     report["quality"] = quality(vae, n)
     report["speed_memory"] = []
     for t in MEMORY_LENGTHS:
-        cmd = [sys.executable, "-m", "tinysora.eval.vae", "--model", model_dir, "--_probe", str(t)]
+        cmd = [sys.executable, "-m", "tinysora.cli", "eval", "vae", "--model", model_dir]
+        cmd += ["--_probe", str(t)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         report["speed_memory"].append(json.loads(res.stdout.strip().splitlines()[-1]))
     return report
@@ -141,13 +142,3 @@ def run(args: argparse.Namespace) -> dict:
         )
     write_json(report, args.json)
     return report
-
-
-def main() -> int:
-    from tinysora.cli import main as cli_main
-
-    return cli_main(["eval", "vae", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
