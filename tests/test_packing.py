@@ -81,6 +81,9 @@ def test_plan_row_fills_rows_with_legal_sizes():
             assert max(h, w) <= 2 * min(h, w)
     assert used / (40 * budget) >= 0.97
     assert mixture.tokens(17, 64, 64) == 80 and mixture.tokens(1, 32, 32) == 4
+    videos = Mixture(frames=(9, 17), frame_weights=(1.0, 1.0))  # no images to fill with
+    plans = [plan_row(videos, budget, rng) for _ in range(20)]
+    assert all(frames in (9, 17) for plan in plans for frames, _, _ in plan)
 
 
 @pytest.mark.parametrize("attention", ["full", "factorized"])

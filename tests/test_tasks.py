@@ -10,7 +10,9 @@ from tiny import tiny_recipe
 
 from tinysora.config import ConfigError
 from tinysora.diffusion.tasks import TASKS, TaskConfig, given_mask, sample_given
-from tinysora.train.dit import train_dit
+from tinysora.io.checkpoint import load_tensors
+from tinysora.text.encoder import TextEncoder
+from tinysora.train.dit import DiTRecipe, packed_steps, train_dit
 
 GRID = (5, 4, 4)
 
@@ -62,7 +64,39 @@ def test_training_with_conditioning_tasks(tmp_path, one_thread):
     train_dit(recipe, tmp_path / "run")
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(0 < r["loss"] < 10 for r in log)
-    both = recipe.read_text() + "[packing]\nenabled = true\n"
-    recipe.write_text(both)
-    with pytest.raises(ConfigError, match="not supported yet"):
-        train_dit(recipe, tmp_path / "run2")
+
+
+def test_packed_training_with_conditioning_tasks(tmp_path, one_thread):
+    recipe_path = tiny_recipe(
+        tmp_path,
+        "[tasks]\nt2v = 0.0\nfirst_frame = 1.0\ndrop_condition = 0.0\n"
+        "[packing]\nenabled = true\ntoken_budget = 40\nrows = 2\nclips_per_size = 2\n"
+        "[packing.mixture]\nsides = [32, 48]\nframes = [9]\nframe_weights = [1.0]\n",
+        top="encode_batch = 2\n",
+    )
+    train_dit(recipe_path, tmp_path / "run")
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(0 < r["loss"] < 10 for r in log)
+    # every clip is given its first latent frame: those tokens sit at t = 0 with no loss
+    recipe = DiTRecipe.load(recipe_path)
+    data = load_tensors(tmp_path / "run" / "latents.safetensors")
+    batch_fn = packed_steps(recipe, data, TextEncoder(max_length=8))[0]
+    packed, _, t, loss_mask, _ = batch_fn(0)
+    given = packed.valid & ~loss_mask
+    first_frame = packed.positions[..., 0] == 0
+    assert torch.equal(given, packed.valid & first_frame)
+    assert (t[given] == 0).all() and (t[loss_mask] > 0).all()
+
+
+def test_a_run_starts_from_a_model_directory(tmp_path, one_thread):
+    recipe = tiny_recipe(tmp_path, top="cache_clips = 4\nbatch_size = 2\nencode_batch = 4\n")
+    first = train_dit(recipe, tmp_path / "run")
+    text = recipe.read_text().replace("[train]\n", "[train]\nlr = 0.0\n")
+    recipe.write_text(f'init_from = "{first}"\n' + text)
+    second = train_dit(recipe, tmp_path / "run2")  # lr 0: the weights stay the initial ones
+    a = load_tensors(first / "dit" / "model.safetensors")
+    b = load_tensors(second / "dit" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    recipe.write_text(f'init_from = "{tmp_path}"\n' + text)
+    with pytest.raises(ConfigError, match="no dit/model.safetensors"):
+        train_dit(recipe, tmp_path / "run3")

@@ -188,6 +188,8 @@ def plan_row(mixture: Mixture, budget: int, rng: SplitMix64, tries: int = 8):
             misses = 0
         else:
             misses += 1
+    if 1 not in mixture.frames:
+        return plan
     images = sorted(mixture.shapes(), key=lambda hw: -mixture.tokens(1, *hw))
     for h, w in images:
         while mixture.tokens(1, h, w) <= free:

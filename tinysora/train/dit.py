@@ -92,6 +92,9 @@ class DiTRecipe(Config):
     encode_batch: int = 16
     packing: PackingConfig = field(default_factory=PackingConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)  # tokens given clean per sample
+    # a model directory (e.g. `tinysora export RUN -o DIR`) whose DiT weights the run
+    # starts from (model and EMA; a fresh optimizer): fine-tuning and annealing stages
+    init_from: str = ""
 
 
 def build_latent_cache(recipe: DiTRecipe, path: Path) -> None:
@@ -187,8 +190,6 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
     check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     packing = recipe.packing.enabled
-    if packing and recipe.tasks.conditioned:
-        raise ConfigError("[packing] with conditioning [tasks] is not supported yet; use one")
     cache = out / "latents.safetensors"
     if not cache.is_file():
         (build_mixture_cache if packing else build_latent_cache)(recipe, cache)
@@ -197,8 +198,11 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
     batch_fn, loss_fn, flops_per_step, recipe.model.in_channels = steps
     recipe.save(out / "recipe.json")
     torch.manual_seed(recipe.train.seed)
+    model = DiT(recipe.model)
+    if recipe.init_from:
+        load_into(model, load_tensors(_dit_weights(recipe.init_from)), recipe.init_from)
     trainer = Trainer(
-        DiT(recipe.model),
+        model,
         recipe.train,
         out,
         loss_fn=loss_fn,
@@ -210,6 +214,16 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
         print(f"resumed from step {trainer.step}")
     trainer.fit()
     return export_model(recipe, trainer.ema_state(), out / "model")
+
+
+def _dit_weights(directory: str) -> Path:
+    path = Path(directory) / "dit" / "model.safetensors"
+    if not path.is_file():
+        raise ConfigError(
+            f"init_from = '{directory}' has no dit/model.safetensors; give a model directory "
+            "(e.g. one written by `tinysora export RUN -o DIR`)"
+        )
+    return path
 
 
 def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
@@ -278,13 +292,19 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
         grids = [grid_size(tuple(x0.shape[2:]), patch) for x0, _ in clips]
         counts = torch.tensor([gt * gh * gw for gt, gh, gw in grids])
         t = sample_timesteps(len(clips), counts, recipe.flow, g)
-        noisy, targets, positions, kept = [], [], [], []
+        noisy, targets, positions, times, given, kept = [], [], [], [], [], []
         for (x0, _), grid, ti in zip(clips, grids, t, strict=True):
             noise = torch.randn(x0.shape, generator=g)
             keep = _kept_tokens(grid, pk.token_drop, g)
-            noisy.append(patchify(add_noise(x0, ti[None], noise), patch)[0][0][keep])
-            targets.append(patchify(velocity_target(x0, noise), patch)[0][0][keep])
+            clean, eps = patchify(x0, patch)[0][0][keep], patchify(noise, patch)[0][0][keep]
+            # conditioning tasks: given tokens enter clean at t = 0 and carry no loss
+            given_i = sample_given(recipe.tasks, grid, 1, g)[0][0][keep]
+            t_tok = torch.where(given_i, 0.0, ti)
+            noisy.append(add_noise(clean, t_tok, eps))
+            targets.append(velocity_target(clean, eps))
             positions.append(grid_positions(grid)[keep])
+            times.append(t_tok)
+            given.append(given_i)
             kept.append(len(keep))
         packed = pack(noisy, positions, list(text), list(mask), pk.token_budget)
         share = [k / int(n) for k, n in zip(kept, counts, strict=True)]
@@ -292,10 +312,11 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
             s * dit_flops_per_sample(recipe.model, grid, text_len)
             for s, grid in zip(share, grids, strict=True)
         )
-        return packed, packed.scatter(targets), packed.per_token(t), model_flops
+        loss_mask = packed.valid & ~packed.scatter(given)
+        return packed, packed.scatter(targets), packed.scatter(times), loss_mask, model_flops
 
     def loss_fn(m, batch):
-        packed, target, t, _ = batch
+        packed, target, t, loss_mask, _ = batch
         pred = m.forward_tokens(
             packed.tokens,
             t,
@@ -305,11 +326,11 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
             packed.segments,
             packed.text_segments,
         )
-        loss = flow_loss(pred.float(), target, packed.valid)
+        loss = flow_loss(pred.float(), target, loss_mask)
         return loss, {"pack_efficiency": packed.efficiency}
 
     channels = next(iter(latents.values())).shape[1]
-    return batch_fn, loss_fn, lambda batch: batch[3], channels
+    return batch_fn, loss_fn, lambda batch: batch[4], channels
 
 
 def _kept_tokens(grid: tuple[int, int, int], max_drop: float, g: torch.Generator):
