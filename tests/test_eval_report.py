@@ -9,6 +9,8 @@ import re
 from tiny import save_tiny_model
 
 from tinysora.cli import main
+from tinysora.eval.report import runnable_tasks
+from tinysora.eval.tasks import TASKS
 from tinysora.io.video import read_video
 
 
@@ -23,7 +25,13 @@ def test_eval_all_writes_a_self_contained_page(tmp_path, one_thread, capsys):
 
     page = (out / "index.html").read_text()
     report = json.loads((out / "report.json").read_text())
-    assert set(report) >= {"adherence", "dynamics", "vae", "samples"}
+    assert set(report) >= {"adherence", "dynamics", "vae", "samples", "tasks"}
+    # 5-frame clips: every conditioning task but extension (its windows need >= 9 frames)
+    assert list(report["tasks"]) == ["image_to_video", "interpolation", "loop", "editing"]
+    assert all(report["tasks"][t]["clips"] == 2 for t in report["tasks"])
+    assert "<h2>Conditioning tasks</h2>" in page and "psnr_first_db" in page
+    strips = [s for s in re.findall(r'src="([^"]+)"', page) if s.startswith("tasks/")]
+    assert len(strips) == 2 * len(report["tasks"]) - 1  # the loop is given no frames
     assert set(report["adherence"]) == {"single", "two", "held_out", "paraphrased"}
     for group in report["adherence"]:
         assert f'<td class="l">{group}</td>' in page
@@ -36,3 +44,11 @@ def test_eval_all_writes_a_self_contained_page(tmp_path, one_thread, capsys):
     frames, _ = read_video(out / report["samples"][0]["generated"])
     assert frames.shape == (5, 64, 64, 3)
     assert "<script" not in page  # static: opens from disk without a server
+
+
+def test_conditioning_tasks_that_fit_the_clip_length():
+    assert runnable_tasks(1, 129) == []  # images
+    assert runnable_tasks(8, 129) == []  # not 1 + 4k
+    assert "extension" not in runnable_tasks(5, 129)
+    assert runnable_tasks(17, 129) == list(TASKS)
+    assert "extension" not in runnable_tasks(17, 17)

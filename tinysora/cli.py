@@ -161,6 +161,20 @@ def _add_eval_parsers(sub) -> None:
     p = command("dynamics", "motion smoothness, temporal consistency, object permanence", True)
     p.add_argument("--n", type=int, default=100, help="scenes per group (default 100)")
     p.add_argument("--truth", action="store_true", help="judge ground-truth renders instead")
+    p = command("tasks", "conditioning tasks: image-to-video, extension, interpolation, ...", True)
+    p.add_argument("--n", type=int, default=50, help="scenes per task (default 50)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["image_to_video", "extension", "interpolation", "loop", "editing"],
+        help="which tasks (default: all five)",
+    )
+    p.add_argument(
+        "--long-frames",
+        type=int,
+        default=129,
+        help="extension: length of the extended clip, generated --frames at a time (default 129)",
+    )
     p = command("vae", "VAE reconstruction quality, compression, speed and memory", False)
     p.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
     p.add_argument("--n", type=int, default=200, help="clips per quality set (default 200)")
@@ -169,6 +183,9 @@ def _add_eval_parsers(sub) -> None:
     p.add_argument("--html", required=True, help="output directory for index.html and images")
     p.add_argument("--n", type=int, default=50, help="prompts / clips per measurement")
     p.add_argument("--log", help="a training log.jsonl to plot the learning curve from")
+    p.add_argument(
+        "--long-frames", type=int, default=129, help="conditioning tasks: extension length"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,14 @@
 """`tinysora eval all --html DIR`: every quality measurement on one static HTML page.
 
     tinysora eval all --html report/ [--model DIR] [--n 50] [--log runs/dit/log.jsonl]
+                      [--long-frames 129]
 
-Runs the adherence, dynamics and VAE evaluations on one model directory and writes
-``DIR/index.html`` (tables, matplotlib plots, sample GIFs: prompt | generation |
-ground-truth render | verdict), ``DIR/report.json`` (every number) and the images
-next to them. The page has no scripts and needs no server: open the file.
+Runs the adherence, dynamics, VAE and conditioning-task evaluations on one model
+directory and writes ``DIR/index.html`` (tables, matplotlib plots, sample GIFs: prompt |
+generation | ground-truth render | verdict; one strip per conditioning task: given
+frames | generated frames), ``DIR/report.json`` (every number) and the images next to
+them. The conditioning tasks run at the report's clip length when it is 1 + 4k >= 5
+frames (extension needs >= 9). The page has no scripts and needs no server: open the file.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from tinysora.eval import adherence, dynamics
+from tinysora.eval import tasks as tasks_eval
 from tinysora.eval import vae as vae_eval
 from tinysora.eval.metrics import write_json
-from tinysora.io.video import write_gif
+from tinysora.io.video import write_contact_sheet, write_gif
 from tinysora.pipeline import WEIGHTS_DIR, TextToVideoPipeline, generate_seeded
+from tinysora.vae.model import TIME_FACTOR
 from tinysora.worlds.detect import detect
 from tinysora.worlds.shapes import render
 
 SAMPLES_PER_GROUP = 4
 GIF_FPS = 8.0
+STRIP_FRAMES = 9  # frames shown in a conditioning-task strip (evenly spaced)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -45,6 +51,11 @@ def run(args: argparse.Namespace) -> dict:
         "compression": vae_eval.compression(pipe.vae),
     }
     report["samples"] = write_samples(pipe, out, size, args.steps)
+    setup = tasks_eval.Setup(*size, long_frames=args.long_frames, steps=args.steps)
+    task_samples: dict = {}
+    names = runnable_tasks(args.frames, args.long_frames)
+    report["tasks"] = tasks_eval.evaluate(pipe, args.n, setup, names, task_samples)
+    report["task_samples"] = write_task_strips(task_samples, out)
     report["seconds"] = time.perf_counter() - t0
     plots = {
         "adherence": plot_adherence(report["adherence"], out / "adherence.png"),
@@ -82,6 +93,38 @@ def write_samples(pipe, out: Path, size: tuple[int, int, int], steps: int | None
                     "verdict": describe_verdict(verdict),
                 }
             )
+    return rows
+
+
+def runnable_tasks(frames: int, long_frames: int) -> list[str]:
+    """The conditioning tasks that can run on clips of ``frames``: none unless 1 + 4k >= 5;
+    extension needs windows longer than its context and a longer target."""
+    if frames < 5 or (frames - 1) % TIME_FACTOR:
+        return []
+    long_ok = frames > tasks_eval.CONTEXT_FRAMES and long_frames > frames
+    return [t for t in tasks_eval.TASKS if t != "extension" or long_ok]
+
+
+def strip(frames, count: int = STRIP_FRAMES) -> np.ndarray:
+    """Up to ``count`` evenly spaced frames of a clip (or list of images)."""
+    frames = np.asarray(frames)
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+    return frames[pick]
+
+
+def write_task_strips(samples: dict, out: Path) -> list[dict]:
+    """One PNG strip of the given frames and one of the generated clip per task."""
+    rows = []
+    (out / "tasks").mkdir(exist_ok=True)
+    for task, s in samples.items():
+        row = {"task": task, "prompt": s["prompt"], "input": None}
+        if len(s["input"]):
+            frames = strip(s["input"])
+            write_contact_sheet(out / f"tasks/{task}_input.png", frames, columns=len(frames))
+            row["input"] = f"tasks/{task}_input.png"
+        frames = strip(s["output"])
+        write_contact_sheet(out / f"tasks/{task}_output.png", frames, columns=len(frames))
+        rows.append({**row, "output": f"tasks/{task}_output.png", "frames": len(s["output"])})
     return rows
 
 
@@ -165,6 +208,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 th { background: #f0f0f0; } td.l, th.l { text-align: left; }
 img.clip { width: 128px; image-rendering: pixelated; }
+img.strip { height: 64px; image-rendering: pixelated; }
 .ok { color: #1a7f37; } .bad { color: #b42318; }
 """
 
@@ -230,6 +274,26 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
         for s in report["samples"]
     )
     images = "".join(f'<p><img src="{p}" alt="{k}"></p>' for k, p in plots.items())
+    task_rows = [list(row) for row in tasks_eval.table_rows(report["tasks"])]
+    task_strips = "".join(
+        f'<tr><td class="l">{html.escape(s["task"])}</td><td class="l">{html.escape(s["prompt"])}'
+        "</td><td>"
+        + (
+            f'<img class="strip" src="{s["input"]}" alt="given frames">'
+            if s["input"]
+            else "(the prompt only)"
+        )
+        + f'</td><td><img class="strip" src="{s["output"]}" alt="generated frames"></td></tr>'
+        for s in report["task_samples"]
+    )
+    if report["tasks"]:
+        tasks_html = (
+            _table(["task", "metric", "value", "target (issue 7)", "met"], task_rows)
+            + '<table><tr><th class="l">task</th><th class="l">prompt</th><th>given</th>'
+            + f"<th>generated (up to {STRIP_FRAMES} frames)</th></tr>{task_strips}</table>"
+        )
+    else:
+        tasks_html = "<p>Not measured: the tasks need clips of 1 + 4k >= 5 frames.</p>"
     frames, height, width = report["size"]
     ratio = report["vae"]["compression"]["ratio"]
     return f"""<!DOCTYPE html>
@@ -246,6 +310,11 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
 <h2>VAE reconstruction</h2>
 {_table(["set", "clips", "PSNR (dB)", "min PSNR", "SSIM", "detected exactly"], vae_rows)}
 <p>Compression {ratio:.1f}x (pixels x 3 / latent elements).</p>
+<h2>Conditioning tasks</h2>
+<p>The first {report["n"]} one-object test scenes per task, conditioned on their ground-truth
+renders (<code>tinysora eval tasks</code>; definitions in
+<code>tinysora/eval/tasks.py</code>).</p>
+{tasks_html}
 <h2>Plots</h2>
 {images}
 <h2>Samples</h2>
