@@ -119,11 +119,13 @@ def train_step(
             trainer._update_ema()
         loss.item()
 
+    counted = count_flops(lambda: fwd_bwd(model, flow_step_loss, inputs))  # eager ops
+    if tcfg.compile:  # as train_dit does; the warmup calls pay for the compile
+        model.compile_blocks()
     t_fwd = measure(forward, warmup, repeats)
     t_fwd_bwd = measure(lambda: fwd_bwd(model, flow_step_loss, inputs), warmup, repeats)
     t_step = measure(step, warmup, repeats)
     flops_sample = dit_flops_per_sample(cfg, grid, text_len)
-    counted = count_flops(lambda: fwd_bwd(model, flow_step_loss, inputs))
     step_s = t_step["median_s"]
     step_flops = batch * flops_sample
     return {
@@ -135,6 +137,7 @@ def train_step(
         "tokens_per_clip": tokens,
         "text_len": text_len,
         "ema": trainer.ema is not None,
+        "compiled": tcfg.compile,
         "forward_with_grad": t_fwd,
         "forward_backward": t_fwd_bwd,
         "step": t_step,

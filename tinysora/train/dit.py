@@ -201,6 +201,8 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
     model = DiT(recipe.model)
     if recipe.init_from:
         load_into(model, load_tensors(_dit_weights(recipe.init_from)), recipe.init_from)
+    if recipe.train.compile:
+        model.compile_blocks()
     trainer = Trainer(
         model,
         recipe.train,

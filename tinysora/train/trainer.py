@@ -50,6 +50,9 @@ class TrainConfig(Config):
     eval_every: int = 500
     seed: int = 0
     threads: int = 0  # torch threads; 0 = leave torch's default
+    # torch.compile the model's repeated blocks (DiT): fuses the elementwise work that
+    # dominates small-width steps on CPU (XS/2 fwd+bwd 0.42 -> 0.24 s, ~15 s to compile)
+    compile: bool = False
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
