@@ -135,6 +135,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_settings_validation():
     assert run.settings_from_args(_args("--quick")).scaling_frames == (9, 17, 33)
     assert run.settings_from_args(_args()).scaling_frames == (9, 17, 33, 65, 129)
+    assert run.settings_from_args(_args("--repeats", "2")).packing_repeats == 2
     with pytest.raises(ConfigError):
         run.settings_from_args(_args("--repeats", "0"))
 
@@ -179,5 +180,10 @@ def test_run_writes_the_report(one_thread, tmp_path):
     assert saved["sampler_overhead"]["max_abs_diff_final_latents"] < 1e-4
     _positive_numbers(saved)
     assert report["train_step"]["batch"] == 2
+    kernels, training = saved["packing"]["kernels"], saved["packing"]["training"]
+    assert kernels["budget"] == training["token_budget"] == 512  # --quick
+    assert kernels["all_agree"] and kernels["heads"] == 2 and kernels["head_dim"] == 32
+    assert training["mode"] == "eager"
+    assert saved["packed_vs_padded_tokens_per_s"] == training["packed_vs_padded_tokens_per_s"]
     plot = saved["scaling"].get("plot")
     assert plot is None or (tmp_path / "report-scaling.png").is_file()

@@ -74,6 +74,22 @@ def fwd_bwd(model: torch.nn.Module, loss_fn, inputs) -> None:
     loss.backward()
 
 
+def trainer_step(trainer: Trainer, loss_fn, inputs) -> None:
+    """One optimizer step as ``Trainer.fit`` runs it: zero grads, ``loss_fn(model, inputs)``
+    under bf16 autocast (if the recipe trains in bf16), backward, grad clipping, AdamW,
+    EMA update (when the recipe has one), ``loss.item()``."""
+    cfg = trainer.cfg
+    trainer.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        loss = loss_fn(trainer.model, inputs)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainer.params, cfg.grad_clip)
+    trainer.optimizer.step()
+    if trainer.ema is not None:
+        trainer._update_ema()
+    loss.item()
+
+
 def train_step(
     recipe: DiTRecipe,
     bf16_peak_gflops: float,
@@ -109,15 +125,7 @@ def train_step(
             flow_step_loss(model, inputs)
 
     def step() -> None:
-        trainer.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.bf16):
-            loss = flow_step_loss(model, inputs)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.params, tcfg.grad_clip)
-        trainer.optimizer.step()
-        if trainer.ema is not None:
-            trainer._update_ema()
-        loss.item()
+        trainer_step(trainer, flow_step_loss, inputs)
 
     counted = count_flops(lambda: fwd_bwd(model, flow_step_loss, inputs))  # eager ops
     if tcfg.compile:  # as train_dit does; the warmup calls pay for the compile

@@ -16,6 +16,10 @@ Sections (each a dict in the report; a progress line per section on stderr):
   ``factorized`` DiT vs ``LatteTransformer3DModel`` at equal width, depth, heads,
   tokens and text (see :mod:`tinysora.bench.compare`), forward and forward + backward;
 * ``scaling``: DiT forward + backward time vs frames (64x64), both attention modes;
+* ``packing`` (Patch n' Pack, see :mod:`tinysora.bench.packing`): ``kernels`` = our
+  masked attention vs SDPA with the mask vs flex_attention vs a per-clip loop over one
+  packed row; ``training`` = useful (non-padding) training tokens/s of packed rows vs
+  the same clips in padded batches;
 * ``sampling`` (in process), ``end_to_end`` (a fresh ``tinysora generate`` process)
   and ``sampler_overhead`` (our Euler loop vs diffusers' scheduler loop);
 * ``vae``: encode / decode frames/s and peak memory vs T.
@@ -23,7 +27,8 @@ Sections (each a dict in the report; a progress line per section on stderr):
 Top-level keys (always present): ``bf16_peak_gflops``, ``train_mfu`` (fraction of the
 bf16 peak), ``train_tokens_per_s``, ``dit_fwd_bwd_speedup_vs_diffusers`` (their time /
 ours for ``full`` vs LTX, forward + backward, corrected to equal model FLOPs; the raw
-time ratio is ``..._raw``), ``sample_s_per_step``, ``demo_end_to_end_s``.
+time ratio is ``..._raw``), ``sample_s_per_step``, ``demo_end_to_end_s``,
+``packed_vs_padded_tokens_per_s`` (packed useful tokens/s / padded).
 
 Every timing is the median of several runs after warm-up (the fresh-process sections:
 one untimed `generate` first; the VAE probe warms up inside its own process). Ratios
@@ -45,7 +50,7 @@ from typing import Any
 
 import torch
 
-from tinysora.bench import compare, dit, sampling
+from tinysora.bench import compare, dit, packing, sampling
 from tinysora.bench.timing import (
     REPO_ROOT,
     load_average,
@@ -66,6 +71,7 @@ REQUIRED_KEYS = (
     "dit_fwd_bwd_speedup_vs_diffusers",
     "sample_s_per_step",
     "demo_end_to_end_s",
+    "packed_vs_padded_tokens_per_s",
 )
 
 
@@ -85,6 +91,10 @@ class BenchConfig(Config):
     vae_frames: tuple[int, ...] = (17, 33, 129, 513)
     vae_repeats: int = 3  # fresh probe processes per length
     steps: int | None = None  # sampling steps; None = the model's
+    packing_budget: int | None = None  # tokens per packed row; None = the recipe's
+    packing_steps: int = 3  # packed training steps in the clip stream (recipe's rows each)
+    packing_repeats: int = 3  # timed passes over the packed / padded steps
+    packing_eager: bool = False  # True: no torch.compile there even if the recipe compiles
 
 
 def _full() -> BenchConfig:
@@ -103,6 +113,10 @@ def _quick() -> BenchConfig:
         e2e_repeats=2,
         vae_frames=(17, 129),
         vae_repeats=2,
+        packing_budget=512,
+        packing_steps=2,
+        packing_repeats=2,
+        packing_eager=True,  # compiling both arrangements takes ~1-2 min
     )
 
 
@@ -138,7 +152,9 @@ def settings_from_args(args: argparse.Namespace) -> BenchConfig:
     s = PRESETS["quick" if args.quick else "full"]()
     if args.repeats is not None:
         n = args.repeats
-        s = dataclasses.replace(s, repeats=n, sampling_repeats=n, e2e_repeats=n, vae_repeats=n)
+        s = dataclasses.replace(
+            s, repeats=n, sampling_repeats=n, e2e_repeats=n, vae_repeats=n, packing_repeats=n
+        )
     if args.warmup is not None:
         s.warmup = args.warmup
     if args.batch is not None:
@@ -184,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recipe = DiTRecipe.load(recipe_path)
     cfg, text_len = recipe.model, recipe.pipeline.text_max_length
     w, r = settings.warmup, settings.repeats
-    step = Progress(9)
+    step = Progress(11)
     report: dict[str, Any] = {"name": name, "date": today, "recipe": str(recipe_path)}
 
     step("machine")
@@ -230,6 +246,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r,
         )
 
+        budget = settings.packing_budget or recipe.packing.token_budget
+        step(f"Patch n' Pack: attention kernels over one packed row of {budget} tokens")
+        kernels = packing.kernels(
+            recipe.packing.mixture, budget, cfg.heads, cfg.width // cfg.heads, w, r
+        )
+        step(
+            f"Patch n' Pack: packed vs padded training, {settings.packing_steps} steps of "
+            f"{recipe.packing.rows} x {budget} tokens"
+        )
+        training = packing.packed_vs_padded(
+            recipe,
+            settings.packing_steps,
+            budget,
+            warmup=0,  # the first pass (reported apart) is the warm-up
+            repeats=settings.packing_repeats,
+            out_dir=str(work),
+            compile=False if settings.packing_eager else None,
+        )
+        report["packing"] = {"kernels": kernels, "training": training}
+
         model_dir, model_info = sampling.resolve_model(recipe, args.model, work)
         report["model"] = model_info
         step(f"sampling, in process ({model_info['source']})")
@@ -264,6 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "dit_fwd_bwd_speedup_vs_diffusers_raw": ltx["speedup_fwd_bwd"],
             "sample_s_per_step": report["sampling"]["s_per_step"],
             "demo_end_to_end_s": report["end_to_end"]["wall_s"],
+            "packed_vs_padded_tokens_per_s": training["packed_vs_padded_tokens_per_s"],
             "definitions": DEFINITIONS,
             "bench_seconds": time.perf_counter() - t_start,
         }
@@ -291,6 +328,9 @@ DEFINITIONS = {
     "sample_s_per_step": "median DiT sampling step in the pipeline (CFG: batch 2), batch 1",
     "demo_end_to_end_s": "median wall time of a fresh `python -m tinysora.cli generate PROMPT` "
     "process: start, imports, load, sampling, VAE decode, H.264 mp4",
+    "packed_vs_padded_tokens_per_s": "real (non-padding) tokens / median time of all training "
+    "steps (packing.training.step), packed rows over the same clips in batches padded to their "
+    "longest, at about equal tokens per step; > 1 = packing trains faster (issue target 1.5)",
 }
 
 
@@ -385,6 +425,24 @@ def summary(rep: dict) -> str:
             f"{row['decode_fps']:6.0f} fps, peak RSS {row['peak_rss_mb']:.0f} MB "
             f"(+{row['peak_growth_mb']:.0f} MB over the loaded model)"
         )
+    k, tr = rep["packing"]["kernels"], rep["packing"]["training"]
+    cells = "  ".join(
+        f"{name} {k['forward_vs_attend_mask'][name]:.2f}x/"
+        + (f"{k['fwd_bwd_vs_attend_mask'][name]:.2f}x" if name in k["fwd_bwd"] else "n/a")
+        for name in k["forward"]
+    )
+    lines.append(
+        f"packed attention   {k['budget']} tokens, {len(k['clip_tokens'])} clips; time vs "
+        f"attend_mask fwd/fwd+bwd: {cells}; fastest {k['fastest_forward']}/{k['fastest_fwd_bwd']}"
+        f"{'' if k['all_agree'] else '  (OUTPUTS DISAGREE)'}"
+    )
+    pk, pd = tr["packed"], tr["padded"]
+    lines.append(
+        f"packed vs padded   {tr['packed_vs_padded_tokens_per_s']:.2f}x useful tokens/s "
+        f"({pk['useful_tokens_per_s']:.0f} vs {pd['useful_tokens_per_s']:.0f}; efficiency "
+        f"{pk['efficiency']:.2f} vs {pd['efficiency']:.2f}, padded batch {pd['batch']}; "
+        f"{tr['mode']})"
+    )
     sc = rep["scaling"]
     lines.append(f"scaling (fwd+bwd, batch {sc['batch']}, s per clip; x = vs the shortest):")
     for attention in ("full", "factorized"):
