@@ -95,8 +95,6 @@ def test_padded_batches_pad_and_packed_rows_reach_the_planner():
             seg = packed.segments[r, start]
             caption = packed.text[r][packed.text_segments[r] == seg]
             assert torch.equal(caption, c.text[c.text_mask])
-        # one pack() over the whole step (train/dit.py packed_steps) never beats the planner
-        assert packing.ffd_rows(plan, mixture, budget) >= rows
 
     batch = packing.matching_batch(lengths, rows * budget)
     steps = math.ceil(len(lengths) / batch)
@@ -152,8 +150,6 @@ def test_packed_vs_padded_result(one_thread, tmp_path):
         )
         assert 0 < side["useful_flops_share"] <= 1
     assert pk["efficiency"] == pytest.approx(pk["planned_efficiency"])
-    layout = pk["packed_steps_layout"]
-    assert len(layout["rows_per_step"]) == 2 and layout["efficiency"] <= pk["efficiency"]
     assert pd["efficiency"] < pk["efficiency"]
     assert pd["batch"] >= 1 and pk["steps"] == 2
     assert out["packed_vs_padded_tokens_per_s"] == pytest.approx(

@@ -65,6 +65,12 @@ def test_pack_and_unpack_round_trip():
     spread = packed.per_token(per_clip)
     for i, back in enumerate(packed.unpack(spread)):
         assert (back == i).all()
+    planned = pack(tokens, positions, text, masks, budget=16, rows=[[4, 2, 3], [0, 1]])
+    assert [place[0] for place in planned.places] == [1, 1, 0, 0, 0]  # rows as planned
+    back = planned.unpack(planned.tokens)
+    assert all(torch.equal(b, x) for b, x in zip(back, tokens, strict=True))
+    with pytest.raises(ValueError, match="more than 14 tokens"):
+        pack(tokens, positions, text, masks, budget=14, rows=[[0, 1], [2, 3, 4]])
 
 
 def test_plan_row_fills_rows_with_legal_sizes():

@@ -15,7 +15,15 @@ from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts, judge, wilson
 from tinysora.io.checkpoint import load_tensors
 from tinysora.pipeline import TextToVideoPipeline
-from tinysora.train.dit import _kept_tokens, attention_flops, dit_flops_per_sample, train_dit
+from tinysora.text.encoder import TextEncoder
+from tinysora.train.dit import (
+    DiTRecipe,
+    _kept_tokens,
+    attention_flops,
+    dit_flops_per_sample,
+    packed_steps,
+    train_dit,
+)
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import DetectedObject, Detection
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, SplitMix64, parse_caption, sample_scene
@@ -157,6 +165,10 @@ def test_packed_training_on_a_mixture_of_sizes(tmp_path, one_thread):
     assert len({int(s) for k, v in cache.items() if k.startswith("seeds/") for s in v}) == 16
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(0.9 <= r["pack_efficiency"] <= 1 and np.isfinite(r["loss"]) for r in log)
+    batch_fn = packed_steps(DiTRecipe.load(recipe), cache, TextEncoder(max_length=8))[0]
+    for step in range(20):  # each planned row stays one row (no re-packing spill-over)
+        packed = batch_fn(step)[0]
+        assert packed.tokens.shape[:2] == (2, 40) and packed.efficiency >= 0.9
     assert all(0 < r["mfu"] < 1 for r in log)
     pipe = TextToVideoPipeline.from_pretrained(model_dir)
     assert pipe("a red ball", num_frames=9, height=48, width=32, progress=False).frames.shape == (

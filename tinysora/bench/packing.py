@@ -27,11 +27,9 @@ flex call fails on this torch / CPU, the error string is recorded instead.
 
 **Packed vs padded** (:func:`packed_vs_padded`). One stream of clips: ``steps`` packed
 training steps, each ``rows`` rows planned with ``plan_row`` (as ``packed_steps`` does),
-the clips in the order the planner emits them. Packed: each planned row packed on its own
-into ``token_budget`` tokens (``pack``; per-token flow times, block-diagonal masks), so a
-step has exactly the planner's rows. (``packed_steps`` packs all clips of a step in one
-``pack`` call, whose first-fit decreasing may need an extra row; the layout it would
-get is reported, untimed, as ``packed.packed_steps_layout``.)
+the clips in the order the planner emits them. Packed: the planned rows of
+``token_budget`` tokens (``pack`` with the planner's rows, as ``packed_steps`` does;
+per-token flow times, block-diagonal masks).
 Padded: the same clips in the same order, in batches of ``batch`` clips, each batch
 padded to its longest clip (segment ids 0 / -1, so attention and the loss ignore the
 padding); ``batch`` is chosen so that a padded step holds about as many tokens
@@ -60,7 +58,7 @@ import torch.nn.functional as F
 
 from tinysora.bench.dit import TEXT_TOKENS, token_grid, trainer_step
 from tinysora.bench.timing import measure, measure_interleaved
-from tinysora.data.packing import PAD, Mixture, Packed, first_fit_decreasing, pack, plan_row
+from tinysora.data.packing import PAD, Mixture, Packed, pack, plan_row
 from tinysora.diffusion.flow import add_noise, flow_loss, sample_timesteps, velocity_target
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_positions
@@ -352,50 +350,20 @@ def make_clips(
 
 def packed_batch(rows: list[list[Clip]], budget: int):
     """(Packed, target (R, budget, P), per-token t (R, budget), loss mask (R, budget)) of
-    one step: each planned row packed on its own, so the step has exactly the planner's
-    rows. (``packed_steps`` packs all clips of a step in one ``pack`` call, whose
-    first-fit-decreasing does not always find the planner's rows back: see
-    :func:`ffd_rows`.)"""
-    packed = stack_rows(
-        [
-            pack(
-                [c.tokens for c in row],
-                [c.positions for c in row],
-                [c.text for c in row],
-                [c.text_mask for c in row],
-                budget,
-            )
-            for row in rows
-        ]
-    )
+    one step: exactly the planner's rows."""
     clips = [c for row in rows for c in row]
+    starts = [sum(len(r) for r in rows[:i]) for i in range(len(rows))]
+    planned = [list(range(start, start + len(row))) for start, row in zip(starts, rows, strict=True)]
+    packed = pack(
+        [c.tokens for c in clips],
+        [c.positions for c in clips],
+        [c.text for c in clips],
+        [c.text_mask for c in clips],
+        budget,
+        rows=planned,
+    )
     t = packed.per_token(torch.tensor([c.t for c in clips]))
     return packed, packed.scatter([c.target for c in clips]), t, packed.valid
-
-
-def stack_rows(rows: list[Packed]) -> Packed:
-    """One-row ``Packed`` results -> one ``Packed`` of all the rows, in order (captions
-    padded to the longest row's); ``places`` follow the clips of row 0, row 1, ..."""
-    lt = max(p.text.shape[1] for p in rows)
-
-    def widen(x: torch.Tensor, value) -> torch.Tensor:  # (1, L, ...) -> (1, lt, ...)
-        return torch.cat([x, x.new_full((1, lt - x.shape[1], *x.shape[2:]), value)], dim=1)
-
-    return Packed(
-        tokens=torch.cat([p.tokens for p in rows]),  # (R, budget, P)
-        positions=torch.cat([p.positions for p in rows]),  # (R, budget, 3)
-        segments=torch.cat([p.segments for p in rows]),  # (R, budget)
-        text=torch.cat([widen(p.text, 0.0) for p in rows]),  # (R, lt, Dt)
-        text_mask=torch.cat([widen(p.text_mask, False) for p in rows]),  # (R, lt)
-        text_segments=torch.cat([widen(p.text_segments, PAD) for p in rows]),  # (R, lt)
-        places=[(r, start, n) for r, p in enumerate(rows) for _, start, n in p.places],
-    )
-
-
-def ffd_rows(plan: list[list[tuple[int, int, int]]], mixture: Mixture, budget: int) -> int:
-    """Rows that one ``pack`` call over all the clips of a step needs (what
-    ``packed_steps`` does): first-fit decreasing of their token counts."""
-    return len(first_fit_decreasing([mixture.tokens(*s) for row in plan for s in row], budget))
 
 
 def padded_batch(clips: list[Clip]) -> Padded:
@@ -548,13 +516,6 @@ def packed_vs_padded(
             "useful_gflops": useful_flops / pass_s / 1e9,
         }
     results["packed"]["planned_efficiency"] = real / (steps * pk.rows * budget)
-    ffd = [ffd_rows(plan, pk.mixture, budget) for plan in plans]
-    results["packed"]["packed_steps_layout"] = {  # not timed
-        "rows_per_step": ffd,
-        "efficiency": real / (sum(ffd) * budget),
-        "note": "one pack() over all clips of a step, as train/dit.py packed_steps does: "
-        "first-fit decreasing can need more rows than the planner used",
-    }
     results["padded"]["batch"] = batch
     ratio = results["packed"]["useful_tokens_per_s"] / results["padded"]["useful_tokens_per_s"]
     return {

@@ -93,13 +93,18 @@ def pack(
     text: list[torch.Tensor],
     text_mask: list[torch.Tensor],
     budget: int,
+    rows: list[list[int]] | None = None,
 ) -> Packed:
     """Pack items (tokens (N_i, P), positions (N_i, 3), caption states (L, D) with mask
-    (L,)) into rows of ``budget`` tokens. Each row's captions are concatenated with only
-    their real tokens kept; rows are padded to the longest."""
+    (L,)) into rows of ``budget`` tokens: ``rows`` = item indices of each row (e.g. as
+    ``plan_row`` planned them), default first-fit-decreasing. Each row's captions are
+    concatenated with only their real tokens kept; rows are padded to the longest."""
     if not (len(tokens) == len(positions) == len(text) == len(text_mask)):
         raise ValueError("tokens, positions, text and text_mask need one entry per item")
-    rows = first_fit_decreasing([len(x) for x in tokens], budget)
+    if rows is None:
+        rows = first_fit_decreasing([len(x) for x in tokens], budget)
+    elif any(sum(len(tokens[i]) for i in row) > budget for row in rows):
+        raise ValueError(f"a planned row holds more than {budget} tokens")
     p, d = tokens[0].shape[1], text[0].shape[1]
     captions = [[text[i][text_mask[i]] for i in row] for row in rows]
     lt = max(sum(len(c) for c in caps) for caps in captions)

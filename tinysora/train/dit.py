@@ -283,11 +283,13 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
     def batch_fn(step: int):
         rng = SplitMix64(recipe.train.seed, step, 7)
         g = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + step)
-        clips = []  # (x0 (1, C, t, h, w), seed)
+        clips, rows = [], []  # clips: (x0 (1, C, t, h, w), seed); rows: clip indices
         for _ in range(pk.rows):
+            rows.append([])
             for size in plan_row(pk.mixture, pk.token_budget, rng):
                 key = size_key(*size)
                 i = int(rng.uniform() * len(latents[key]))
+                rows[-1].append(len(clips))
                 clips.append((latents[key][i : i + 1].float(), int(seeds[key][i])))
         captions = [paraphrase(sample_scene(seed), rng) for _, seed in clips]
         text, mask = encoder(drop_captions(captions, recipe.flow.caption_dropout, g))
@@ -308,7 +310,7 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
             times.append(t_tok)
             given.append(given_i)
             kept.append(len(keep))
-        packed = pack(noisy, positions, list(text), list(mask), pk.token_budget)
+        packed = pack(noisy, positions, list(text), list(mask), pk.token_budget, rows)
         share = [k / int(n) for k, n in zip(kept, counts, strict=True)]
         model_flops = sum(
             s * dit_flops_per_sample(recipe.model, grid, text_len)
