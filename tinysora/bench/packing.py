@@ -352,8 +352,8 @@ def packed_batch(rows: list[list[Clip]], budget: int):
     """(Packed, target (R, budget, P), per-token t (R, budget), loss mask (R, budget)) of
     one step: exactly the planner's rows."""
     clips = [c for row in rows for c in row]
-    starts = [sum(len(r) for r in rows[:i]) for i in range(len(rows))]
-    planned = [list(range(start, start + len(row))) for start, row in zip(starts, rows, strict=True)]
+    ends = [sum(len(r) for r in rows[: i + 1]) for i in range(len(rows))]
+    planned = [list(range(end - len(row), end)) for end, row in zip(ends, rows, strict=True)]
     packed = pack(
         [c.tokens for c in clips],
         [c.positions for c in clips],
