@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import tinysora.dit.model as dit_model
+import tinysora.nn.attention as dit_attention
 from tinysora.config import ConfigError
 from tinysora.dit.model import PRESETS, DiT, DiTBlock, DiTConfig, preset
 from tinysora.dit.patchify import grid_positions, patchify, unpatchify
@@ -399,6 +400,27 @@ def test_rope_dot_product_depends_only_on_offset(head_dim):
 
 
 # ----------------------------------------------------------------------------- Attention
+
+
+def test_long_self_attention_goes_to_sdpa_with_the_same_result(monkeypatch):
+    torch.manual_seed(0)
+    attn = Attention(32, 2).eval()
+    x = torch.randn(2, 12, 32, generator=gen(32))
+    segments = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+    positions = grid_positions((1, 3, 4))[None].expand(2, -1, -1)
+    rope = rope_table(rope_angles(positions, 16, 100.0))
+    with torch.no_grad():
+        explicit = attn(x, mask=segment_mask(segments), rope=rope)
+        calls = []
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        monkeypatch.setattr(
+            torch.nn.functional,
+            "scaled_dot_product_attention",
+            lambda *a, **k: calls.append(1) or sdpa(*a, **k),
+        )
+        monkeypatch.setattr(dit_attention, "SDPA_MIN_TOKENS", 12)
+        fused = attn(x, mask=segment_mask(segments), rope=rope)
+    assert calls and torch.allclose(fused, explicit, atol=1e-5)
 
 
 def test_attention_all_true_mask_equals_no_mask():
