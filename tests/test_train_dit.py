@@ -150,6 +150,10 @@ def test_eval_adherence_cli_writes_a_report(trained, tmp_path, capsys):
     assert report["two"]["prompts"] == 2 and len(report["two"]["rows"][0]["objects"]) == 2
     assert 0 <= report["single"]["all_right"] <= 1
     assert "all right" in capsys.readouterr().out
+    argv = [*argv, "--groups", "single", "--guidance", "1.5", "--sampler", "heun"]
+    assert main(argv) == 0
+    assert main([*argv[:-1], "ddim"]) == 2
+    assert "unknown sampler 'ddim'" in capsys.readouterr().err
 
 
 def test_packed_training_on_a_mixture_of_sizes(tmp_path, one_thread):

@@ -153,6 +153,8 @@ def _add_eval_parsers(sub) -> None:
             p.add_argument("--height", type=int, default=64, help="height (default 64)")
             p.add_argument("--width", type=int, default=64, help="width (default 64)")
             p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+            p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+            p.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
         return p
 
     p = command("adherence", "prompt adherence of generations, judged by the detector", True)

@@ -98,6 +98,18 @@ class TextToVideoPipeline:
         encoder = text_encoder or TextEncoder(max_length=config.text_max_length)
         return cls(load_vae(root / "vae"), load_dit(root / "dit"), encoder, config)
 
+    def set_sampling(self, guidance_scale: float | None = None, sampler: str | None = None):
+        """Change the default guidance scale / sampler (None keeps the model's)."""
+        if sampler is not None:
+            try:
+                get_sampler(sampler)
+            except ValueError as e:
+                raise PipelineError(str(e)) from None
+            self.config.sampler = sampler
+        if guidance_scale is not None:
+            self.config.guidance_scale = float(guidance_scale)
+        return self
+
     def _text(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         states, mask = self.text_encoder(prompts)
         return {"text": states, "text_mask": mask}

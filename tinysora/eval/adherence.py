@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
         raise UserError(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
-    pipe = TextToVideoPipeline.from_pretrained(args.model)
+    pipe = TextToVideoPipeline.from_pretrained(args.model).set_sampling(args.guidance, args.sampler)
     report = evaluate(
         pipe, args.n, args.frames, args.height, args.width, args.groups, steps=args.steps
     )

@@ -537,6 +537,7 @@ def run(args: argparse.Namespace) -> dict:
         from tinysora.pipeline import TextToVideoPipeline
 
         pipe = TextToVideoPipeline.from_pretrained(args.model)
+        pipe.set_sampling(args.guidance, args.sampler)
     report = evaluate(pipe, args.n, args.frames, args.height, args.width, args.steps)
     for group, r in report.items():
         print("\n".join(summary_lines(group, r)))

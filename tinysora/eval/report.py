@@ -40,10 +40,11 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.html)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(args.model) if args.model else WEIGHTS_DIR
-    pipe = TextToVideoPipeline.from_pretrained(model)
+    pipe = TextToVideoPipeline.from_pretrained(model).set_sampling(args.guidance, args.sampler)
     size = (args.frames, args.height, args.width)
     t0 = time.perf_counter()
     report: dict = {"model": str(model.resolve()), "size": list(size), "n": args.n}
+    report["sampling"] = {"sampler": pipe.config.sampler, "guidance": pipe.config.guidance_scale}
     report["adherence"] = adherence.evaluate(pipe, args.n, *size, steps=args.steps)
     report["dynamics"] = dynamics.evaluate(pipe, args.n, *size, steps=args.steps)
     report["vae"] = {

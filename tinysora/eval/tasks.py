@@ -566,7 +566,7 @@ def run(args: argparse.Namespace) -> dict:
     """`tinysora eval tasks`: evaluate, print a table, save the JSON."""
     setup = Setup(args.frames, args.height, args.width, args.long_frames, args.steps)
     check_setup(setup, args.tasks, args.n)
-    pipe = TextToVideoPipeline.from_pretrained(args.model)
+    pipe = TextToVideoPipeline.from_pretrained(args.model).set_sampling(args.guidance, args.sampler)
     report = evaluate(pipe, args.n, setup, args.tasks)
     print(f"{'task':16s}{'metric':26s}{'value':>9s}  {'target':10s}met")
     for task, metric, value, target, met in table_rows(report):
