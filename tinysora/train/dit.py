@@ -4,7 +4,8 @@ Recipe sections: ``[model]`` (DiTConfig, or ``preset = "tiny"`` + overrides),
 ``[train]`` (TrainConfig), ``[flow]`` (FlowConfig), ``[pipeline]`` (sampling defaults
 of the exported model), ``[packing]`` (Patch n' Pack on a mixture of sizes, see
 :class:`PackingConfig`), ``[tasks]`` (conditioning tasks, see
-``tinysora.diffusion.tasks``) and top-level data settings. Steps (fixed size):
+``tinysora.diffusion.tasks``; combinable with packing) and top-level data settings
+(``init_from``: start from a model directory's DiT weights). Steps (fixed size):
 
 1. **Latent cache** (once per run dir): ``cache_clips`` training-split clips of
    ``height x width x frames`` are rendered, encoded with the VAE (posterior mean),
