@@ -209,7 +209,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 th { background: #f0f0f0; } td.l, th.l { text-align: left; }
 img.clip { width: 128px; image-rendering: pixelated; }
-img.strip { height: 64px; image-rendering: pixelated; }
+img.strip { height: 64px; max-width: 640px; image-rendering: pixelated; }
 .ok { color: #1a7f37; } .bad { color: #b42318; }
 """
 
@@ -278,20 +278,21 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
     task_rows = [list(row) for row in tasks_eval.table_rows(report["tasks"])]
     task_strips = "".join(
         f'<tr><td class="l">{html.escape(s["task"])}</td><td class="l">{html.escape(s["prompt"])}'
-        "</td><td>"
+        '</td><td class="l">given: '
         + (
-            f'<img class="strip" src="{s["input"]}" alt="given frames">'
+            f'<br><img class="strip" src="{s["input"]}" alt="given frames">'
             if s["input"]
-            else "(the prompt only)"
+            else "the prompt only"
         )
-        + f'</td><td><img class="strip" src="{s["output"]}" alt="generated frames"></td></tr>'
+        + f'<br>generated:<br><img class="strip" src="{s["output"]}" alt="generated frames">'
+        "</td></tr>"
         for s in report["task_samples"]
     )
     if report["tasks"]:
         tasks_html = (
             _table(["task", "metric", "value", "target (issue 7)", "met"], task_rows)
-            + '<table><tr><th class="l">task</th><th class="l">prompt</th><th>given</th>'
-            + f"<th>generated (up to {STRIP_FRAMES} frames)</th></tr>{task_strips}</table>"
+            + '<table><tr><th class="l">task</th><th class="l">prompt</th>'
+            + f'<th class="l">frames (up to {STRIP_FRAMES} shown)</th></tr>{task_strips}</table>'
         )
     else:
         tasks_html = "<p>Not measured: the tasks need clips of 1 + 4k >= 5 frames.</p>"
