@@ -63,7 +63,7 @@ from tinysora.diffusion.flow import add_noise, flow_loss, sample_timesteps, velo
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_positions
 from tinysora.nn.attention import attend, segment_mask
-from tinysora.train.dit import DiTRecipe, dit_flops_per_sample
+from tinysora.train.dit import DiTRecipe, dit_flops_per_sample, packed_loss
 from tinysora.train.trainer import Trainer
 from tinysora.worlds.shapes import SplitMix64
 
@@ -385,18 +385,8 @@ def padded_batch(clips: list[Clip]) -> Padded:
     return out
 
 
-def packed_loss(model: DiT, batch) -> torch.Tensor:
-    packed, target, t, loss_mask = batch
-    pred = model.forward_tokens(
-        packed.tokens,
-        t,
-        packed.positions,
-        packed.text,
-        packed.text_mask,
-        packed.segments,
-        packed.text_segments,
-    )
-    return flow_loss(pred.float(), target, loss_mask)
+def packed_step_loss(model: DiT, batch) -> torch.Tensor:
+    return packed_loss(model, *batch)
 
 
 def padded_loss(model: DiT, batch: Padded) -> torch.Tensor:
@@ -494,7 +484,7 @@ def packed_vs_padded(
         "packed": [(p.tokens.shape[0], budget, p.text.shape[1]) for p, *_ in packed],
         "padded": [(len(b.t), b.tokens.shape[1], text_len) for b in padded],
     }
-    arrangements = {"packed": (packed_loss, packed), "padded": (padded_loss, padded)}
+    arrangements = {"packed": (packed_step_loss, packed), "padded": (padded_loss, padded)}
     results = {}
     for name, (loss_fn, batches) in arrangements.items():
         total = sum(r * n for r, n, _ in shapes[name])

@@ -322,20 +322,25 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
 
     def loss_fn(m, batch):
         packed, target, t, loss_mask, _ = batch
-        pred = m.forward_tokens(
-            packed.tokens,
-            t,
-            packed.positions,
-            packed.text,
-            packed.text_mask,
-            packed.segments,
-            packed.text_segments,
-        )
-        loss = flow_loss(pred.float(), target, loss_mask)
-        return loss, {"pack_efficiency": packed.efficiency}
+        return packed_loss(m, packed, target, t, loss_mask), {"pack_efficiency": packed.efficiency}
 
     channels = next(iter(latents.values())).shape[1]
     return batch_fn, loss_fn, lambda batch: batch[4], channels
+
+
+def packed_loss(m: DiT, packed, target, t, loss_mask) -> torch.Tensor:
+    """Velocity loss of packed rows: target (R, budget, P), per-token t (R, budget), loss
+    over ``loss_mask`` (R, budget) only (real tokens that were not given)."""
+    pred = m.forward_tokens(
+        packed.tokens,
+        t,
+        packed.positions,
+        packed.text,
+        packed.text_mask,
+        packed.segments,
+        packed.text_segments,
+    )
+    return flow_loss(pred.float(), target, loss_mask)
 
 
 def _kept_tokens(grid: tuple[int, int, int], max_drop: float, g: torch.Generator):
