@@ -303,7 +303,11 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
             keep = _kept_tokens(grid, pk.token_drop, g)
             clean, eps = patchify(x0, patch)[0][0][keep], patchify(noise, patch)[0][0][keep]
             # conditioning tasks: given tokens enter clean at t = 0 and carry no loss
-            given_i = sample_given(recipe.tasks, grid, 1, g)[0][0][keep]
+            given_i = (
+                sample_given(recipe.tasks, grid, 1, g)[0][0][keep]
+                if recipe.tasks.conditioned
+                else torch.zeros(len(keep), dtype=torch.bool)
+            )
             t_tok = torch.where(given_i, 0.0, ti)
             noisy.append(add_noise(clean, t_tok, eps))
             targets.append(velocity_target(clean, eps))
