@@ -299,16 +299,18 @@ def test_segment_mask():
 # ----------------------------------------------------------------------------- packing
 
 
+@pytest.mark.parametrize("time_span", [0.0, 4.0])
 @pytest.mark.parametrize("attention", MODES)
-def test_packed_clips_equal_solo_clips(attention):
-    """Patch n' Pack: two clips in one sequence give each clip's solo output."""
+def test_packed_clips_equal_solo_clips(attention, time_span):
+    """Patch n' Pack: two clips in one sequence give each clip's solo output (with
+    frame-count or clip-time temporal positions)."""
     model = make_model(attention, std=0.2, seed=3)
     patch = model.config.patch
     lat_a = torch.randn(1, 4, 2, 4, 4, generator=gen(10))  # grid (2, 2, 2): 8 tokens
     lat_b = torch.randn(1, 4, 1, 2, 6, generator=gen(11))  # grid (1, 1, 3): 3 tokens
     tok_a, grid_a = patchify(lat_a, patch)
     tok_b, grid_b = patchify(lat_b, patch)
-    pos_a, pos_b = grid_positions(grid_a), grid_positions(grid_b)
+    pos_a, pos_b = grid_positions(grid_a, time_span), grid_positions(grid_b, time_span)
     L = 6
     text_a, mask_a = text_inputs(1, L, [5], seed=12)
     text_b, mask_b = text_inputs(1, L, [3], seed=13)
@@ -339,6 +341,33 @@ def test_packed_clips_equal_solo_clips(attention):
 
 
 # ----------------------------------------------------------------------------- RoPE
+
+
+def test_grid_positions_frames_or_clip_time():
+    frames = grid_positions((3, 2, 2))
+    assert frames.shape == (12, 3)
+    assert frames[:, 0].unique().tolist() == [0.0, 1.0, 2.0]
+    assert frames[:4, 1:].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    # clip time: every clip spans [0, 4]; 5 latent frames keep integer positions
+    assert torch.equal(grid_positions((5, 2, 2), 4.0), grid_positions((5, 2, 2)))
+    assert grid_positions((17, 1, 1), 4.0)[:, 0].tolist() == [i / 4 for i in range(17)]
+    assert grid_positions((3, 1, 1), 4.0)[:, 0].tolist() == [0.0, 2.0, 4.0]
+    assert grid_positions((1, 2, 2), 4.0)[:, 0].tolist() == [0.0] * 4  # an image
+
+
+def test_clip_time_changes_only_other_lengths():
+    """A model with time_span 4 computes the same velocity as time_span 0 for 5 latent
+    frames (so a frame-position model can be fine-tuned into clip time) and a different
+    one for 9."""
+    frames = make_model("full", std=0.2, seed=5)
+    clip = make_model("full", std=0.2, seed=5, time_span=4.0)
+    text, mask = text_inputs(1, 4, [4], seed=6)
+    t = torch.tensor([0.5])
+    with torch.no_grad():
+        for gt, same in [(5, True), (9, False)]:
+            x = torch.randn(1, 4, gt, 4, 4, generator=gen(gt))
+            diff = (frames(x, t, text, mask) - clip(x, t, text, mask)).abs().max()
+            assert (diff == 0) == same, (gt, diff)
 
 
 @pytest.mark.parametrize("head_dim", [2, 4, 8, 16, 32, 64, 96, 128])

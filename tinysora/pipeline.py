@@ -263,7 +263,7 @@ class TextToVideoPipeline:
             tokens, grid = patchify(x, patch)
             given_tokens = patchify(given.expand_as(x).float(), patch)[0][..., 0] > 0  # (B, N)
             t_tok = torch.where(given_tokens, 0.0, t[:, None])
-            positions = grid_positions(grid)
+            positions = grid_positions(grid, self.dit.config.time_span)
             v = self.dit.forward_tokens(tokens, t_tok, positions, text, text_mask, grid=grid)
             v = unpatchify(v.float(), grid, patch)
         return torch.where(given, 0.0, v)

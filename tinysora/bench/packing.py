@@ -339,7 +339,7 @@ def make_clips(
             Clip(
                 tokens=add_noise(x0, t, noise),
                 target=velocity_target(x0, noise),
-                positions=grid_positions(grid),
+                positions=grid_positions(grid, cfg.time_span),
                 t=t,
                 text=torch.randn(text_len, cfg.text_dim, generator=g),
                 text_mask=torch.arange(text_len) < min(TEXT_TOKENS, text_len),
@@ -372,7 +372,7 @@ def padded_batch(clips: list[Clip]) -> Padded:
     out = Padded(
         tokens=clips[0].tokens.new_zeros(b, n, clips[0].tokens.shape[1]),
         target=clips[0].target.new_zeros(b, n, clips[0].target.shape[1]),
-        positions=torch.zeros(b, n, 3, dtype=torch.long),
+        positions=torch.zeros(b, n, 3),
         segments=torch.full((b, n), PAD, dtype=torch.long),
         t=torch.tensor([c.t for c in clips]),
         text=torch.stack([c.text for c in clips]),  # (B, L, Dt)

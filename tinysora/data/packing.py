@@ -110,7 +110,7 @@ def pack(
     lt = max(sum(len(c) for c in caps) for caps in captions)
     out = Packed(
         tokens=tokens[0].new_zeros(len(rows), budget, p),
-        positions=torch.zeros(len(rows), budget, 3, dtype=torch.long),
+        positions=torch.zeros(len(rows), budget, 3),
         segments=torch.full((len(rows), budget), PAD, dtype=torch.long),
         text=text[0].new_zeros(len(rows), lt, d),
         text_mask=torch.zeros(len(rows), lt, dtype=torch.bool),

@@ -42,6 +42,9 @@ class DiTConfig(Config):
     text_dim: int = 384  # all-MiniLM-L6-v2 hidden size
     attention: Literal["full", "factorized"] = "full"
     rope_theta: float = 100.0
+    # 0: temporal positions count latent frames; > 0: each clip spans [0, time_span]
+    # (clip time; see grid_positions)
+    time_span: float = 0.0
 
 
 def _tiny() -> DiTConfig:
@@ -232,6 +235,6 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         """Velocity for latents (B, C, T, H, W) at flow time t (B,) -> (B, C, T, H, W)."""
         tokens, grid = patchify(latents, self.config.patch)
-        positions = grid_positions(grid).to(latents.device)
+        positions = grid_positions(grid, self.config.time_span).to(latents.device)
         v = self.forward_tokens(tokens, t, positions, text, text_mask, grid=grid)
         return unpatchify(v, grid, self.config.patch)

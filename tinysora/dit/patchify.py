@@ -1,4 +1,4 @@
-"""Latent cube <-> spacetime patch tokens, with integer (t, h, w) positions.
+"""Latent cube <-> spacetime patch tokens, with (t, h, w) positions.
 
 The one place where latents become tokens; the DiT and the pipeline both use it.
 Tokens are laid out in (t, h, w) raster order: token n = (i * gh + j) * gw + k for
@@ -22,10 +22,25 @@ def grid_size(latent_shape: tuple[int, int, int], patch: Patch) -> tuple[int, in
     return t // pt, h // ph, w // pw
 
 
-def grid_positions(grid: tuple[int, int, int]) -> torch.Tensor:
-    """(N, 3) long tensor of (t, h, w) patch coordinates in token order."""
+def grid_positions(grid: tuple[int, int, int], time_span: float = 0.0) -> torch.Tensor:
+    """(N, 3) float tensor of (t, h, w) patch coordinates in token order.
+
+    ``time_span`` 0: t counts latent frames (0, 1, 2, ...). ``time_span`` > 0: a clip's
+    latent frames are spread evenly over [0, time_span] whatever their number, so t is
+    clip time (the Shapes World defines every motion over the whole clip: a 65-frame
+    clip is a 17-frame clip sampled 4x finer). With time_span 4 a 17-frame clip
+    (5 latent frames) keeps the integer positions 0..4.
+    """
     gt, gh, gw = grid
-    tt, hh, ww = torch.meshgrid(torch.arange(gt), torch.arange(gh), torch.arange(gw), indexing="ij")
+    t = torch.arange(gt, dtype=torch.float32)
+    if time_span > 0 and gt > 1:
+        t = t * (time_span / (gt - 1))
+    tt, hh, ww = torch.meshgrid(
+        t,
+        torch.arange(gh, dtype=torch.float32),
+        torch.arange(gw, dtype=torch.float32),
+        indexing="ij",
+    )
     return torch.stack([tt, hh, ww], dim=-1).reshape(-1, 3)
 
 

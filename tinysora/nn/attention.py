@@ -21,7 +21,7 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """positions (..., N, 3) integer (t, h, w) -> rotation angles (..., N, head_dim / 2)."""
+    """positions (..., N, 3) (t, h, w) -> rotation angles (..., N, head_dim / 2)."""
     parts = []
     for axis, d in enumerate(rope_split(head_dim)):
         freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)

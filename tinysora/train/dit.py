@@ -235,7 +235,7 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
     patch = recipe.model.patch
     grid = grid_size(tuple(latents.shape[2:]), patch)
     tokens = grid[0] * grid[1] * grid[2]
-    positions = grid_positions(grid)
+    positions = grid_positions(grid, recipe.model.time_span)
     text_len = recipe.pipeline.text_max_length
     conditioned = recipe.tasks.conditioned
 
@@ -311,7 +311,7 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
             t_tok = torch.where(given_i, 0.0, ti)
             noisy.append(add_noise(clean, t_tok, eps))
             targets.append(velocity_target(clean, eps))
-            positions.append(grid_positions(grid)[keep])
+            positions.append(grid_positions(grid, recipe.model.time_span)[keep])
             times.append(t_tok)
             given.append(given_i)
             kept.append(len(keep))
