@@ -22,6 +22,7 @@ from tinysora.eval.tasks import (
     check_setup,
     check_targets,
     edited_scene,
+    extension_by_motion,
     extension_seams,
     is_monotone,
     judge_editing,
@@ -124,6 +125,26 @@ def test_rendered_long_clip_has_smooth_seams_and_a_moved_window_is_caught():
     step = 0.5 * W / (frames - 1)  # the world's speed in px per frame
     assert obj["allowed_px"] == pytest.approx(step + 1.0, abs=0.05)
     assert obj["jumps_px"][1] == pytest.approx(math.hypot(step, 4.0), abs=0.1)
+
+
+def test_extension_by_motion_counts_two_object_clips_under_both_motions():
+    def obj(motion, ok):
+        return {"motion": motion, "ok": ok}
+
+    rows = [
+        {"objects": [obj("moving down", [True, False])], "frames": 10, "kept_frames": 6},
+        {"objects": [obj("standing still", [True, True])], "frames": 10, "kept_frames": 10},
+        {
+            "objects": [obj("moving down", [True, True]), obj("growing", [False, False])],
+            "frames": 10,
+            "kept_frames": 8,
+        },
+    ]
+    by = extension_by_motion(rows)
+    assert list(by) == ["growing", "moving down", "standing still"]
+    assert by["moving down"] == {"clips": 2, "seam_ok_fraction": 0.75, "frames_kept_fraction": 0.7}
+    assert by["growing"] == {"clips": 1, "seam_ok_fraction": 0.0, "frames_kept_fraction": 0.8}
+    assert by["standing still"]["seam_ok_fraction"] == 1.0
 
 
 def test_frames_are_kept_only_with_the_prompt_color_and_shape():
@@ -245,5 +266,8 @@ def test_eval_tasks_on_a_tiny_random_model(tmp_path, one_thread, capsys):
     assert [row["seed"] for row in report["loop"]["rows"]] == [s.seed for s in task_scenes(2)]
     extension = report["extension"]["rows"][0]
     assert extension["frames"] == 17 and extension["seams"] == [9, 13]
+    motions = {o["motion"] for r in report["extension"]["rows"] for o in r["objects"]}
+    assert set(report["extension"]["by_motion"]) == motions
+    assert "extension by motion" in printed
     psnr = report["image_to_video"]["headline"]["psnr_first_db"]
     assert psnr is not None and psnr < PSNR_CAP_DB

@@ -242,6 +242,7 @@ def judge_extension(scene: Scene, clip: np.ndarray, seams: list[int]) -> dict:
         objects.append(
             {
                 "color": spec.color,
+                "motion": spec.motion,
                 "found": obj is not None,
                 "allowed_px": _num(check["allowed_px"]),
                 "jumps_px": [_num(v) for v in check["jumps_px"]],
@@ -419,7 +420,25 @@ def summarize_extension(rows: list[dict]) -> dict:
         },
         "seams": _rate(ok),
         "seams_measured": len(excess),
+        "by_motion": extension_by_motion(rows),
     }
+
+
+def extension_by_motion(rows: list[dict]) -> dict:
+    """Seams ok and frames kept per prompt motion (a two-object clip counts under both
+    motions): where extension fails, e.g. a motion that cannot go on for 8 clips'
+    length inside the frame."""
+    out = {}
+    for motion in sorted({o["motion"] for r in rows for o in r["objects"]}):
+        mine = [r for r in rows if any(o["motion"] == motion for o in r["objects"])]
+        flags = [f for r in mine for o in r["objects"] if o["motion"] == motion for f in o["ok"]]
+        out[motion] = {
+            "clips": len(mine),
+            "seam_ok_fraction": _rate(flags)["rate"],
+            "frames_kept_fraction": sum(r["kept_frames"] for r in mine)
+            / sum(r["frames"] for r in mine),
+        }
+    return out
 
 
 def summarize_interpolation(rows: list[dict]) -> dict:
@@ -571,6 +590,11 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{'task':16s}{'metric':26s}{'value':>9s}  {'target':10s}met")
     for task, metric, value, target, met in table_rows(report):
         print(f"{task:16s}{metric:26s}{value:>9s}  {target:10s}{met}")
+    if "extension" in report:
+        print("extension by motion: seams ok / frames kept (clips)")
+        for motion, m in report["extension"]["by_motion"].items():
+            seams, kept = _fmt(m["seam_ok_fraction"]), _fmt(m["frames_kept_fraction"])
+            print(f"  {motion:16s}{seams:>7s} / {kept} ({m['clips']})")
     print(
         f"({args.n} scenes per task, {setup.frames} frames of {setup.height}x{setup.width}; "
         f"extension to {setup.long_frames} frames, {setup.frames} at a time)"
