@@ -343,18 +343,6 @@ def test_packed_clips_equal_solo_clips(attention, time_span):
 # ----------------------------------------------------------------------------- RoPE
 
 
-def test_grid_positions_frames_or_clip_time():
-    frames = grid_positions((3, 2, 2))
-    assert frames.shape == (12, 3)
-    assert frames[:, 0].unique().tolist() == [0.0, 1.0, 2.0]
-    assert frames[:4, 1:].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
-    # clip time: every clip spans [0, 4]; 5 latent frames keep integer positions
-    assert torch.equal(grid_positions((5, 2, 2), 4.0), grid_positions((5, 2, 2)))
-    assert grid_positions((17, 1, 1), 4.0)[:, 0].tolist() == [i / 4 for i in range(17)]
-    assert grid_positions((3, 1, 1), 4.0)[:, 0].tolist() == [0.0, 2.0, 4.0]
-    assert grid_positions((1, 2, 2), 4.0)[:, 0].tolist() == [0.0] * 4  # an image
-
-
 def test_clip_time_changes_only_other_lengths():
     """A model with time_span 4 computes the same velocity as time_span 0 for 5 latent
     frames (so a frame-position model can be fine-tuned into clip time) and a different

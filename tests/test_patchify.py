@@ -42,11 +42,19 @@ def test_grid_size():
 def test_grid_positions_are_thw_raster():
     pos = grid_positions((2, 2, 3))
     assert pos.shape == (12, 3)
-    assert pos.dtype == torch.long
+    assert pos.dtype == torch.float32
     expected = [(i, j, k) for i in range(2) for j in range(2) for k in range(3)]
     assert [tuple(p) for p in pos.tolist()] == expected
     # token n = (i * gh + j) * gw + k
     assert pos[(1 * 2 + 0) * 3 + 2].tolist() == [1, 0, 2]
+
+
+def test_grid_positions_frames_or_clip_time():
+    # clip time: every clip spans [0, 4]; 5 latent frames keep integer positions
+    assert torch.equal(grid_positions((5, 2, 2), 4.0), grid_positions((5, 2, 2)))
+    assert grid_positions((17, 1, 1), 4.0)[:, 0].tolist() == [i / 4 for i in range(17)]
+    assert grid_positions((3, 1, 1), 4.0)[:, 0].tolist() == [0.0, 2.0, 4.0]
+    assert grid_positions((1, 2, 2), 4.0)[:, 0].tolist() == [0.0] * 4  # an image
 
 
 @pytest.mark.parametrize("patch", [(1, 2, 2), (2, 2, 2), (1, 1, 1)])
@@ -58,7 +66,7 @@ def test_token_content_matches_its_position(patch):
     pos = grid_positions(grid)
     assert pos.shape[0] == tokens.shape[1]
     for n in (0, 1, grid[2], tokens.shape[1] // 2 + 1, tokens.shape[1] - 1):
-        i, j, k = pos[n].tolist()
+        i, j, k = pos[n].long().tolist()
         cube = x[:, :, i * pt : (i + 1) * pt, j * ph : (j + 1) * ph, k * pw : (k + 1) * pw]
         # the token's channels are (c, pt, ph, pw) flattened in that order
         assert torch.equal(tokens[:, n], cube.reshape(2, -1))
