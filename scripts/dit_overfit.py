@@ -14,12 +14,13 @@ import argparse
 
 import torch
 
-from tinysora.data.datasets import frames_to_tensor, tensor_to_frames
 from tinysora.diffusion.flow import FlowConfig, add_noise, sample_timesteps, velocity_target
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, sample_euler
 from tinysora.dit.model import DiT, DiTConfig
+from tinysora.io.checkpoint import load_pretrained
+from tinysora.io.frames import frames_to_tensor, tensor_to_frames
 from tinysora.text.encoder import TextEncoder
-from tinysora.train.vae import load_vae
+from tinysora.vae.model import VideoVAE
 from tinysora.worlds.detect import detect
 from tinysora.worlds.shapes import render, sample_scene
 
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    vae = load_vae(args.vae)
+    vae = load_pretrained(VideoVAE, args.vae)
     scenes = [sample_scene(s) for s in range(args.clips)]
     with torch.no_grad():
         x = torch.stack([frames_to_tensor(render(s, 64, 64, 17)) for s in scenes])

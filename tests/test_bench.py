@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from tinysora.bench import compare, dit, run, sampling
-from tinysora.bench.timing import REPO_ROOT, count_flops, matmul_peak, measure
+from tinysora.bench.timing import REPO_ROOT, count_flops
 from tinysora.config import ConfigError
+from tinysora.dit.flops import attention_flops, dit_flops_per_sample
 from tinysora.dit.model import DiT, DiTConfig, preset
-from tinysora.train.dit import DiTRecipe, attention_flops, dit_flops_per_sample
+from tinysora.perf import matmul_peak, measure
+from tinysora.train.dit import DiTRecipe
 
 pytest.importorskip("diffusers")
 

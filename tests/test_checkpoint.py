@@ -1,4 +1,4 @@
-"""Tests for tinysora.io.checkpoint (safetensors component directories) and load_vae."""
+"""Tests for tinysora.io.checkpoint (safetensors component directories) and load_pretrained."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from tinysora.io.checkpoint import (
     CheckpointError,
     load_config,
     load_into,
+    load_pretrained,
     load_tensors,
     save_pretrained,
     save_tensors,
 )
-from tinysora.train.vae import load_vae
 from tinysora.vae.model import VAEConfig, VideoVAE
 
 TINY = dict(latent_channels=4, channels=(8, 8, 16), encoder_blocks=1, decoder_blocks=1)
@@ -221,13 +221,13 @@ def test_load_config_missing(tmp_path):
         load_config(VAEConfig, tmp_path / "does_not_exist")
 
 
-# ----------------------------------------------------------------------------- load_vae
+# ----------------------------------------------------------------------------- load_pretrained
 
 
 def test_load_vae_returns_equal_eval_model(tmp_path):
     vae = tiny_vae(seed=5, scaling_factor=0.7, shift_factor=0.1)
     save_pretrained(vae, vae.config, tmp_path / "vae")
-    loaded = load_vae(tmp_path / "vae")
+    loaded = load_pretrained(VideoVAE, tmp_path / "vae")
     assert isinstance(loaded, VideoVAE)
     assert not loaded.training
     assert all(not m.training for m in loaded.modules())
@@ -241,15 +241,15 @@ def test_load_vae_returns_equal_eval_model(tmp_path):
 def test_load_vae_bf16_directory_is_fp32(tmp_path):
     vae = tiny_vae(seed=6)
     save_pretrained(vae, vae.config, tmp_path / "vae", dtype=torch.bfloat16)
-    loaded = load_vae(str(tmp_path / "vae"))
+    loaded = load_pretrained(VideoVAE, str(tmp_path / "vae"))
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
 
 
 def test_load_vae_errors(tmp_path):
     with pytest.raises(CheckpointError):
-        load_vae(tmp_path / "missing")
+        load_pretrained(VideoVAE, tmp_path / "missing")
     vae = tiny_vae()
     save_pretrained(vae, vae.config, tmp_path / "vae")
     (tmp_path / "vae" / WEIGHTS_NAME).unlink()
     with pytest.raises(CheckpointError, match="not found"):
-        load_vae(tmp_path / "vae")
+        load_pretrained(VideoVAE, tmp_path / "vae")

@@ -10,7 +10,7 @@ import torch
 from tiny import save_tiny_model
 
 from tinysora.cli import main
-from tinysora.conditioning import ConditioningError, fit_image, fit_video, load_image
+from tinysora.io.frames import ConditioningError, fit_image, fit_video, load_image
 from tinysora.io.video import write_video
 from tinysora.pipeline import PipelineError, TextToVideoPipeline
 from tinysora.worlds.shapes import parse_caption, render

@@ -1,4 +1,4 @@
-"""Conditioning-task eval (issue 7): every measure on Shapes World renders whose answer is
+"""Conditioning-task eval: every measure on Shapes World renders whose answer is
 known (the world's own clips pass; clips broken at a seam, a loop point or an edit
 fail), plus one `tinysora eval tasks` run on a tiny random-weight model."""
 

@@ -1,4 +1,4 @@
-"""Tests for Shapes World v1 (tinysora/worlds/shapes.py) against the contract shared/WORLD.md.
+"""Tests for Shapes World v1 (tinysora/worlds/shapes.py) against the contract docs/WORLD.md.
 
 Everything is checked to the number: held-out color-shape pairs, determinism (golden
 hashes), splits, captions, geometry of every motion, and anti-aliased rendering.

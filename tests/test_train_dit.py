@@ -12,7 +12,8 @@ from tiny import tiny_recipe
 
 from tinysora.cli import main
 from tinysora.dit.model import DiT, preset
-from tinysora.eval.adherence import group_prompts, judge, wilson
+from tinysora.eval.adherence import group_prompts
+from tinysora.eval.metrics import wilson
 from tinysora.io.checkpoint import load_tensors
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.text.encoder import TextEncoder
@@ -25,7 +26,7 @@ from tinysora.train.dit import (
     train_dit,
 )
 from tinysora.worlds.captions import paraphrase
-from tinysora.worlds.detect import DetectedObject, Detection
+from tinysora.worlds.detect import DetectedObject, Detection, judge
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, SplitMix64, parse_caption, sample_scene
 
 

@@ -20,10 +20,10 @@ from torch import nn
 import tinysora.train.trainer as trainer_module
 import tinysora.train.vae as train_vae_module
 from tinysora.data.datasets import WorldBatches, WorldDataConfig
-from tinysora.io.checkpoint import load_tensors
+from tinysora.io.checkpoint import load_pretrained, load_tensors
 from tinysora.train.trainer import TrainConfig, Trainer, lr_at
-from tinysora.train.vae import VAERecipe, load_vae, train_vae
-from tinysora.vae.model import VAEConfig
+from tinysora.train.vae import VAERecipe, train_vae
+from tinysora.vae.model import VAEConfig, VideoVAE
 from tinysora.worlds.shapes import render, sample_scene
 
 MODULE = [sys.executable, "-m", "tinysora.cli"]
@@ -375,7 +375,7 @@ def test_train_vae_outputs(vae_run):
     assert [r["step"] for r in evals] == [2, 4]
     assert all(math.isfinite(r["eval"]["val_psnr"]) for r in evals)
 
-    vae = load_vae(vae_run / "vae")
+    vae = load_pretrained(VideoVAE, vae_run / "vae")
     assert vae.config.latent_channels == 4 and not vae.training
     assert vae.config == VAEConfig.from_dict(cfg)
 
@@ -489,7 +489,7 @@ def test_cli_vae_roundtrip(vae_run, clip_npy, tmp_path):
     assert match, result.stdout
     recon = np.load(out)
     assert recon.shape == frames.shape and recon.dtype == np.uint8
-    from tinysora.eval.metrics import psnr
+    from tinysora.nn.metrics import psnr
 
     assert float(match.group(1)) == pytest.approx(psnr(recon, frames), abs=0.01)
 

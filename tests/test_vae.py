@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinysora.eval.metrics import psnr, ssim
+from tinysora.nn.metrics import psnr, ssim
 from tinysora.vae.loss import VAELossConfig, edge_band, vae_loss
 from tinysora.vae.model import (
     Posterior,

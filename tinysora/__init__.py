@@ -1,3 +1,31 @@
-"""tinysora: a Sora-style text-to-video system you can train on a laptop CPU."""
+"""tinysora: a Sora-style text-to-video system you can train on a laptop CPU.
+
+    from tinysora import TextToVideoPipeline, export_to_video
+
+The public names are imported on first use, so ``import tinysora.config`` (or the
+``tinysora --help`` command) does not load torch and the models.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "TextToVideoPipeline": "tinysora.pipeline",
+    "PipelineConfig": "tinysora.pipeline",
+    "VideoOutput": "tinysora.pipeline",
+    "export_to_video": "tinysora.pipeline",
+    "read_video": "tinysora.io.video",
+    "write_video": "tinysora.io.video",
+    "load_video": "tinysora.io.frames",
+    "load_image": "tinysora.io.frames",
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'tinysora' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

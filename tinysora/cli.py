@@ -75,8 +75,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
-    from tinysora.eval.metrics import psnr
     from tinysora.io.video import read_video, write_video
+    from tinysora.nn.metrics import psnr
     from tinysora.train.vae import load_vae, reconstruct
 
     frames, fps = read_video(args.input)
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     world = sub.add_parser(
         "world",
         help="render a Shapes World clip from a caption or a seed",
-        description="Render a Shapes World clip (see shared/WORLD.md). With CAPTION, the "
+        description="Render a Shapes World clip (see docs/WORLD.md). With CAPTION, the "
         "caption's scene (attributes left out are drawn from --seed); without, the scene "
         "of --seed (0..999999 train, 1000000..1099999 val, >= 2000000 test). The rendered "
         "caption is printed last.",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import tomllib
 import types
 import typing
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tinysora.errors import UserError
+from tinysora.io.atomic import atomic_write_text
 
 C = TypeVar("C", bound="Config")
 
@@ -93,23 +93,6 @@ class Config:
         return cls.from_json(text, where=str(path))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _to_plain(value: Any) -> Any:
     if isinstance(value, Config):
         return value.to_dict()
@@ -174,7 +157,7 @@ def _from_plain(hint: Any, value: Any, where: str) -> Any:
 
 @dataclasses.dataclass
 class WorldConfig(Config):
-    """Size and timing of Shapes World clips (defaults: WORLD.md's 64x64x17 at 8 fps)."""
+    """Size and timing of Shapes World clips (defaults: docs/WORLD.md's 64x64x17 at 8 fps)."""
 
     height: int = 64
     width: int = 64

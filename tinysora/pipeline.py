@@ -1,44 +1,60 @@
 """Text-to-video pipeline: prompt -> text encoder -> DiT sampling in VAE latents -> frames.
 
-    pipe = TextToVideoPipeline.from_pretrained()          # bundled weights/
+    from tinysora import TextToVideoPipeline, export_to_video
+
+    pipe = TextToVideoPipeline.from_pretrained()          # the bundled model
     video = pipe("a small red circle moving left", num_frames=17, height=64, width=64,
                  generator=torch.Generator().manual_seed(0))
     export_to_video(video.frames, "out.mp4", fps=8)
 
 A model directory holds ``vae/`` and ``dit/`` (each config.json + model.safetensors)
-and ``pipeline.json`` (sampling defaults). Sizes the VAE / patch grid cannot take
-are rounded to the nearest legal size with a warning: height and width to a
-multiple of 16 (VAE factor 8 x patch 2) within 32..512, frames to 1 + 4k.
+and ``pipeline.json`` (:class:`PipelineConfig`, the sampling defaults). Which directory
+``from_pretrained()`` loads without one: ``tinysora.io.checkpoint.resolve_model_dir``.
+Sizes the VAE / patch grid cannot take are rounded to the nearest legal size with a
+warning: height and width to a multiple of 16 (VAE factor 8 x patch 2) within
+32..512, frames to 1 + 4k.
+
+Reading order: sampling defaults, module helpers, then the pipeline's building blocks
+(text, noise, encode / decode, one sampling run), the conditioning tasks built from
+them (keyframes, extension, loop) and last ``__call__``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from tinysora import conditioning
 from tinysora.config import Config
-from tinysora.data.datasets import frames_to_tensor, tensor_to_frames
 from tinysora.diffusion.flow import FlowConfig, timestep_shift
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, get_sampler
-from tinysora.dit.model import DiT, DiTConfig
-from tinysora.dit.patchify import grid_positions, grid_size, patchify, unpatchify
+from tinysora.dit.model import DiT
+from tinysora.dit.patchify import grid_size
 from tinysora.errors import UserError
-from tinysora.io.checkpoint import load_config, load_into, load_tensors
+from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
+from tinysora.io.frames import (
+    fit_image,
+    fit_video,
+    frames_to_tensor,
+    load_image,
+    load_video,
+    tensor_to_frames,
+)
 from tinysora.io.video import write_video
 from tinysora.text.encoder import TextEncoder
-from tinysora.train.vae import load_vae
 from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR, VideoVAE, latent_frames
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MIN_SIDE, MAX_SIDE = 32, 512
+OUTPUT_TYPES = ("np", "pil", "latent")
+CONTEXT_LATENTS = 2  # latent frames an extension window is given (= the last 5 frames)
+SHIFT_KEYS = ("shift_base_tokens", "base_shift", "max_shift")  # shared with FlowConfig
 
 
 class PipelineError(UserError, ValueError):
@@ -47,12 +63,35 @@ class PipelineError(UserError, ValueError):
 
 @dataclass
 class PipelineConfig(Config):
+    """Sampling defaults of a model (``pipeline.json``); a call's arguments override them.
+
+    The shift fields set the resolution shift of the sampling times
+    (``diffusion.flow.timestep_shift``); ``tinysora train dit`` copies them from the
+    recipe's training ``[flow]`` when it exports a model.
+    """
+
     num_inference_steps: int = 30
     guidance_scale: float = 4.0
     sampler: str = "euler"
     fps: float = 8.0
     text_max_length: int = 32
-    flow: FlowConfig = field(default_factory=FlowConfig)
+    shift_base_tokens: int = 80
+    base_shift: float = 1.0
+    max_shift: float = 4.0
+
+    @classmethod
+    def from_dict(cls, data, *, where: str = "") -> PipelineConfig:
+        """Older ``pipeline.json`` files nest the shift in the whole training ``flow``
+        config; they still load (its other fields only mattered for training)."""
+        if isinstance(data, dict) and isinstance(data.get("flow"), dict):
+            data = dict(data)
+            flow = data.pop("flow")
+            data.update({k: flow[k] for k in SHIFT_KEYS if k in flow})
+        return super().from_dict(data, where=where)
+
+    def with_shift_of(self, flow: FlowConfig) -> PipelineConfig:
+        """This config with the time shift that ``flow`` trained with."""
+        return dataclasses.replace(self, **{k: getattr(flow, k) for k in SHIFT_KEYS})
 
 
 @dataclass
@@ -70,11 +109,62 @@ def legal_size(num_frames: int, height: int, width: int, multiple: int) -> tuple
     return frames, side(height), side(width)
 
 
-def load_dit(directory: str | os.PathLike) -> DiT:
-    cfg = load_config(DiTConfig, directory)
-    dit = DiT(cfg)
-    load_into(dit, load_tensors(Path(directory) / "model.safetensors"), str(directory))
-    return dit.eval()
+def initial_noise(
+    shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None
+) -> torch.Tensor:
+    """Gaussian latents; with one generator per sample, sample i depends only on its own."""
+    if not isinstance(generator, list):
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+    if len(generator) != shape[0]:
+        raise PipelineError(f"got {len(generator)} generators for {shape[0]} prompts")
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+
+
+def export_to_video(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
+    """Write uint8 (T, H, W, 3) frames (or a list of PIL images) as mp4/gif/png/npy."""
+    if isinstance(frames, list):
+        frames = np.stack([np.asarray(f) for f in frames])
+    return write_video(path, frames, fps=fps)
+
+
+def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    negatives = negative_prompt if negative_prompt is not None else ""
+    negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
+    if len(negatives) != len(prompts):
+        raise PipelineError("negative_prompt must be one string or one per prompt")
+    return prompts, negatives
+
+
+def _check_conditioning(image, first_image, last_image, video, strength, extend, loop):
+    if image is not None and first_image is not None:
+        raise PipelineError("give either image or first_image (both mean frame 0)")
+    if strength is not None and not 0 < strength <= 1:
+        raise PipelineError(f"strength must be in (0, 1], got {strength}")
+    if extend is not None:
+        if video is None:
+            raise PipelineError("extend needs a video to continue (--video X --extend N)")
+        if extend < 1:
+            raise PipelineError(
+                f"extend must be >= 1 frame (backward: not supported), got {extend}"
+            )
+        if loop or any(x is not None for x in (strength, image, first_image, last_image)):
+            raise PipelineError("extend takes a video only (no images, strength or loop)")
+    elif (video is None) != (strength is None):
+        raise PipelineError("video and strength go together (SDEdit: --video X --strength S)")
+    if loop and (last_image is not None or video is not None):
+        raise PipelineError("loop pins the last frame to frame 0: no last_image or video")
+
+
+@dataclass
+class _Run:
+    """How to run one sampling: steps, guidance, sampler function, progress reporting."""
+
+    steps: int
+    scale: float
+    sample: Callable
+    callback: Callable[[dict], None] | None
+    progress: bool
 
 
 class TextToVideoPipeline:
@@ -87,8 +177,8 @@ class TextToVideoPipeline:
     def from_pretrained(
         cls, directory: str | os.PathLike | None = None, text_encoder: TextEncoder | None = None
     ) -> TextToVideoPipeline:
-        """Load ``directory`` (default: the bundled ``weights/``)."""
-        root = Path(directory) if directory is not None else WEIGHTS_DIR
+        """Load ``directory`` (default: ``TINYSORA_MODEL``, else the bundled model)."""
+        root = resolve_model_dir(directory)
         if not (root / "dit" / "config.json").is_file():
             raise PipelineError(
                 f"no text-to-video model in '{root}' (expected dit/, vae/ and pipeline.json); "
@@ -96,7 +186,8 @@ class TextToVideoPipeline:
             )
         config = PipelineConfig.load(root / "pipeline.json")
         encoder = text_encoder or TextEncoder(max_length=config.text_max_length)
-        return cls(load_vae(root / "vae"), load_dit(root / "dit"), encoder, config)
+        vae = load_pretrained(VideoVAE, root / "vae")
+        return cls(vae, load_pretrained(DiT, root / "dit"), encoder, config)
 
     def set_sampling(self, guidance_scale: float | None = None, sampler: str | None = None):
         """Change the default guidance scale / sampler (None keeps the model's)."""
@@ -110,9 +201,171 @@ class TextToVideoPipeline:
             self.config.guidance_scale = float(guidance_scale)
         return self
 
+    # ----------------------------------------------------------------- building blocks
+
+    def _run(self, steps, guidance_scale, sampler, callback, progress) -> _Run:
+        run = _Run(
+            steps=steps or self.config.num_inference_steps,
+            scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+            sample=get_sampler(sampler or self.config.sampler),
+            callback=callback,
+            progress=progress,
+        )
+        if run.steps < 1:
+            raise PipelineError(f"num_inference_steps must be >= 1, got {run.steps}")
+        return run
+
+    def _legal_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        multiple = SPACE_FACTOR * self.dit.config.patch[1]
+        legal = legal_size(num_frames, height, width, multiple)
+        if legal != (num_frames, height, width):
+            warnings.warn(
+                f"size {num_frames}x{height}x{width} (frames x height x width) is not legal; "
+                f"using {legal[0]}x{legal[1]}x{legal[2]} (frames 1+4k, sides multiples of "
+                f"{multiple} in {MIN_SIDE}..{MAX_SIDE})",
+                stacklevel=3,
+            )
+        return legal
+
+    def _latent_shape(self, batch: int, num_frames: int, height: int, width: int):
+        c = self.vae.config.latent_channels
+        return (batch, c, latent_frames(num_frames), height // SPACE_FACTOR, width // SPACE_FACTOR)
+
     def _text(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         states, mask = self.text_encoder(prompts)
         return {"text": states, "text_mask": mask}
+
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> normalized latents (1, C, t, h, w) (posterior mean)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = self.vae.encode(frames_to_tensor(frames)[None], chunk_frames=16).mean
+        return self.vae.normalize(z.float())
+
+    def _decode(self, latents: torch.Tensor, num_frames: int) -> np.ndarray:
+        """(1, C, t, h, w) normalized latents -> uint8 (T, H, W, 3)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pixels = self.vae.decode(
+                self.vae.denormalize(latents), num_frames=num_frames, chunk_latents=4
+            )
+        return tensor_to_frames(pixels[0])
+
+    def _velocity(self, x, t, text, text_mask, given=None, clean=None) -> torch.Tensor:
+        """The DiT's velocity in bf16 autocast; ``given`` latents held at ``clean``."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.dit(x, t, text, text_mask, given=given, clean=clean).float()
+
+    def _sample(
+        self,
+        prompts,
+        negatives,
+        shape,
+        generator,
+        run: _Run,
+        clean=None,
+        given=None,
+        start=None,
+        strength=None,
+    ) -> torch.Tensor:
+        """Latents (B, C, t, h, w): the flow ODE from noise (or from ``start`` noised to
+        ``strength``), with ``given`` latents (B or 1, 1, t, h, w) held at ``clean``."""
+        x = initial_noise(shape, generator)
+        tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
+        times = flow_times(run.steps, timestep_shift(tokens, self.config))
+        if start is not None:
+            times = torch.cat([times.new_tensor([strength]), times[times < strength]])
+            x = (1 - strength) * start + strength * x
+        cond, uncond = self._text(prompts), self._text(negatives)
+        if given is not None:
+            x = torch.where(given, clean, x)
+            held = {
+                "given": given.expand(shape[0], -1, -1, -1, -1),
+                "clean": clean.expand(shape[0], -1, -1, -1, -1),
+            }
+            cond, uncond = {**cond, **held}, {**uncond, **held}
+        bar = tqdm(total=len(times) - 1, desc="sampling", unit="step", disable=not run.progress)
+
+        def on_step(info: dict) -> None:
+            bar.update(1)
+            if run.callback is not None:
+                run.callback(info)
+
+        guided = cfg_denoiser(self._velocity, run.scale)
+        extra = {"cond": cond, "uncond": uncond}
+        latents = run.sample(guided, x, times, extra_args=extra, callback=on_step)
+        bar.close()
+        return latents
+
+    @staticmethod
+    def _output(clips: list[np.ndarray], single: bool, output_type: str) -> VideoOutput:
+        if output_type == "pil":
+            from PIL import Image
+
+            clips = [[Image.fromarray(f) for f in clip] for clip in clips]
+        return VideoOutput(clips[0] if single else clips)
+
+    # ----------------------------------------------------------------- conditioning tasks
+
+    def _keyframes(self, first, last, num_frames: int, height: int, width: int):
+        """Clean latents (1, C, t, h, w) and the given mask (1, 1, t, h, w) for images
+        pinned at frame 0 and / or the last frame (None, None without images). The last
+        latent frame stands for the last 4 frames: it is encoded from a clip that holds
+        the last image still."""
+        if first is None and last is None:
+            return None, None
+        t = latent_frames(num_frames)
+        given = torch.zeros(1, 1, t, height // SPACE_FACTOR, width // SPACE_FACTOR, dtype=bool)
+        clean = torch.zeros(1, self.vae.config.latent_channels, *given.shape[2:])
+        if first is not None:
+            frame = fit_image(load_image(first), height, width)
+            clean[:, :, :1] = self._encode(frame[None])
+            given[:, :, 0] = True
+        if last is not None:
+            if t < 2:
+                raise PipelineError("last_image needs a video (num_frames >= 5)")
+            frame = fit_image(load_image(last), height, width)
+            clean[:, :, -1:] = self._encode(np.repeat(frame[None], num_frames, 0))[:, :, -1:]
+            given[:, :, -1] = True
+        return clean, given
+
+    def _extend(
+        self, prompts, negatives, video, extend, num_frames, window, height, width, generator, run
+    ) -> np.ndarray:
+        """The clip (given, or a first generated window) continued window by window; each
+        window is given the last 1 + 4 (CONTEXT_LATENTS - 1) frames so far."""
+        window = window or num_frames
+        window, height, width = self._legal_size(window, height, width)
+        context = 1 + TIME_FACTOR * (CONTEXT_LATENTS - 1)
+        if window <= context:
+            raise PipelineError(f"the window must be longer than the {context} context frames")
+        if video is None:
+            shape = self._latent_shape(1, window, height, width)
+            clip = self._decode(self._sample(prompts, negatives, shape, generator, run), window)
+            target = num_frames
+        else:
+            clip = load_video(video)
+            if len(clip) < context:
+                raise PipelineError(f"extend needs a video of >= {context} frames, got {len(clip)}")
+            clip = fit_video(clip, len(clip), height, width)
+            target = len(clip) + extend
+        shape = self._latent_shape(1, window, height, width)
+        given = torch.zeros(1, 1, *shape[2:], dtype=torch.bool)
+        given[:, :, :CONTEXT_LATENTS] = True
+        while len(clip) < target:
+            clean = torch.zeros(shape)
+            clean[:, :, :CONTEXT_LATENTS] = self._encode(clip[-context:])
+            latents = self._sample(prompts, negatives, shape, generator, run, clean, given)
+            clip = np.concatenate([clip, self._decode(latents, window)[context:]])
+        return clip[:target]
+
+    def _loop_anchor(self, prompts, negatives, image, num_frames, height, width, generator, run):
+        """Frame 0 of a looping clip: the given image, or that of a first generation."""
+        if image is not None:
+            return image
+        _, height, width = self._legal_size(num_frames, height, width)
+        shape = self._latent_shape(1, 1, height, width)
+        return self._decode(self._sample(prompts, negatives, shape, generator, run), 1)[0]
+
+    # ----------------------------------------------------------------- the call
 
     @torch.no_grad()
     def __call__(
@@ -157,297 +410,38 @@ class TextToVideoPipeline:
         Inputs of another size are resized (centre crop to the aspect) with a warning.
         Given latent frames enter the DiT clean at t = 0 and come out as given.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = negative_prompt if negative_prompt is not None else ""
-        negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
-        if len(negatives) != len(prompts):
-            raise PipelineError("negative_prompt must be one string or one per prompt")
-        if output_type not in ("np", "pil", "latent"):
+        prompts, negatives = _prompt_lists(prompt, negative_prompt)
+        single = isinstance(prompt, str)
+        if output_type not in OUTPUT_TYPES:
             raise PipelineError(f"output_type must be 'np', 'pil' or 'latent', got {output_type!r}")
-        run = _Run(
-            steps=num_inference_steps or self.config.num_inference_steps,
-            scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-            sample=get_sampler(sampler or self.config.sampler),
-            callback=callback,
-            progress=progress,
-        )
-        if run.steps < 1:
-            raise PipelineError(f"num_inference_steps must be >= 1, got {run.steps}")
+        run = self._run(num_inference_steps, guidance_scale, sampler, callback, progress)
         _check_conditioning(image, first_image, last_image, video, strength, extend, loop)
-        sequential = extend is not None or loop or (window is not None and window < num_frames)
-        if sequential and len(prompts) != 1:
+        windowed = extend is not None or (window is not None and window < num_frames)
+        if (windowed or loop) and len(prompts) != 1:
             raise PipelineError("extend, window and loop take one prompt at a time")
-        if extend is not None or (window is not None and window < num_frames):
-            clip = self._extend(
-                prompts, negatives, video, extend, num_frames, window, height, width, generator, run
-            )
-            return self._output([clip], isinstance(prompt, str), output_type)
+        if windowed:
+            if output_type == "latent":
+                raise PipelineError("output_type 'latent' is not available with extend / window")
+            args = (video, extend, num_frames, window, height, width, generator, run)
+            return self._output([self._extend(prompts, negatives, *args)], single, output_type)
+        first = image if image is not None else first_image
         if loop:  # frame 0 (given, or from a first generation) pinned at both ends
-            first = image if image is not None else first_image
-            image = self._loop_anchor(
+            first = self._loop_anchor(
                 prompts, negatives, first, num_frames, height, width, generator, run
             )
-            first_image, last_image = None, image
+            last_image = first
         if video is not None:
-            video = conditioning.load_video(video)
+            video = load_video(video)
             num_frames = len(video)
         num_frames, height, width = self._legal_size(num_frames, height, width)
-        clean = given = start = None
-        first = image if image is not None else first_image
-        if first is not None or last_image is not None:
-            clean, given = self._keyframes(first, last_image, num_frames, height, width)
+        clean, given = self._keyframes(first, last_image, num_frames, height, width)
+        start = None
         if video is not None:
-            start = self._encode(conditioning.fit_video(video, num_frames, height, width))
+            start = self._encode(fit_video(video, num_frames, height, width))
         shape = self._latent_shape(len(prompts), num_frames, height, width)
-        latents = self._sample(
-            prompts, negatives, shape, generator, run, clean, given, start, strength
-        )
+        held = (clean, given, start, strength)
+        latents = self._sample(prompts, negatives, shape, generator, run, *held)
         if output_type == "latent":
             return VideoOutput(latents)
         clips = [self._decode(z[None], num_frames) for z in latents]
-        return self._output(clips, isinstance(prompt, str), output_type)
-
-    def _latent_shape(self, batch: int, num_frames: int, height: int, width: int):
-        c = self.vae.config.latent_channels
-        return (batch, c, latent_frames(num_frames), height // SPACE_FACTOR, width // SPACE_FACTOR)
-
-    def _sample(
-        self,
-        prompts,
-        negatives,
-        shape,
-        generator,
-        run: _Run,
-        clean=None,
-        given=None,
-        start=None,
-        strength=None,
-    ) -> torch.Tensor:
-        """Latents (B, C, t, h, w): the flow ODE from noise (or from ``start`` noised to
-        ``strength``), with ``given`` latents (B or 1, 1, t, h, w) held at ``clean``."""
-        x = initial_noise(shape, generator)
-        tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
-        times = flow_times(run.steps, timestep_shift(tokens, self.config.flow))
-        if start is not None:
-            times = torch.cat([times.new_tensor([strength]), times[times < strength]])
-            x = (1 - strength) * start + strength * x
-        cond, uncond = self._text(prompts), self._text(negatives)
-        if given is not None:
-            x = torch.where(given, clean, x)
-            held = {
-                "given": given.expand(shape[0], -1, -1, -1, -1),
-                "clean": clean.expand(shape[0], -1, -1, -1, -1),
-            }
-            cond, uncond = {**cond, **held}, {**uncond, **held}
-        bar = tqdm(total=len(times) - 1, desc="sampling", unit="step", disable=not run.progress)
-
-        def on_step(info: dict) -> None:
-            bar.update(1)
-            if run.callback is not None:
-                run.callback(info)
-
-        guided = cfg_denoiser(self._denoise, run.scale)
-        extra = {"cond": cond, "uncond": uncond}
-        latents = run.sample(guided, x, times, extra_args=extra, callback=on_step)
-        bar.close()
-        return latents
-
-    def _denoise(self, x, t, text, text_mask, given=None, clean=None) -> torch.Tensor:
-        """The DiT's velocity; ``given`` latents are set to ``clean``, enter at t = 0 and
-        get velocity 0 (so every sampler keeps them)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            if given is None:
-                return self.dit(x, t, text, text_mask).float()
-            patch = self.dit.config.patch
-            x = torch.where(given, clean, x)
-            tokens, grid = patchify(x, patch)
-            given_tokens = patchify(given.expand_as(x).float(), patch)[0][..., 0] > 0  # (B, N)
-            t_tok = torch.where(given_tokens, 0.0, t[:, None])
-            positions = grid_positions(grid, self.dit.config.time_span)
-            v = self.dit.forward_tokens(tokens, t_tok, positions, text, text_mask, grid=grid)
-            v = unpatchify(v.float(), grid, patch)
-        return torch.where(given, 0.0, v)
-
-    def _decode(self, latents: torch.Tensor, num_frames: int) -> np.ndarray:
-        """(1, C, t, h, w) normalized latents -> uint8 (T, H, W, 3)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            pixels = self.vae.decode(
-                self.vae.denormalize(latents), num_frames=num_frames, chunk_latents=4
-            )
-        return tensor_to_frames(pixels[0])
-
-    @staticmethod
-    def _output(clips: list[np.ndarray], single: bool, output_type: str) -> VideoOutput:
-        if output_type == "latent":
-            raise PipelineError("output_type 'latent' is not available with extend / window")
-        if output_type == "pil":
-            from PIL import Image
-
-            clips = [[Image.fromarray(f) for f in clip] for clip in clips]
-        return VideoOutput(clips[0] if single else clips)
-
-    def _extend(
-        self,
-        prompts,
-        negatives,
-        video,
-        extend,
-        num_frames,
-        window,
-        height,
-        width,
-        generator,
-        run: _Run,
-    ) -> np.ndarray:
-        """The clip (given, or a first generated window) continued window by window."""
-        window = window or num_frames
-        window, height, width = self._legal_size(window, height, width)
-        context = 1 + TIME_FACTOR * (CONTEXT_LATENTS - 1)
-        if window <= context:
-            raise PipelineError(f"the window must be longer than the {context} context frames")
-        if video is None:
-            shape = self._latent_shape(1, window, height, width)
-            clip = self._decode(self._sample(prompts, negatives, shape, generator, run), window)
-            target = num_frames
-        else:
-            clip = conditioning.load_video(video)
-            if len(clip) < context:
-                raise PipelineError(f"extend needs a video of >= {context} frames, got {len(clip)}")
-            clip = conditioning.fit_video(clip, len(clip), height, width)
-            target = len(clip) + extend
-        shape = self._latent_shape(1, window, height, width)
-        given = torch.zeros(1, 1, *shape[2:], dtype=torch.bool)
-        given[:, :, :CONTEXT_LATENTS] = True
-        while len(clip) < target:
-            clean = torch.zeros(shape)
-            clean[:, :, :CONTEXT_LATENTS] = self._encode(clip[-context:])
-            latents = self._sample(prompts, negatives, shape, generator, run, clean, given)
-            clip = np.concatenate([clip, self._decode(latents, window)[context:]])
-        return clip[:target]
-
-    def _loop_anchor(
-        self, prompts, negatives, image, num_frames, height, width, generator, run: _Run
-    ):
-        """Frame 0 of a looping clip: the given image, or that of a first generation."""
-        if image is not None:
-            return image
-        _, height, width = self._legal_size(num_frames, height, width)
-        shape = self._latent_shape(1, 1, height, width)
-        return self._decode(self._sample(prompts, negatives, shape, generator, run), 1)[0]
-
-    def _legal_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        multiple = SPACE_FACTOR * self.dit.config.patch[1]
-        legal = legal_size(num_frames, height, width, multiple)
-        if legal != (num_frames, height, width):
-            warnings.warn(
-                f"size {num_frames}x{height}x{width} (frames x height x width) is not legal; "
-                f"using {legal[0]}x{legal[1]}x{legal[2]} (frames 1+4k, sides multiples of "
-                f"{multiple} in {MIN_SIDE}..{MAX_SIDE})",
-                stacklevel=3,
-            )
-        return legal
-
-    def _encode(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> normalized latents (1, C, t, h, w) (posterior mean)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            z = self.vae.encode(frames_to_tensor(frames)[None], chunk_frames=16).mean
-        return self.vae.normalize(z.float())
-
-    def _keyframes(self, first, last, num_frames: int, height: int, width: int):
-        """Clean latents (1, C, t, h, w) and the given mask (1, 1, t, h, w) for images
-        pinned at frame 0 and / or the last frame. The last latent frame stands for the
-        last 4 frames: it is encoded from a clip that holds the last image still."""
-        t = latent_frames(num_frames)
-        given = torch.zeros(1, 1, t, height // SPACE_FACTOR, width // SPACE_FACTOR, dtype=bool)
-        clean = torch.zeros(1, self.vae.config.latent_channels, *given.shape[2:])
-        if first is not None:
-            frame = conditioning.fit_image(conditioning.load_image(first), height, width)
-            clean[:, :, :1] = self._encode(frame[None])
-            given[:, :, 0] = True
-        if last is not None:
-            if t < 2:
-                raise PipelineError("last_image needs a video (num_frames >= 5)")
-            frame = conditioning.fit_image(conditioning.load_image(last), height, width)
-            clean[:, :, -1:] = self._encode(np.repeat(frame[None], num_frames, 0))[:, :, -1:]
-            given[:, :, -1] = True
-        return clean, given
-
-
-@dataclass
-class _Run:
-    """How to run one sampling: steps, guidance, sampler function, progress reporting."""
-
-    steps: int
-    scale: float
-    sample: Callable
-    callback: Callable[[dict], None] | None
-    progress: bool
-
-
-CONTEXT_LATENTS = 2  # latent frames an extension window is given (= the last 5 frames)
-
-
-def _check_conditioning(image, first_image, last_image, video, strength, extend, loop):
-    if image is not None and first_image is not None:
-        raise PipelineError("give either image or first_image (both mean frame 0)")
-    if strength is not None and not 0 < strength <= 1:
-        raise PipelineError(f"strength must be in (0, 1], got {strength}")
-    if extend is not None:
-        if video is None:
-            raise PipelineError("extend needs a video to continue (--video X --extend N)")
-        if extend < 1:
-            raise PipelineError(
-                f"extend must be >= 1 frame (backward: not supported), got {extend}"
-            )
-        if loop or any(x is not None for x in (strength, image, first_image, last_image)):
-            raise PipelineError("extend takes a video only (no images, strength or loop)")
-    elif (video is None) != (strength is None):
-        raise PipelineError("video and strength go together (SDEdit: --video X --strength S)")
-    if loop and (last_image is not None or video is not None):
-        raise PipelineError("loop pins the last frame to frame 0: no last_image or video")
-
-
-def generate_seeded(
-    pipe: TextToVideoPipeline,
-    prompts: list[str],
-    frames: int = 17,
-    height: int = 64,
-    width: int = 64,
-    steps: int | None = None,
-    batch: int = 25,
-    desc: str | None = None,
-) -> list[np.ndarray]:
-    """uint8 clips of ``prompts``, prompt i with noise seed i, ``batch`` prompts per
-    pipeline call (a clip does not depend on the batching, up to bf16 rounding)."""
-    clips: list[np.ndarray] = []
-    starts = range(0, len(prompts), batch)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
-        chunk = prompts[start : start + batch]
-        clips += pipe(
-            chunk,
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
-            progress=False,
-        ).frames
-    return clips
-
-
-def initial_noise(
-    shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None
-) -> torch.Tensor:
-    """Gaussian latents; with one generator per sample, sample i depends only on its own."""
-    if not isinstance(generator, list):
-        return torch.randn(shape, generator=generator, dtype=torch.float32)
-    if len(generator) != shape[0]:
-        raise PipelineError(f"got {len(generator)} generators for {shape[0]} prompts")
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
-
-
-def export_to_video(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
-    """Write uint8 (T, H, W, 3) frames (or a list of PIL images) as mp4/gif/png/npy."""
-    if isinstance(frames, list):
-        frames = np.stack([np.asarray(f) for f in frames])
-    return write_video(path, frames, fps=fps)
+        return self._output(clips, single, output_type)

@@ -45,10 +45,10 @@ from tinysora.bench.dit import (
 )
 from tinysora.bench.timing import count_flops, measure_interleaved
 from tinysora.diffusion.flow import add_noise, flow_loss, velocity_target
+from tinysora.dit.flops import attention_flops
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import patchify
 from tinysora.errors import UserError
-from tinysora.train.dit import attention_flops
 
 TIMESTEP_SCALE = 1000.0  # diffusers transformers take t in [0, 1000]
 

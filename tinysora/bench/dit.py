@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 
-from tinysora.bench.timing import count_flops, measure
+from tinysora.bench.timing import count_flops
 from tinysora.diffusion.flow import add_noise, flow_loss, sample_timesteps, velocity_target
+from tinysora.dit.flops import attention_flops, dit_flops_per_sample
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_size, patchify
-from tinysora.train.dit import DiTRecipe, attention_flops, dit_flops_per_sample
+from tinysora.perf import measure
+from tinysora.train.dit import DiTRecipe
 from tinysora.train.trainer import Trainer
 from tinysora.vae.model import SPACE_FACTOR, latent_frames
 

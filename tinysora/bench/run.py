@@ -55,11 +55,10 @@ from tinysora.bench.timing import (
     REPO_ROOT,
     load_average,
     machine_info,
-    matmul_gflops,
-    matmul_peak,
 )
 from tinysora.config import Config, ConfigError
 from tinysora.eval.metrics import write_json
+from tinysora.perf import matmul_gflops, matmul_peak
 from tinysora.train.dit import DiTRecipe
 
 DEFAULT_RECIPE = REPO_ROOT / "configs" / "dit_shapes.toml"
@@ -330,7 +329,7 @@ DEFINITIONS = {
     "process: start, imports, load, sampling, VAE decode, H.264 mp4",
     "packed_vs_padded_tokens_per_s": "real (non-padding) tokens / median time of all training "
     "steps (packing.training.step), packed rows over the same clips in batches padded to their "
-    "longest, at about equal tokens per step; > 1 = packing trains faster (issue target 1.5)",
+    "longest, at about equal tokens per step; > 1 = packing trains faster (target 1.5)",
 }
 
 

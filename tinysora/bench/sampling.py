@@ -21,20 +21,23 @@ from typing import Any
 import torch
 
 from tinysora.bench.timing import (
-    REPO_ROOT,
-    measure,
     measure_interleaved,
     python_cmd,
     subprocess_env,
-    summarize,
 )
-from tinysora.data.datasets import tensor_to_frames
 from tinysora.diffusion.flow import timestep_shift
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, sample_euler
 from tinysora.dit.model import DiT
 from tinysora.dit.patchify import grid_size
-from tinysora.io.checkpoint import load_config, save_pretrained
-from tinysora.pipeline import WEIGHTS_DIR, TextToVideoPipeline, export_to_video
+from tinysora.io.checkpoint import (
+    BUNDLED_DIRS,
+    load_config,
+    resolve_model_dir,
+    save_pretrained,
+)
+from tinysora.io.frames import tensor_to_frames
+from tinysora.perf import measure, summarize
+from tinysora.pipeline import TextToVideoPipeline, export_to_video
 from tinysora.train.dit import DiTRecipe
 from tinysora.vae.model import SPACE_FACTOR, VAEConfig, latent_frames
 from tinysora.worlds.shapes import sample_scene, split_seed
@@ -49,8 +52,9 @@ def resolve_model(recipe: DiTRecipe, model: str | None, work: Path) -> tuple[Pat
     """The pipeline directory to time and a description of it (see the module docstring)."""
     if model:
         return Path(model).resolve(), {"source": "given", "path": str(Path(model).resolve())}
-    if (WEIGHTS_DIR / "dit" / "config.json").is_file():
-        return WEIGHTS_DIR, {"source": "bundled", "path": str(WEIGHTS_DIR)}
+    if any((root / "dit" / "config.json").is_file() for root in BUNDLED_DIRS):
+        bundled = resolve_model_dir()
+        return bundled, {"source": "bundled", "path": str(bundled)}
     root = build_model_dir(recipe, work / "model")
     return root, {
         "source": "random-init DiT of the recipe's config + the recipe's VAE (no trained DiT)",
@@ -60,15 +64,13 @@ def resolve_model(recipe: DiTRecipe, model: str | None, work: Path) -> tuple[Pat
 
 def build_model_dir(recipe: DiTRecipe, root: Path) -> Path:
     """A pipeline directory: the recipe's VAE, a random-init DiT (bf16) and pipeline.json."""
-    vae_dir = Path(recipe.vae)
-    if not vae_dir.is_absolute() and not vae_dir.is_dir():
-        vae_dir = REPO_ROOT / vae_dir  # recipes name the VAE relative to the repository
+    vae_dir = resolve_model_dir(recipe.vae, "vae")
     latent_channels = load_config(VAEConfig, vae_dir).latent_channels
     cfg = dataclasses.replace(recipe.model, in_channels=latent_channels)
     torch.manual_seed(0)
     save_pretrained(DiT(cfg), cfg, root / "dit", dtype=torch.bfloat16)
     shutil.copytree(vae_dir, root / "vae")
-    dataclasses.replace(recipe.pipeline, flow=recipe.flow).save(root / "pipeline.json")
+    recipe.pipeline.with_shift_of(recipe.flow).save(root / "pipeline.json")
     return root
 
 
@@ -250,7 +252,7 @@ def sampler_overhead(
     x = torch.randn(1, pipe.vae.config.latent_channels, *shape)  # (1, C, t, h, w)
     gt, gh, gw = grid_size(shape, pipe.dit.config.patch)
     tokens = gt * gh * gw
-    times = flow_times(steps, timestep_shift(tokens, pipe.config.flow))
+    times = flow_times(steps, timestep_shift(tokens, pipe.config))
     ts = [float(v) for v in times[:-1]]
 
     @torch.no_grad()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -21,21 +20,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinysora.perf import cpu_model, summarize
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def measure(fn: Callable[[], Any], warmup: int = 2, repeats: int = 5) -> dict[str, float]:
-    """Run ``fn`` ``warmup`` times, then time ``repeats`` runs: median / min / max seconds."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return summarize(times)
 
 
 def measure_interleaved(
@@ -58,27 +45,6 @@ def measure_interleaved(
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: summarize(ts) for name, ts in times.items()}
-
-
-def summarize(times: list[float]) -> dict[str, float]:
-    """Median / min / max of a list of seconds (the median is the number the bench uses)."""
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "repeats": len(times),
-    }
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
@@ -149,36 +115,6 @@ def subprocess_env(threads: int | None) -> dict[str, str]:
 
 def python_cmd(*args: str) -> list[str]:
     return [sys.executable, *args]
-
-
-# ----------------------------------------------------------------------------- matmul peak
-
-
-def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, warmup: int, repeats: int) -> float:
-    """Median GFLOP/s of one (m, k) @ (k, n) matmul in ``dtype`` (2 m k n FLOPs)."""
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
-    out = torch.empty(m, n, dtype=dtype)
-    t = measure(lambda: torch.mm(a, b, out=out), warmup, repeats)
-    return 2 * m * k * n / t["median_s"] / 1e9
-
-
-def matmul_peak(
-    dtype: torch.dtype = torch.bfloat16,
-    sizes: tuple[int, ...] = (1024, 2048),
-    warmup: int = 2,
-    repeats: int = 10,
-) -> dict[str, Any]:
-    """Measured matmul ceiling: the best median GFLOP/s over square sizes ``sizes``."""
-    per_size = {str(n): matmul_gflops(n, n, n, dtype, warmup, repeats) for n in sizes}
-    best = max(per_size, key=per_size.get)
-    return {
-        "dtype": str(dtype).removeprefix("torch."),
-        "gflops": per_size[best],
-        "best_size": int(best),
-        "gflops_by_size": per_size,
-        "threads": torch.get_num_threads(),
-    }
 
 
 # ----------------------------------------------------------------------------- FLOPs

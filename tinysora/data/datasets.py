@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tinysora.config import Config
+from tinysora.io.frames import frames_to_tensor
 from tinysora.worlds.shapes import (
     TEST_SEED_START,
     TRAIN_SEEDS,
@@ -37,18 +38,6 @@ class WorldDataConfig(Config):
     pixels_per_batch: int = 4 * 17 * 64 * 64  # batch size = max(1, budget // (T*H*W))
     max_batch: int = 32
     seed: int = 0
-
-
-def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-1, 1]."""
-    x = torch.tensor(np.asarray(frames), dtype=torch.float32)  # a copy: input may be read-only
-    return x.permute(3, 0, 1, 2).div(127.5).sub(1.0)
-
-
-def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
-    """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
-    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
-    return x.permute(1, 2, 3, 0).to(torch.uint8).numpy()
 
 
 def split_range(split: str) -> tuple[int, int]:

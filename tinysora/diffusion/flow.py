@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -44,6 +45,7 @@ __all__ = [
     "drop_captions",
     "expand_t",
     "flow_loss",
+    "given_times",
     "sample_timesteps",
     "timestep_shift",
     "velocity_target",
@@ -85,7 +87,16 @@ class FlowConfig(Config):
 # ----------------------------------------------------------------------------- shift
 
 
-def timestep_shift(num_tokens: int, cfg: FlowConfig) -> float:
+class ShiftSettings(Protocol):
+    """What :func:`timestep_shift` reads: a training ``FlowConfig`` or the sampling
+    ``PipelineConfig`` (a model samples with the shift it trained with)."""
+
+    shift_base_tokens: int
+    base_shift: float
+    max_shift: float
+
+
+def timestep_shift(num_tokens: int, cfg: ShiftSettings) -> float:
     """The time shift for a sample of ``num_tokens`` latent tokens.
 
     ``shift = clamp(base_shift * sqrt(num_tokens / shift_base_tokens), 1, max_shift)``
@@ -131,6 +142,14 @@ def add_noise(x0: torch.Tensor, t: torch.Tensor | float, noise: torch.Tensor) ->
     """``x_t = (1 - t) * x0 + t * noise`` (``t`` per sample, per token, or scalar)."""
     t = expand_t(t, x0)
     return (1 - t) * x0 + t * noise
+
+
+def given_times(t: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """Per-token flow times when some tokens are given clean (conditioning tasks): 0 where
+    ``given``, the sample's time elsewhere. t (B,) with given (B, N), or t of given's
+    shape (or a scalar). The one place this rule lives: sampling (``DiT.forward``) and
+    both training paths use it, and :func:`add_noise` at t = 0 returns x0 unchanged."""
+    return torch.where(given, 0.0, t[:, None] if t.ndim == 1 and given.ndim == 2 else t)
 
 
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tinysora.config import Config
+from tinysora.config import Config, ConfigError
+from tinysora.diffusion.flow import given_times
 from tinysora.dit.patchify import grid_positions, patchify, unpatchify
 from tinysora.nn.attention import Attention, rope_angles, rope_table, segment_mask
 from tinysora.nn.layers import MLP, RMSNorm, TimestepEmbedder, modulate
@@ -45,6 +46,16 @@ class DiTConfig(Config):
     # 0: temporal positions count latent frames; > 0: each clip spans [0, time_span]
     # (clip time; see grid_positions)
     time_span: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data, *, where: str = "") -> DiTConfig:
+        """Also takes ``preset`` (a name of :data:`PRESETS`): the preset's fields, then the
+        other keys override them (a recipe's ``[model] preset = "S/2"``)."""
+        if isinstance(data, dict) and "preset" in data:
+            data = dict(data)
+            name = data.pop("preset")
+            data = {**preset(name).to_dict(), **data}
+        return super().from_dict(data, where=where)
 
 
 def _tiny() -> DiTConfig:
@@ -70,7 +81,7 @@ PRESETS = {"tiny": _tiny, "XS/2": _xsmall, "S/2": _small, "B/2": _base}
 
 def preset(name: str) -> DiTConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown DiT preset {name!r}; use one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown DiT preset {name!r}; use one of {', '.join(PRESETS)}")
     return PRESETS[name]()
 
 
@@ -103,20 +114,23 @@ class DiTBlock(nn.Module):
         factorized attention runs on reshaped groups (frames, then patch columns)
         instead of masking the full N x N attention; None = use the masks.
         """
-        mods = _modulation(self.modulation, c).chunk(self.n_mod, dim=-1)  # (B, N or 1, D)
-        h = modulate(self.norm1(x), mods[0], mods[1])
+        mods = _modulation(self.modulation, c).chunk(self.n_mod, dim=-1)  # (B, N or 1, D) each
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = mods[:6]
+        h = modulate(self.norm1(x), shift_attn, scale_attn)
+        if self.factorized:
+            shift_time, scale_time, gate_time = mods[6:]
         if self.factorized and grid is not None:
-            x = x + mods[2] * _grouped(self.attn, h, rope, grid[0], across_time=False)
-            h = modulate(self.norm_t(x), mods[6], mods[7])
-            x = x + mods[8] * _grouped(self.attn_t, h, rope, grid[0], across_time=True)
+            x = x + gate_attn * _grouped(self.attn, h, rope, grid[0], across_time=False)
+            h = modulate(self.norm_t(x), shift_time, scale_time)
+            x = x + gate_time * _grouped(self.attn_t, h, rope, grid[0], across_time=True)
         else:
-            x = x + mods[2] * self.attn(h, mask=masks["self"], rope=rope)
+            x = x + gate_attn * self.attn(h, mask=masks["self"], rope=rope)
             if self.factorized:
-                h = modulate(self.norm_t(x), mods[6], mods[7])
-                x = x + mods[8] * self.attn_t(h, mask=masks["temporal"], rope=rope)
+                h = modulate(self.norm_t(x), shift_time, scale_time)
+                x = x + gate_time * self.attn_t(h, mask=masks["temporal"], rope=rope)
         x = x + self.cross(self.norm_x(x), context=text, mask=masks["text"])
-        h = modulate(self.norm2(x), mods[3], mods[4])
-        return x + mods[5] * self.mlp(h)
+        h = modulate(self.norm2(x), shift_mlp, scale_mlp)
+        return x + gate_mlp * self.mlp(h)
 
 
 @dataclass
@@ -151,6 +165,8 @@ def _grouped(attn, x: torch.Tensor, rope: torch.Tensor, frames: int, across_time
 
 
 class DiT(nn.Module):
+    config_class = DiTConfig  # what ``io.checkpoint.load_pretrained`` reads config.json into
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.config = cfg
@@ -231,10 +247,30 @@ class DiT(nn.Module):
         return masks
 
     def forward(
-        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        given: torch.Tensor | None = None,
+        clean: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity for latents (B, C, T, H, W) at flow time t (B,) -> (B, C, T, H, W)."""
-        tokens, grid = patchify(latents, self.config.patch)
+        """Velocity for latents (B, C, T, H, W) at flow time t (B,) -> (B, C, T, H, W).
+
+        Conditioning: ``given`` (B or 1, 1, T, H, W) bool marks latents given clean,
+        with their values in ``clean`` (broadcastable to ``latents``; None = already in
+        ``latents``). Given latents enter at flow time 0 (:func:`given_times`) and get
+        velocity 0, so every sampler keeps them as they are. ``given`` must be constant
+        over each patch.
+        """
+        patch = self.config.patch
+        if given is not None and clean is not None:
+            latents = torch.where(given, clean, latents)
+        tokens, grid = patchify(latents, patch)
+        if given is not None:
+            given_tokens = patchify(given.expand_as(latents).float(), patch)[0][..., 0] > 0
+            t = given_times(t, given_tokens)  # (B, N)
         positions = grid_positions(grid, self.config.time_span).to(latents.device)
         v = self.forward_tokens(tokens, t, positions, text, text_mask, grid=grid)
-        return unpatchify(v, grid, self.config.patch)
+        v = unpatchify(v.float() if given is not None else v, grid, patch)
+        return v if given is None else torch.where(given, 0.0, v)

@@ -54,7 +54,9 @@ import math
 import numpy as np
 from scipy import optimize
 
+from tinysora.eval.adherence import generate_seeded
 from tinysora.eval.metrics import wilson, write_json
+from tinysora.pipeline import TextToVideoPipeline
 from tinysora.worlds.detect import (
     COLOR_NAMES,
     LABEL_MAX_DIST,
@@ -487,8 +489,6 @@ def generate_items(
     batch: int = 25,
 ) -> list[tuple[Scene, np.ndarray]]:
     """(scene, generated clip) pairs: the canonical caption of scene k, noise seed k."""
-    from tinysora.pipeline import generate_seeded
-
     clips = generate_seeded(pipe, [s.caption for s in scenes], frames, height, width, steps, batch)
     return list(zip(scenes, clips, strict=True))
 
@@ -534,8 +534,6 @@ def run(args: argparse.Namespace) -> dict:
     """`tinysora eval dynamics`: evaluate, print two lines per group, save the JSON."""
     pipe = None
     if not args.truth:
-        from tinysora.pipeline import TextToVideoPipeline
-
         pipe = TextToVideoPipeline.from_pretrained(args.model)
         pipe.set_sampling(args.guidance, args.sampler)
     report = evaluate(pipe, args.n, args.frames, args.height, args.width, args.steps)

@@ -24,11 +24,13 @@ import numpy as np
 from tinysora.eval import adherence, dynamics
 from tinysora.eval import tasks as tasks_eval
 from tinysora.eval import vae as vae_eval
+from tinysora.eval.adherence import generate_seeded
 from tinysora.eval.metrics import write_json
+from tinysora.io.checkpoint import resolve_model_dir
 from tinysora.io.video import write_contact_sheet, write_gif
-from tinysora.pipeline import WEIGHTS_DIR, TextToVideoPipeline, generate_seeded
+from tinysora.pipeline import TextToVideoPipeline
 from tinysora.vae.model import TIME_FACTOR
-from tinysora.worlds.detect import detect
+from tinysora.worlds.detect import detect, judge
 from tinysora.worlds.shapes import render
 
 SAMPLES_PER_GROUP = 4
@@ -39,7 +41,7 @@ STRIP_FRAMES = 9  # frames shown in a conditioning-task strip (evenly spaced)
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.html)
     out.mkdir(parents=True, exist_ok=True)
-    model = Path(args.model) if args.model else WEIGHTS_DIR
+    model = resolve_model_dir(args.model)
     pipe = TextToVideoPipeline.from_pretrained(model).set_sampling(args.guidance, args.sampler)
     size = (args.frames, args.height, args.width)
     t0 = time.perf_counter()
@@ -83,7 +85,7 @@ def write_samples(pipe, out: Path, size: tuple[int, int, int], steps: int | None
             (out / "samples").mkdir(exist_ok=True)
             write_gif(out / f"{name}_gen.gif", video, GIF_FPS)
             write_gif(out / f"{name}_truth.gif", render(scene, height, width, frames), GIF_FPS)
-            verdict = adherence.judge(scene, detect(video), judge_motion=frames > 1)
+            verdict = judge(scene, detect(video), judge_motion=frames > 1)
             rows.append(
                 {
                     "group": group,
@@ -290,7 +292,7 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
     )
     if report["tasks"]:
         tasks_html = (
-            _table(["task", "metric", "value", "target (issue 7)", "met"], task_rows)
+            _table(["task", "metric", "value", "target", "met"], task_rows)
             + '<table><tr><th class="l">task</th><th class="l">prompt</th>'
             + f'<th class="l">frames (up to {STRIP_FRAMES} shown)</th></tr>{task_strips}</table>'
         )

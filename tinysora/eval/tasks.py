@@ -1,4 +1,4 @@
-"""Conditioning tasks (issue 7): image-to-video, extension, interpolation, loop, editing.
+"""Conditioning tasks: image-to-video, extension, interpolation, loop, editing.
 
     tinysora eval tasks [--model DIR] [--n 50] [--tasks ...] [--frames 17]
                         [--long-frames 129] [--json OUT]
@@ -12,7 +12,7 @@ object is matched to the detected object of its color, and tracks are its detect
 bounding-box centres (pixels).
 
 * ``image_to_video``: ``image`` = rendered frame 0. PSNR of generated frame 0 against
-  it [mean >= 30 dB], and adherence of the clip to the caption (``adherence.judge``):
+  it [mean >= 30 dB], and adherence of the clip to the caption (``worlds.detect.judge``):
   motion [>= 85%], color, shape.
 * ``extension``: ``video`` = the rendered clip, extended to ``long_frames`` (default
   129) ``frames`` at a time: each window is given the last 5 frames so far and adds
@@ -54,11 +54,12 @@ import torch
 from tqdm import tqdm
 
 from tinysora.errors import UserError
-from tinysora.eval.adherence import ATTRIBUTES, group_prompts, judge
-from tinysora.eval.metrics import psnr, wilson, write_json
+from tinysora.eval.adherence import ATTRIBUTES, group_prompts
+from tinysora.eval.metrics import wilson, write_json
+from tinysora.nn.metrics import psnr
 from tinysora.pipeline import CONTEXT_LATENTS, TextToVideoPipeline, legal_size
 from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR
-from tinysora.worlds.detect import DetectedObject, Detection, detect
+from tinysora.worlds.detect import DetectedObject, Detection, detect, judge
 from tinysora.worlds.shapes import (
     COLORS,
     HELD_OUT_PAIRS,
@@ -83,7 +84,7 @@ STRAIGHT: dict[str, tuple[float, float]] = {  # unit direction (x, y) of a strai
     "moving up": (0.0, -1.0),
     "moving down": (0.0, 1.0),
 }
-# issue 7 targets: task -> metric -> (comparison, threshold)
+# what each task should reach: task -> metric -> (comparison, threshold)
 TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     "image_to_video": {"psnr_first_db": (">=", 30.0), "motion_rate": (">=", 0.85)},
     "extension": {"seam_ok_fraction": (">=", 1.0), "frames_kept_fraction": (">=", 0.95)},
@@ -489,7 +490,7 @@ SUMMARIES: dict[str, Callable[[list[dict]], dict]] = {
 
 
 def check_targets(task: str, headline: dict) -> dict:
-    """``{metric: {"value", "target" (e.g. ">= 30"), "met"}}`` for the issue's targets."""
+    """``{metric: {"value", "target" (e.g. ">= 30"), "met"}}`` against TARGETS."""
     out = {}
     for metric, (op, threshold) in TARGETS[task].items():
         value = headline[metric]

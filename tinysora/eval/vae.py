@@ -21,18 +21,17 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from tinysora.data.datasets import frames_to_tensor
-from tinysora.eval.adherence import judge
-from tinysora.eval.metrics import psnr, ssim, write_json
-from tinysora.train.vae import load_vae, reconstruct
-from tinysora.vae.model import latent_frames
-from tinysora.worlds.detect import detect
+from tinysora.eval.metrics import write_json
+from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
+from tinysora.io.frames import frames_to_tensor
+from tinysora.nn.metrics import psnr, ssim
+from tinysora.vae.model import VideoVAE, latent_frames, reconstruct
+from tinysora.worlds.detect import detect, judge
 from tinysora.worlds.shapes import render, sample_scene, split_seed
 
 QUALITY_SETS = {
@@ -81,7 +80,7 @@ def compression(vae) -> dict:
 
 def speed_and_memory(model_dir: str, frames: int) -> dict:
     """Encode + decode one 64x64 clip of ``frames`` frames; run in a fresh process."""
-    vae = load_vae(model_dir)
+    vae = load_pretrained(VideoVAE, model_dir)
     clip = render(sample_scene(split_seed("test", 0)), 64, 64, frames)
     x = frames_to_tensor(clip)[None]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB: model + input loaded
@@ -104,7 +103,7 @@ def speed_and_memory(model_dir: str, frames: int) -> dict:
 
 
 def evaluate(model_dir: str, n: int) -> dict:
-    vae = load_vae(model_dir)
+    vae = load_pretrained(VideoVAE, model_dir)
     report = {
         "model": model_dir,
         "config": vae.config.to_dict(),
@@ -122,7 +121,7 @@ def evaluate(model_dir: str, n: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    model = args.model or str(Path(__file__).resolve().parents[2] / "weights/vae")
+    model = str(resolve_model_dir(args.model, "vae"))
     if args._probe:
         result = speed_and_memory(model, args._probe)
         print(json.dumps(result))

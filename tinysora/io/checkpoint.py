@@ -1,17 +1,23 @@
 """Weights on disk: ``<dir>/config.json`` + ``<dir>/model.safetensors`` (never pickle).
 
 ``save_pretrained(model, config, dir)`` writes a component directory atomically;
-``load_state(dir)`` / ``load_into(model, dir)`` read it back and check that every
-key is present and every shape matches, so nothing is silently left at random
-init. Training checkpoints (model + optimizer + trainer state) live in
-``tinysora.train.trainer``; they use the same safetensors files.
+``load_pretrained(DiT, dir)`` builds the model from its config and loads the weights
+with ``load_into``, which checks that every key is present and every shape matches,
+so nothing is silently left at random init. Training checkpoints (model + optimizer
++ trainer state) live in ``tinysora.train.trainer``; they use the same safetensors
+files.
+
+Where the bundled model is (:func:`resolve_model_dir`), first match wins:
+
+1. the directory given (``--model DIR``, ``from_pretrained(DIR)``);
+2. the ``TINYSORA_MODEL`` environment variable;
+3. the package's own copy, ``tinysora/weights/`` in an installed wheel;
+4. ``weights/`` of the source checkout the package runs from (editable installs).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,11 +25,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tinysora.config import Config, atomic_write_text
+from tinysora.config import Config
 from tinysora.errors import UserError
+from tinysora.io.atomic import atomic_dir, atomic_file, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MODEL_ENV = "TINYSORA_MODEL"
+_PACKAGE = Path(__file__).resolve().parents[1]
+BUNDLED_DIRS = (_PACKAGE / "weights", _PACKAGE.parent / "weights")  # wheel, source checkout
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -31,23 +41,10 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a safetensors file atomically (temp file + rename)."""
+    """Write a safetensors file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -65,28 +62,13 @@ def save_pretrained(
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (cast to ``dtype`` if given) into a fresh
     directory that replaces ``directory`` in one rename."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        state = model.state_dict()
-        if dtype is not None:
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    state = model.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    with atomic_dir(directory) as tmp:
         save_tensors(state, tmp / WEIGHTS_NAME)
         atomic_write_text(tmp / CONFIG_NAME, config.to_json())
-        os.chmod(tmp, 0o777 & ~_umask())
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def load_config(config_cls: type[Config], directory: str | os.PathLike) -> Config:
@@ -116,3 +98,27 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "w
                 f"the model expects {tuple(own[key].shape)}"
             )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_pretrained(model_cls: type[nn.Module], directory: str | os.PathLike) -> nn.Module:
+    """``model_cls(config)`` with the weights of a component directory, fp32, eval mode.
+    ``model_cls.config_class`` names the config dataclass of ``config.json``."""
+    model = model_cls(load_config(model_cls.config_class, directory))
+    load_into(model, load_tensors(Path(directory) / WEIGHTS_NAME), str(directory))
+    return model.eval()
+
+
+def resolve_model_dir(directory: str | os.PathLike | None = None, component: str = "") -> Path:
+    """The model directory to load (see the module doc for the order), or its
+    ``component`` sub-directory (``"vae"``, ``"dit"``)."""
+    if directory:
+        return Path(directory)
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV]) / component
+    for root in BUNDLED_DIRS:
+        if (root / "dit" / CONFIG_NAME).is_file():
+            return root / component
+    raise CheckpointError(
+        f"no bundled model found (looked in {', '.join(map(str, BUNDLED_DIRS))}); "
+        f"pass --model DIR or set {MODEL_ENV}"
+    )

@@ -44,10 +44,8 @@ raise :class:`VideoError` with a one-line message that names the file.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Callable
 from fractions import Fraction
@@ -60,6 +58,7 @@ import numpy as np
 from PIL import Image
 
 from tinysora.errors import UserError
+from tinysora.io.atomic import atomic_file
 
 __all__ = [
     "VideoError",
@@ -180,20 +179,11 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -
     if target.is_dir():
         raise _error("write", path, "a folder with that name already exists")
 
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        # O_EXCL: never clobber someone else's file; 0o666 lets the umask decide permissions.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, _IO_ERRORS):
-            raise _error("write", path, _reason(exc)) from exc
-        raise
+        with atomic_file(target) as tmp:
+            write(tmp)
+    except _IO_ERRORS as exc:
+        raise _error("write", path, _reason(exc)) from exc
     return target
 
 

@@ -29,8 +29,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tinysora.config import Config, atomic_write_text
+from tinysora.config import Config
+from tinysora.io.atomic import atomic_dir, atomic_write_text
 from tinysora.io.checkpoint import CheckpointError, load_into, load_tensors, save_tensors
+from tinysora.worlds.shapes import SplitMix64
 
 
 @dataclass
@@ -50,9 +52,27 @@ class TrainConfig(Config):
     eval_every: int = 500
     seed: int = 0
     threads: int = 0  # torch threads; 0 = leave torch's default
+    # bf16 matmul peak that the log's MFU divides by; 0 = measured once per machine and
+    # cached (tinysora.perf.bf16_peak_flops)
+    peak_tflops: float = 0.0
     # torch.compile the model's repeated blocks (DiT): fuses the elementwise work that
     # dominates small-width steps on CPU (XS/2 fwd+bwd 0.42 -> 0.24 s, ~15 s to compile)
     compile: bool = False
+
+
+DATA_STREAM = 7  # the SplitMix64 stream of a step's data draws (clips, captions)
+
+
+def step_rng(seed: int, step: int) -> SplitMix64:
+    """The data draws of one training step (which clips, which caption paraphrases)."""
+    return SplitMix64(seed, step, DATA_STREAM)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The torch.Generator of one training step (noise, flow times, caption dropout, tasks,
+    VAE posterior samples): a function of (seed, step), so a resumed run repeats an
+    uninterrupted one."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -109,18 +129,16 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         final = self.ckpt_root / f"step_{self.step:08d}"
-        tmp = self.ckpt_root / f".step_{self.step:08d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_tensors(self.model.state_dict(), tmp / "model.safetensors")
-        if self.ema is not None:
-            save_tensors(self.ema, tmp / "ema.safetensors")
-        opt_tensors, opt_meta = _flatten_optimizer(self.optimizer)
-        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-        state = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
-        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        for stale in self.ckpt_root.glob(".step_*.tmp"):  # left by a run killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+        with atomic_dir(final) as tmp:
+            save_tensors(self.model.state_dict(), tmp / "model.safetensors")
+            if self.ema is not None:
+                save_tensors(self.ema, tmp / "ema.safetensors")
+            opt_tensors, opt_meta = _flatten_optimizer(self.optimizer)
+            save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+            state = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
+            atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
         atomic_write_text(self.ckpt_root / "latest", final.name + "\n")
         old = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
         for p in old[: -self.cfg.keep_checkpoints]:

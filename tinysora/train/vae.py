@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from tinysora.config import Config
-from tinysora.data.datasets import WorldBatches, WorldDataConfig, frames_to_tensor, tensor_to_frames
-from tinysora.eval.adherence import judge
-from tinysora.eval.metrics import psnr
-from tinysora.io.checkpoint import load_config, load_into, load_tensors, save_pretrained
-from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir
+from tinysora.data.datasets import WorldBatches, WorldDataConfig
+from tinysora.io.checkpoint import load_into, load_tensors, save_pretrained
+from tinysora.io.frames import frames_to_tensor
+from tinysora.nn.metrics import psnr
+from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir, step_generator
 from tinysora.vae.loss import VAELossConfig, vae_loss
-from tinysora.vae.model import VAEConfig, VideoVAE
-from tinysora.worlds.detect import detect
+from tinysora.vae.model import VAEConfig, VideoVAE, reconstruct
+from tinysora.worlds.detect import detect, judge
 from tinysora.worlds.shapes import render, sample_scene, split_seed
 
 
@@ -38,15 +38,6 @@ class VAERecipe(Config):
     init_from: str = ""  # optional VAE directory to start from (e.g. the bundled weights)
     val_clips: int = 16  # validation-split clips scored at every eval (64x64x17)
     stats_clips: int = 64  # training clips used to measure scaling / shift factors
-
-
-def reconstruct(vae: VideoVAE, frames, chunk_frames: int | None = 16):
-    """uint8 (T, H, W, 3) -> reconstructed uint8 (T, H, W, 3) through the posterior mean."""
-    x = frames_to_tensor(frames)[None]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        z = vae.encode(x, chunk_frames=chunk_frames).mean
-        y = vae.decode(z, num_frames=x.shape[2], chunk_latents=chunk_frames and chunk_frames // 4)
-    return tensor_to_frames(y[0])
 
 
 def val_scores(vae: VideoVAE, n: int) -> dict[str, float]:
@@ -94,7 +85,7 @@ def train_vae(
     def loss_fn(m, batch):
         x, step = batch
         # posterior noise seeded by the step, so a resumed run repeats an uninterrupted one
-        generator = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + step)
+        generator = step_generator(recipe.train.seed, step)
         recon, posterior = m(x, generator)
         return vae_loss(recon, x, posterior, recipe.loss)
 
@@ -132,11 +123,3 @@ def _better_of_ema_and_live(recipe: VAERecipe, trainer: Trainer) -> VideoVAE:
         if score > best_psnr:
             best, best_psnr = vae, score
     return best
-
-
-def load_vae(directory: str | Path) -> VideoVAE:
-    """Load a VAE directory (config.json + model.safetensors) in fp32, eval mode."""
-    cfg = load_config(VAEConfig, directory)
-    vae = VideoVAE(cfg)
-    load_into(vae, load_tensors(Path(directory) / "model.safetensors"), str(directory))
-    return vae.eval()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tinysora.config import Config
-from tinysora.eval.metrics import ssim_map
+from tinysora.nn.metrics import ssim_map
 from tinysora.vae.model import Posterior
 
 

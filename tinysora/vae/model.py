@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tinysora.config import Config
+from tinysora.io.frames import frames_to_tensor, tensor_to_frames
 
 TIME_FACTOR = 4
 SPACE_FACTOR = 8
@@ -42,7 +44,7 @@ class VAEConfig(Config):
     encoder_blocks: int = 1  # residual blocks per resolution (encoder)
     decoder_blocks: int = 2  # residual blocks per resolution (decoder)
     # latents fed to the DiT are (z - shift_factor) * scaling_factor; both are measured
-    # on training latents after training (tinysora.vae.train.measure_latent_stats).
+    # on training latents after training (tinysora.train.vae.measure_latent_stats).
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
 
@@ -266,6 +268,8 @@ class Posterior:
 
 
 class VideoVAE(nn.Module):
+    config_class = VAEConfig  # what ``io.checkpoint.load_pretrained`` reads config.json into
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         self.config = cfg
@@ -323,6 +327,16 @@ class VideoVAE(nn.Module):
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z / self.config.scaling_factor + self.config.shift_factor
+
+
+def reconstruct(vae: VideoVAE, frames: np.ndarray, chunk_frames: int | None = 16) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> reconstructed uint8 (T, H, W, 3) through the posterior mean
+    (bf16 autocast, chunked with the causal cache)."""
+    x = frames_to_tensor(frames)[None]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z = vae.encode(x, chunk_frames=chunk_frames).mean
+        y = vae.decode(z, num_frames=x.shape[2], chunk_latents=chunk_frames and chunk_frames // 4)
+    return tensor_to_frames(y[0])
 
 
 def _check_pixels(x: torch.Tensor) -> None:

@@ -1,6 +1,6 @@
 """Caption variants for training and evaluation: attributes left out, synonyms used.
 
-WORLD.md: prompts users type may leave out size, background or the article and may
+docs/WORLD.md: prompts users type may leave out size, background or the article and may
 use other words. :func:`paraphrase` turns a scene into such a prompt; training
 uses it as caption augmentation and the evaluation's 'paraphrased' group uses it
 with every variant switched on.

@@ -1,7 +1,7 @@
 """Analytic detector for Shapes World: clip -> objects (color, shape, motion, centre track).
 
 It never sees a caption. It knows only the world's palette and geometry
-(shared/WORLD.md), and works on rendered, blurred, H.264-compressed or generated
+(docs/WORLD.md), and works on rendered, blurred, H.264-compressed or generated
 RGB clips:
 
 1. **Background** = the per-channel median of the clip (objects cover well under
@@ -23,6 +23,9 @@ RGB clips:
 6. **Motion** from the track: scale trend (growing / shrinking), a fall followed
    by a rise (bouncing), net displacement (moving left/right/up/down), else
    standing still. A single image has no motion (``None``).
+
+:func:`judge` scores a detection against the scene a prompt asked for (the adherence
+evals and the VAE's validation use it).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from tinysora.worlds.shapes import (
     SHAPES,
     SIZES,
     SQRT3,
+    Scene,
     shape_coverage,
 )
 
@@ -363,3 +367,21 @@ def compare_to_truth(detection: Detection, tracks: list, height: int, width: int
             )
         results.append(row)
     return {"objects": results, "extra": len(detection.objects) - len(used)}
+
+
+def judge(scene: Scene, detection: Detection, judge_motion: bool = True) -> dict:
+    """Per-object correctness of a generated clip against the prompt's scene."""
+    by_color = {o.color: o for o in detection.objects}
+    objects = []
+    for spec in scene.objects:
+        found = by_color.get(spec.color)
+        objects.append(
+            {
+                "color": found is not None,
+                "shape": found is not None and found.shape == spec.shape,
+                "motion": found is not None and (not judge_motion or found.motion == spec.motion),
+            }
+        )
+    extra = len(detection.objects) - sum(o["color"] for o in objects)
+    all_right = extra == 0 and all(all(o.values()) for o in objects)
+    return {"objects": objects, "extra": extra, "all_right": all_right}

@@ -1,4 +1,4 @@
-"""Shapes World v1: the built-in procedural video world (contract: shared/WORLD.md).
+"""Shapes World v1: the built-in procedural video world (contract: docs/WORLD.md).
 
 A scene is a pure function of an integer seed::
 

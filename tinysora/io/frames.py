@@ -1,9 +1,13 @@
-"""Images and videos given to the pipeline as conditioning: loading and fitting to size.
+"""Frames <-> tensors, and images / videos given to the pipeline as conditioning.
 
-Images are PIL images, uint8 (H, W, 3) arrays or paths (any format ``read_video``
-reads); videos are uint8 (T, H, W, 3) arrays or paths. An input of another size is
-centre-cropped to the target aspect ratio and resized (bilinear), with a warning; a
-video of another length is cut or padded with its last frame, with a warning.
+Frames are uint8 ``(T, H, W, 3)`` arrays; model pixels are float ``(3, T, H, W)`` in
+[-1, 1] (:func:`frames_to_tensor` / :func:`tensor_to_frames`).
+
+Conditioning images are PIL images, uint8 (H, W, 3) arrays or paths (any format
+``read_video`` reads); videos are uint8 (T, H, W, 3) arrays or paths. An input of
+another size is centre-cropped to the target aspect ratio and resized (bilinear),
+with a warning; a video of another length is cut or padded with its last frame, with
+a warning.
 """
 
 from __future__ import annotations
@@ -12,10 +16,23 @@ import os
 import warnings
 
 import numpy as np
+import torch
 from PIL import Image
 
 from tinysora.errors import UserError
 from tinysora.io.video import read_video
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-1, 1]."""
+    x = torch.tensor(np.asarray(frames), dtype=torch.float32)  # a copy: input may be read-only
+    return x.permute(3, 0, 1, 2).div(127.5).sub(1.0)
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
+    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
+    return x.permute(1, 2, 3, 0).to(torch.uint8).numpy()
 
 
 class ConditioningError(UserError, ValueError):

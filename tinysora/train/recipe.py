@@ -1,0 +1,62 @@
+"""The DiT training recipe: one TOML file read into :class:`DiTRecipe`.
+
+Sections: ``[model]`` (DiTConfig, or ``preset = "S/2"`` + overrides), ``[train]``
+(TrainConfig), ``[flow]`` (FlowConfig), ``[pipeline]`` (sampling defaults of the
+exported model), ``[packing]`` (Patch n' Pack on a mixture of sizes, see
+:class:`PackingConfig`), ``[tasks]`` (conditioning tasks, see
+``tinysora.diffusion.tasks``; combinable with packing) and top-level data settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tinysora.config import Config
+from tinysora.data.packing import Mixture
+from tinysora.diffusion.flow import FlowConfig
+from tinysora.diffusion.tasks import TaskConfig
+from tinysora.dit.model import DiTConfig
+from tinysora.pipeline import PipelineConfig
+from tinysora.train.trainer import TrainConfig
+
+
+@dataclass
+class PackingConfig(Config):
+    """``[packing]``: Patch n' Pack training on clips of mixed sizes and lengths.
+
+    The latent cache then holds ``clips_per_size`` clips of every size of ``mixture``;
+    each step packs ``rows`` rows of ``token_budget`` tokens (sizes from
+    ``tinysora.data.packing.plan_row``), each clip with its own flow time (shifted by
+    its own token count), noise and caption. ``token_drop`` > 0 drops a random fraction
+    (uniform in [0, token_drop]) of each video clip's tokens, as NaViT does; rows are
+    planned before dropping, so dropping also lowers the packing efficiency.
+    """
+
+    enabled: bool = False
+    token_budget: int = 1024
+    rows: int = 3
+    clips_per_size: int = 100
+    token_drop: float = 0.0
+    mixture: Mixture = field(default_factory=Mixture)
+
+
+@dataclass
+class DiTRecipe(Config):
+    """A DiT training recipe (``configs/dit_*.toml``); see ``tinysora.train.dit``."""
+
+    model: DiTConfig = field(default_factory=DiTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    vae: str = ""  # VAE directory that encodes the training clips ("" = the bundled one)
+    cache_clips: int = 20_000
+    height: int = 64
+    width: int = 64
+    frames: int = 17
+    batch_size: int = 32
+    encode_batch: int = 16
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)  # tokens given clean per sample
+    # a model directory (e.g. `tinysora export RUN -o DIR`) whose DiT weights the run
+    # starts from (model and EMA; a fresh optimizer): fine-tuning and annealing stages
+    init_from: str = ""

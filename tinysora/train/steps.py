@@ -1,0 +1,180 @@
+"""What one DiT training step does, for each kind of recipe: the batch of a step and its loss.
+
+* :func:`fixed_size_steps`: ``batch_size`` cached latents of one size per step
+  (deterministic in the step), a caption per clip (a paraphrase of the canonical
+  caption, see ``tinysora.worlds.captions``, dropped to "" with
+  ``flow.caption_dropout``), flow times from ``sample_timesteps``, the velocity loss;
+* :func:`packed_steps`: Patch n' Pack rows of clips of mixed sizes, each clip with its
+  own flow time, noise and caption.
+
+With conditioning tasks (``[tasks]``), the given tokens of a sample enter clean at
+flow time 0 (``diffusion.flow.given_times``) and carry no loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tinysora.data.packing import pack, plan_row
+from tinysora.diffusion.flow import (
+    add_noise,
+    drop_captions,
+    flow_loss,
+    given_times,
+    sample_timesteps,
+    velocity_target,
+)
+from tinysora.diffusion.tasks import sample_given
+from tinysora.dit.flops import dit_flops_per_sample
+from tinysora.dit.model import DiT
+from tinysora.dit.patchify import grid_positions, grid_size, patchify
+from tinysora.text.encoder import TextEncoder
+from tinysora.train.latents import size_key
+from tinysora.train.recipe import DiTRecipe
+from tinysora.train.trainer import step_generator, step_rng
+from tinysora.worlds.captions import paraphrase
+from tinysora.worlds.shapes import sample_scene
+
+
+@dataclass
+class Steps:
+    """What a recipe plugs into the Trainer: ``batch_fn(step)``, ``loss_fn(model, batch)
+    -> (loss, metrics)``, ``flops_fn(batch)`` (model FLOPs of the step, for MFU) and the
+    latent channels the cache holds (the DiT's ``in_channels``)."""
+
+    batch_fn: Callable[[int], Any]
+    loss_fn: Callable[[DiT, Any], tuple[torch.Tensor, dict[str, float]]]
+    flops_fn: Callable[[Any], float]
+    latent_channels: int
+
+
+def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
+    """Training steps on batches of equal clips (the fixed-size latent cache)."""
+    latents, seeds = data["latents"], data["seeds"]  # (N, C, t, h, w), (N,)
+    patch = recipe.model.patch
+    grid = grid_size(tuple(latents.shape[2:]), patch)
+    tokens = grid[0] * grid[1] * grid[2]
+    positions = grid_positions(grid, recipe.model.time_span)
+    text_len = recipe.pipeline.text_max_length
+    conditioned = recipe.tasks.conditioned
+
+    def batch_fn(step: int):
+        rng = step_rng(recipe.train.seed, step)
+        idx = [int(rng.uniform() * len(latents)) for _ in range(recipe.batch_size)]
+        captions = [paraphrase(sample_scene(int(seeds[i])), rng) for i in idx]
+        g = step_generator(recipe.train.seed, step)
+        captions = drop_captions(captions, recipe.flow.caption_dropout, g)
+        x0 = latents[idx].float()
+        t = sample_timesteps(len(idx), tokens, recipe.flow, g)
+        noise = torch.randn(x0.shape, generator=g)
+        text, mask = encoder(captions)
+        given = sample_given(recipe.tasks, grid, len(idx), g)[0] if conditioned else None
+        return x0, noise, t, text, mask, given
+
+    def loss_fn(m, batch):
+        x0, noise, t, text, mask, given = batch
+        if given is None:
+            pred = m(add_noise(x0, t, noise), t, text, mask)
+            loss = flow_loss(
+                patchify(pred.float(), recipe.model.patch)[0],
+                patchify(velocity_target(x0, noise), recipe.model.patch)[0],
+            )
+            return loss, {}
+        # given tokens enter clean at t = 0 and carry no loss
+        clean, eps = patchify(x0, patch)[0], patchify(noise, patch)[0]
+        t_tok = given_times(t, given)  # (B, N)
+        x_in = add_noise(clean, t_tok, eps)
+        pred = m.forward_tokens(x_in, t_tok, positions, text, mask, grid=grid)
+        return flow_loss(pred.float(), velocity_target(clean, eps), ~given), {}
+
+    def flops(batch) -> float:
+        return len(batch[0]) * dit_flops_per_sample(recipe.model, grid, text_len)
+
+    return Steps(batch_fn, loss_fn, flops, latents.shape[1])
+
+
+def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
+    """Training steps on Patch n' Pack rows (the mixture latent cache)."""
+    pk, patch = recipe.packing, recipe.model.patch
+    latents = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("latents/")}
+    seeds = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("seeds/")}
+    text_len = recipe.pipeline.text_max_length
+
+    def batch_fn(step: int):
+        rng = step_rng(recipe.train.seed, step)
+        g = step_generator(recipe.train.seed, step)
+        clips, rows = [], []  # clips: (x0 (1, C, t, h, w), seed); rows: clip indices
+        for _ in range(pk.rows):
+            rows.append([])
+            for size in plan_row(pk.mixture, pk.token_budget, rng):
+                key = size_key(*size)
+                i = int(rng.uniform() * len(latents[key]))
+                rows[-1].append(len(clips))
+                clips.append((latents[key][i : i + 1].float(), int(seeds[key][i])))
+        captions = [paraphrase(sample_scene(seed), rng) for _, seed in clips]
+        text, mask = encoder(drop_captions(captions, recipe.flow.caption_dropout, g))
+        grids = [grid_size(tuple(x0.shape[2:]), patch) for x0, _ in clips]
+        counts = torch.tensor([gt * gh * gw for gt, gh, gw in grids])
+        t = sample_timesteps(len(clips), counts, recipe.flow, g)
+        noisy, targets, positions, times, given, kept = [], [], [], [], [], []
+        for (x0, _), grid, ti in zip(clips, grids, t, strict=True):
+            noise = torch.randn(x0.shape, generator=g)
+            keep = _kept_tokens(grid, pk.token_drop, g)
+            clean, eps = patchify(x0, patch)[0][0][keep], patchify(noise, patch)[0][0][keep]
+            # conditioning tasks: given tokens enter clean at t = 0 and carry no loss
+            given_i = (
+                sample_given(recipe.tasks, grid, 1, g)[0][0][keep]
+                if recipe.tasks.conditioned
+                else torch.zeros(len(keep), dtype=torch.bool)
+            )
+            t_tok = given_times(ti, given_i)
+            noisy.append(add_noise(clean, t_tok, eps))
+            targets.append(velocity_target(clean, eps))
+            positions.append(grid_positions(grid, recipe.model.time_span)[keep])
+            times.append(t_tok)
+            given.append(given_i)
+            kept.append(len(keep))
+        packed = pack(noisy, positions, list(text), list(mask), pk.token_budget, rows)
+        share = [k / int(n) for k, n in zip(kept, counts, strict=True)]
+        model_flops = sum(
+            s * dit_flops_per_sample(recipe.model, grid, text_len)
+            for s, grid in zip(share, grids, strict=True)
+        )
+        loss_mask = packed.valid & ~packed.scatter(given)
+        return packed, packed.scatter(targets), packed.scatter(times), loss_mask, model_flops
+
+    def loss_fn(m, batch):
+        packed, target, t, loss_mask, _ = batch
+        return packed_loss(m, packed, target, t, loss_mask), {"pack_efficiency": packed.efficiency}
+
+    channels = next(iter(latents.values())).shape[1]
+    return Steps(batch_fn, loss_fn, lambda batch: batch[4], channels)
+
+
+def packed_loss(m: DiT, packed, target, t, loss_mask) -> torch.Tensor:
+    """Velocity loss of packed rows: target (R, budget, P), per-token t (R, budget), loss
+    over ``loss_mask`` (R, budget) only (real tokens that were not given)."""
+    pred = m.forward_tokens(
+        packed.tokens,
+        t,
+        packed.positions,
+        packed.text,
+        packed.text_mask,
+        packed.segments,
+        packed.text_segments,
+    )
+    return flow_loss(pred.float(), target, loss_mask)
+
+
+def _kept_tokens(grid: tuple[int, int, int], max_drop: float, g: torch.Generator):
+    """Indices of the tokens a clip keeps: all for images or max_drop 0, else a random
+    subset missing a fraction ~ U(0, max_drop) (NaViT token dropping), in token order."""
+    n = grid[0] * grid[1] * grid[2]
+    if max_drop <= 0 or grid[0] == 1:
+        return torch.arange(n)
+    drop = int(n * max_drop * float(torch.rand((), generator=g)))
+    return torch.randperm(n, generator=g)[: n - drop].sort().values
