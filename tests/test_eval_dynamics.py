@@ -130,8 +130,9 @@ def test_bouncing_world_tracks_fit_the_bouncing_ball_model_exactly(frames):
         for track in layout(scene, H, W, frames):
             if track.spec.motion == "bouncing":
                 fit = smoothness(true_track_object(track, "bouncing"))
-                assert fit["residual_px"] < 1e-6, scene.seed
-                assert fit["r2"] > 1 - 1e-9
+                # exact up to the least-squares solver's rounding (it differs by CPU)
+                assert fit["residual_px"] < 1e-4, scene.seed
+                assert fit["r2"] > 1 - 1e-6
                 line = smoothness(true_track_object(track, "moving down"))
                 assert line["residual_px"] > 1.0  # a line does not describe a bounce
 

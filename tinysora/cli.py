@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from tinysora import __version__
 from tinysora.errors import UserError
@@ -75,9 +76,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
+    from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
     from tinysora.io.video import read_video, write_video
     from tinysora.nn.metrics import psnr
-    from tinysora.train.vae import load_vae, reconstruct
+    from tinysora.vae.model import VideoVAE, reconstruct
 
     frames, fps = read_video(args.input)
     t, h, w, _ = frames.shape
@@ -86,7 +88,7 @@ def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
             f"'{args.input}' is {h}x{w}; the VAE needs height and width divisible by 8 "
             "(crop or resize the video first)"
         )
-    vae = load_vae(args.model or default_weights("vae"))
+    vae = load_pretrained(VideoVAE, resolve_model_dir(args.model, "vae"))
     out = reconstruct(vae, frames)
     path = write_video(args.output, out, fps=fps)
     print(f"PSNR {psnr(out, frames):.2f} dB over {t} frames of {h}x{w}")
@@ -99,8 +101,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     import torch
 
+    from tinysora.io.video import check_output_path
     from tinysora.pipeline import TextToVideoPipeline, export_to_video
 
+    out = args.output or f"outputs/generate_{args.seed}.mp4"
+    check_output_path(out)  # a bad name fails now, not after sampling
     pipe = TextToVideoPipeline.from_pretrained(args.model)
     t_load = time.perf_counter() - t0
     video = pipe(
@@ -123,20 +128,10 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         loop=args.loop,
     )
     fps = args.fps or pipe.config.fps
-    out = args.output or f"outputs/generate_{args.seed}.mp4"
     path = export_to_video(video.frames, out, fps=fps)
     t_total = time.perf_counter() - t0
     print(f"load {t_load:.1f} s, generate + write {t_total - t_load:.1f} s", file=sys.stderr)
     print(path.resolve())
-
-
-def default_weights(component: str) -> str:
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "weights" / component
-    if not (path / "config.json").is_file():
-        raise CliError(f"no bundled weights at '{path}'; pass --model DIR")
-    return str(path)
 
 
 def _add_eval_parsers(sub) -> None:
@@ -276,7 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (sizes rounded, inputs resized) as one line, without a source path."""
+    print(f"tinysora: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":

@@ -67,8 +67,7 @@ from tinysora.nn.attention import attend, segment_mask
 from tinysora.perf import measure
 from tinysora.train.dit import DiTRecipe
 from tinysora.train.steps import packed_loss
-from tinysora.train.trainer import Trainer
-from tinysora.worlds.shapes import SplitMix64
+from tinysora.train.trainer import Trainer, step_rng
 
 KERNELS = ("attend_mask", "sdpa_mask", "flex", "per_segment")
 BASELINE = "attend_mask"
@@ -82,7 +81,7 @@ TARGET_RATIO = 1.5  # target: packed useful tokens/s >= 1.5 x padded
 def packed_row(mixture: Mixture, budget: int, seed: int = 0) -> Packed:
     """One row of ``budget`` tokens as training packs it: ``plan_row`` sizes placed by
     ``pack`` (1-channel dummy tokens; only ``segments`` and ``places`` matter)."""
-    sizes = plan_row(mixture, budget, SplitMix64(seed, 0, 7))
+    sizes = plan_row(mixture, budget, step_rng(seed, 0))
     lengths = [mixture.tokens(*size) for size in sizes]
     caption, caption_mask = torch.zeros(1, 1), torch.ones(1, dtype=torch.bool)
     packed = pack(
@@ -313,11 +312,11 @@ class Padded:
 
 def clip_stream(mixture: Mixture, budget: int, rows: int, steps: int, seed: int = 0):
     """plans[step][row] = the sizes (frames, height, width) ``plan_row`` chose for that
-    row, with the step's own random stream (``SplitMix64(seed, step, 7)``, as
+    row, with the step's own random stream (``train.trainer.step_rng``, as
     ``packed_steps``)."""
     plans = []
     for step in range(steps):
-        rng = SplitMix64(seed, step, 7)
+        rng = step_rng(seed, step)
         plans.append([plan_row(mixture, budget, rng) for _ in range(rows)])
     return plans
 

@@ -62,6 +62,7 @@ from tinysora.io.atomic import atomic_file
 
 __all__ = [
     "VideoError",
+    "check_output_path",
     "read_video",
     "video_info",
     "write_contact_sheet",
@@ -263,6 +264,20 @@ def _sheet_layout(count: int, columns: int | None) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
+def check_output_path(path: str | os.PathLike[str]) -> str:
+    """The lower-case suffix of a path :func:`write_video` can write; VideoError otherwise
+    (call it before long work that ends in a write)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _WRITE_SUFFIXES:
+        shown = f"'{suffix}'" if suffix else "no extension"
+        raise _error(
+            "write", path, f"unsupported format ({shown}); use one of {', '.join(_WRITE_SUFFIXES)}"
+        )
+    if Path(path).is_dir():
+        raise _error("write", path, "a folder with that name already exists")
+    return suffix
+
+
 def write_video(
     path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8, *, crf: int = 18
 ) -> Path:
@@ -273,12 +288,7 @@ def write_video(
     H.264. ``crf`` (0..51, lower is better, 18 is visually lossless) only affects H.264.
     Raises VideoError for bad frames, bad fps/crf, an unknown suffix or an unwritable path.
     """
-    suffix = Path(path).suffix.lower()
-    if suffix not in _WRITE_SUFFIXES:
-        shown = f"'{suffix}'" if suffix else "no extension"
-        raise _error(
-            "write", path, f"unsupported format ({shown}); use one of {', '.join(_WRITE_SUFFIXES)}"
-        )
+    suffix = check_output_path(path)
     array = _check_frames(frames, path)
     rate = _check_fps(fps, path)
     if suffix == ".gif":
