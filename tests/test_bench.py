@@ -17,7 +17,7 @@ from tinysora.config import ConfigError
 from tinysora.dit.flops import attention_flops, dit_flops_per_sample
 from tinysora.dit.model import DiT, DiTConfig, preset
 from tinysora.perf import matmul_peak, measure
-from tinysora.train.dit import DiTRecipe
+from tinysora.train.recipe import DiTRecipe
 
 pytest.importorskip("diffusers")
 

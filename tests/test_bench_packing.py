@@ -15,7 +15,7 @@ from tinysora.bench.dit import token_grid
 from tinysora.data.packing import PAD, Mixture, padded_efficiency
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.nn.attention import attend, segment_mask
-from tinysora.train.dit import DiTRecipe, PackingConfig
+from tinysora.train.recipe import DiTRecipe, PackingConfig
 
 SMALL_MIX = Mixture(sides=(32, 48, 64), frames=(1, 9), frame_weights=(0.3, 0.7))
 TINY = DiTConfig(width=32, depth=1, heads=2, text_dim=16)

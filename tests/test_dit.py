@@ -17,6 +17,7 @@ from numerics import assert_close_fp32
 import tinysora.dit.model as dit_model
 import tinysora.nn.attention as dit_attention
 from tinysora.config import ConfigError
+from tinysora.diffusion.flow import given_times
 from tinysora.dit.model import PRESETS, DiT, DiTBlock, DiTConfig, preset
 from tinysora.dit.patchify import grid_positions, patchify, unpatchify
 from tinysora.nn.attention import (
@@ -208,6 +209,33 @@ def test_clean_tokens_change_other_tokens_and_own_modulation(attention):
     # and the noisy tokens see the clean ones through attention
     assert (out_all[0, 4:] - out_clean[0, 4:]).abs().max() > 1e-4
     assert (out_all[0, :4] - out_clean[0, :4]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("attention", MODES)
+def test_forward_holds_given_latents_clean(attention):
+    model = make_model(attention, std=0.2)
+    patch = model.config.patch
+    latents = torch.randn(2, 4, 3, 4, 4, generator=gen(40))  # (B, C, T, H, W)
+    clean = torch.randn(1, 4, 3, 4, 4, generator=gen(41))
+    given = torch.zeros(1, 1, 3, 4, 4, dtype=torch.bool)
+    given[:, :, 0] = True  # the first latent frame given (image-to-video)
+    t = torch.tensor([0.7, 0.3])
+    text, mask = text_inputs(2, 6, [4, 2])
+    with torch.no_grad():
+        v = model(latents, t, text, mask, given=given, clean=clean)
+        # the token path by hand: given tokens set clean, at flow time 0
+        x = torch.where(given, clean, latents)
+        tokens, grid = patchify(x, patch)
+        given_tokens = patchify(given.expand_as(x).float(), patch)[0][..., 0] > 0  # (B, N)
+        t_tok = given_times(t, given_tokens)
+        ref = model.forward_tokens(tokens, t_tok, grid_positions(grid), text, mask, grid=grid)
+        moved = model(latents + 5.0 * given, t, text, mask, given=given, clean=clean)
+        other = model(latents, t, text, mask, given=given, clean=clean + 1.0)
+    assert t_tok[:, :4].eq(0).all() and t_tok[0, 4:].eq(0.7).all() and t_tok[1, 4:].eq(0.3).all()
+    assert (v[:, :, 0] == 0).all()  # given latents get velocity 0: every sampler keeps them
+    assert_close_fp32(v[:, :, 1:], unpatchify(ref, grid, patch)[:, :, 1:])
+    assert torch.equal(moved, v)  # what x holds at given places is replaced by clean
+    assert (other[:, :, 1:] - v[:, :, 1:]).abs().max() > 1e-4  # the clean values are seen
 
 
 # ----------------------------------------------------------------------------- text mask

@@ -3,6 +3,7 @@ and the real packaged MiniLM text encoder."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -11,8 +12,11 @@ import pytest
 import torch
 from tiny import save_tiny_model
 
+from tinysora.config import ConfigError
+from tinysora.diffusion.flow import FlowConfig, timestep_shift
 from tinysora.io.video import read_video
 from tinysora.pipeline import (
+    PipelineConfig,
     PipelineError,
     TextToVideoPipeline,
     export_to_video,
@@ -97,10 +101,55 @@ def test_export_and_cli(pipe, model_dir, tmp_path):
     assert read_video(path)[0].shape == (5, 64, 64, 3)
     out = tmp_path / "cli.mp4"
     cmd = [sys.executable, "-m", "tinysora.cli", "generate", PROMPT, "-o", str(out)]
-    res = subprocess.run(cmd + ["--model", str(model_dir), "--seed", "3"], capture_output=True)
-    assert res.returncode == 0, res.stderr.decode()[-2000:]
-    assert res.stdout.decode().strip().splitlines()[-1] == str(out.resolve())
+    args = ["--model", str(model_dir), "--seed", "3", "--height", "60"]
+    res = subprocess.run(cmd + args, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == str(out.resolve())
     assert read_video(out)[0].shape == (17, 64, 64, 3)
+    # the size warning is one clean line: no Python warnings path, no source line
+    warned = [line for line in res.stderr.splitlines() if "not legal" in line]
+    assert warned == [
+        "tinysora: warning: size 17x60x64 (frames x height x width) is not legal; using "
+        "17x64x64 (frames 1+4k, sides multiples of 16 in 32..512)"
+    ]
+    assert "Warning" not in res.stderr and ".py:" not in res.stderr
+
+
+def test_bad_output_name_fails_before_loading_or_sampling(model_dir, tmp_path):
+    cmd = [sys.executable, "-m", "tinysora.cli", "generate", PROMPT, "-o", "x.mp5"]
+    res = subprocess.run(cmd + ["--model", str(model_dir)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "tinysora: error: cannot write video 'x.mp5': unsupported format ('.mp5'); use one of "
+        ".gif, .mkv, .mov, .mp4, .npy, .png"
+    ]  # (no "sampling" progress bar before it)
+
+
+def test_sampling_config_and_old_pipeline_json(tmp_path):
+    old = {  # a pipeline.json as training wrote it before the sampling config was split
+        "num_inference_steps": 12,
+        "guidance_scale": 3.0,
+        "sampler": "heun",
+        "fps": 8.0,
+        "text_max_length": 32,
+        "flow": {"logit_mean": 0.0, "logit_std": 1.0, "uniform_fraction": 0.2,
+                 "shift_base_tokens": 64, "base_shift": 1.5, "max_shift": 3.0,
+                 "caption_dropout": 0.1},
+    }  # fmt: skip
+    (tmp_path / "pipeline.json").write_text(json.dumps(old))
+    cfg = PipelineConfig.load(tmp_path / "pipeline.json")
+    assert (cfg.num_inference_steps, cfg.sampler) == (12, "heun")
+    assert (cfg.shift_base_tokens, cfg.base_shift, cfg.max_shift) == (64, 1.5, 3.0)
+    assert timestep_shift(256, cfg) == timestep_shift(256, FlowConfig(**old["flow"]))
+    flow = FlowConfig(shift_base_tokens=100, base_shift=2.0, max_shift=5.0)
+    assert cfg.with_shift_of(flow).to_dict() == {
+        **cfg.to_dict(),
+        "shift_base_tokens": 100,
+        "base_shift": 2.0,
+        "max_shift": 5.0,
+    }
+    with pytest.raises(ConfigError, match="logit_std"):
+        PipelineConfig.from_dict({**cfg.to_dict(), "logit_std": 1.0})  # training keys: typos
 
 
 def test_missing_model_is_a_one_line_error(tmp_path):

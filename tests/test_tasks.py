@@ -12,7 +12,9 @@ from tinysora.config import ConfigError
 from tinysora.diffusion.tasks import TASKS, TaskConfig, given_mask, sample_given
 from tinysora.io.checkpoint import load_tensors
 from tinysora.text.encoder import TextEncoder
-from tinysora.train.dit import DiTRecipe, packed_steps, train_dit
+from tinysora.train.dit import train_dit
+from tinysora.train.recipe import DiTRecipe
+from tinysora.train.steps import packed_steps
 
 GRID = (5, 4, 4)
 
@@ -80,7 +82,7 @@ def test_packed_training_with_conditioning_tasks(tmp_path, one_thread):
     # every clip is given its first latent frame: those tokens sit at t = 0 with no loss
     recipe = DiTRecipe.load(recipe_path)
     data = load_tensors(tmp_path / "run" / "latents.safetensors")
-    batch_fn = packed_steps(recipe, data, TextEncoder(max_length=8))[0]
+    batch_fn = packed_steps(recipe, data, TextEncoder(max_length=8)).batch_fn
     packed, _, t, loss_mask, _ = batch_fn(0)
     given = packed.valid & ~loss_mask
     first_frame = packed.positions[..., 0] == 0

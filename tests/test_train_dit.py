@@ -11,20 +11,18 @@ import torch
 from tiny import tiny_recipe
 
 from tinysora.cli import main
+from tinysora.config import ConfigError
+from tinysora.dit.flops import attention_flops, dit_flops_per_sample
 from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts
 from tinysora.eval.metrics import wilson
 from tinysora.io.checkpoint import load_tensors
+from tinysora.perf import bf16_peak_flops, cpu_model
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.text.encoder import TextEncoder
-from tinysora.train.dit import (
-    DiTRecipe,
-    _kept_tokens,
-    attention_flops,
-    dit_flops_per_sample,
-    packed_steps,
-    train_dit,
-)
+from tinysora.train.dit import train_dit
+from tinysora.train.recipe import DiTRecipe
+from tinysora.train.steps import _kept_tokens, packed_steps
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import DetectedObject, Detection, judge
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, SplitMix64, parse_caption, sample_scene
@@ -41,7 +39,12 @@ def trained(tmp_path_factory):
         log_every=2,
         train="ema_decay = 0.5\n",
     )
-    out = train_dit(recipe, root / "run")
+    cache_home = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_CACHE_HOME", str(cache_home))
+        out = train_dit(recipe, root / "run")
+    # the recipe gives the matmul peak: nothing was timed, nothing cached
+    assert list(cache_home.iterdir()) == []
     return root, out
 
 
@@ -62,6 +65,26 @@ def test_train_dit_refuses_to_overwrite_and_resumes(trained):
     with pytest.raises(FileExistsError):
         train_dit(root / "recipe.toml", root / "run")
     train_dit(root / "recipe.toml", root / "run", resume=True)  # already at the last step
+
+
+def test_model_presets_in_recipes(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[model]\npreset = "S/2"\ndepth = 3\n')
+    recipe = DiTRecipe.load(path)
+    assert recipe.model == dataclasses.replace(preset("S/2"), depth=3)
+    assert "preset" not in recipe.model.to_dict()  # saved expanded, explicit
+    path.write_text('[model]\npreset = "XL/9"\n')
+    with pytest.raises(ConfigError, match="unknown DiT preset 'XL/9'; use one of tiny"):
+        DiTRecipe.load(path)
+
+
+def test_cached_matmul_peak(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    cache = tmp_path / "tinysora" / "matmul_peak.json"
+    cache.parent.mkdir()
+    cache.write_text(json.dumps({key: 1.25e12, "another machine": 9e12}))
+    assert bf16_peak_flops() == 1.25e12  # read back, not measured
 
 
 def test_flops_formula_scales():
@@ -170,7 +193,7 @@ def test_packed_training_on_a_mixture_of_sizes(tmp_path, one_thread):
     assert len({int(s) for k, v in cache.items() if k.startswith("seeds/") for s in v}) == 16
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(0.9 <= r["pack_efficiency"] <= 1 and np.isfinite(r["loss"]) for r in log)
-    batch_fn = packed_steps(DiTRecipe.load(recipe), cache, TextEncoder(max_length=8))[0]
+    batch_fn = packed_steps(DiTRecipe.load(recipe), cache, TextEncoder(max_length=8)).batch_fn
     for step in range(20):  # each planned row stays one row (no re-packing spill-over)
         packed = batch_fn(step)[0]
         assert packed.tokens.shape[:2] == (2, 40) and packed.efficiency >= 0.9

@@ -25,7 +25,7 @@ from tinysora.dit.flops import attention_flops, dit_flops_per_sample
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_size, patchify
 from tinysora.perf import measure
-from tinysora.train.dit import DiTRecipe
+from tinysora.train.recipe import DiTRecipe
 from tinysora.train.trainer import Trainer
 from tinysora.vae.model import SPACE_FACTOR, latent_frames
 

@@ -65,7 +65,7 @@ from tinysora.dit.model import DiT, DiTConfig
 from tinysora.dit.patchify import grid_positions
 from tinysora.nn.attention import attend, segment_mask
 from tinysora.perf import measure
-from tinysora.train.dit import DiTRecipe
+from tinysora.train.recipe import DiTRecipe
 from tinysora.train.steps import packed_loss
 from tinysora.train.trainer import Trainer, step_rng
 

@@ -59,7 +59,7 @@ from tinysora.bench.timing import (
 from tinysora.config import Config, ConfigError
 from tinysora.eval.metrics import write_json
 from tinysora.perf import matmul_gflops, matmul_peak
-from tinysora.train.dit import DiTRecipe
+from tinysora.train.recipe import DiTRecipe
 
 DEFAULT_RECIPE = REPO_ROOT / "configs" / "dit_shapes.toml"
 RESULTS_DIR = Path("bench") / "results"

@@ -38,7 +38,7 @@ from tinysora.io.checkpoint import (
 from tinysora.io.frames import tensor_to_frames
 from tinysora.perf import measure, summarize
 from tinysora.pipeline import TextToVideoPipeline, export_to_video
-from tinysora.train.dit import DiTRecipe
+from tinysora.train.recipe import DiTRecipe
 from tinysora.vae.model import SPACE_FACTOR, VAEConfig, latent_frames
 from tinysora.worlds.shapes import sample_scene, split_seed
 
