@@ -143,6 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="batch of the training step and the side by side")
     parser.add_argument("--frames", type=int, nargs="+", help="frame counts of the scaling section")
     parser.add_argument("--vae-frames", type=int, nargs="+", help="frame counts of the VAE section")
+    parser.add_argument(
+        "--peak-sizes", type=int, nargs="+", help="square matmul sizes of the peak (e.g. 1024 2048)"
+    )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the scaling plot")
 
@@ -162,6 +165,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchConfig:
         s.scaling_frames = tuple(args.frames)
     if args.vae_frames:
         s.vae_frames = tuple(args.vae_frames)
+    if args.peak_sizes:
+        s.peak_sizes = tuple(args.peak_sizes)
     if args.steps is not None:
         s.steps = args.steps
     counts = {"--repeats": s.repeats, "--batch": s.train_batch or 1, "--steps": s.steps or 1}

@@ -246,16 +246,9 @@ class DiT(nn.Module):
             masks["temporal"] = same_hw if same_clip is None else same_hw & same_clip
         return masks
 
-    def forward(
-        self,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        text: torch.Tensor,
-        text_mask: torch.Tensor,
-        given: torch.Tensor | None = None,
-        clean: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Velocity for latents (B, C, T, H, W) at flow time t (B,) -> (B, C, T, H, W).
+    def forward(self, latents, t, text, text_mask, given=None, clean=None) -> torch.Tensor:
+        """Velocity for latents (B, C, T, H, W) at flow time t (B,) -> (B, C, T, H, W);
+        text (B, L, text_dim) with text_mask (B, L) True = real token.
 
         Conditioning: ``given`` (B or 1, 1, T, H, W) bool marks latents given clean,
         with their values in ``clean`` (broadcastable to ``latents``; None = already in
