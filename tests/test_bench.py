@@ -83,7 +83,7 @@ def test_flops_formula_matches_counted_matmuls(one_thread, attention):
 
 def test_train_step_and_scaling(one_thread, tmp_path):
     recipe = DiTRecipe(model=TINY, batch_size=2)
-    out = dit.train_step(recipe, bf16_peak_gflops=1000.0, warmup=1, repeats=2, out_dir=tmp_path)
+    out = dit.train_step(recipe, peak_gflops=1000.0, warmup=1, repeats=2, out_dir=tmp_path)
     assert out["tokens_per_clip"] == 80 and out["batch"] == 2
     assert 0 < out["mfu"] <= 1 and out["tokens_per_s"] > 0
     assert 0.8 < out["formula_over_counted"] < 1.05

@@ -4,7 +4,7 @@ Floors, lowest first; a module may import its own floor's modules of the same
 top-level package and anything below, never a peer package on its floor or a floor
 above:
 
-    core:     errors, config, perf, io, nn, dit, vae, text, diffusion, worlds
+    core:     errors, config, device, perf, io, nn, dit, vae, text, diffusion, worlds
     products: pipeline, voice, data      (peers: none imports another)
     users:    train, eval, serve         (peers)
     bench
@@ -27,7 +27,7 @@ import tinysora
 
 PACKAGE = Path(tinysora.__file__).parent
 FLOORS = [
-    {"errors", "config", "perf", "io", "nn", "dit", "vae", "text", "diffusion", "worlds"},
+    {"errors", "config", "device", "perf", "io", "nn", "dit", "vae", "text", "diffusion", "worlds"},
     {"pipeline", "voice", "data"},
     {"train", "eval", "serve"},
     {"bench"},

@@ -12,12 +12,13 @@ from tiny import tiny_recipe
 
 from tinysora.cli import main
 from tinysora.config import ConfigError
+from tinysora.device import compute_dtype
 from tinysora.dit.flops import attention_flops, dit_flops_per_sample
 from tinysora.dit.model import DiT, preset
 from tinysora.eval.adherence import group_prompts
 from tinysora.eval.metrics import wilson
 from tinysora.io.checkpoint import load_tensors
-from tinysora.perf import bf16_peak_flops, cpu_model
+from tinysora.perf import cpu_model, peak_flops
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.text.encoder import TextEncoder
 from tinysora.train.dit import train_dit
@@ -80,11 +81,12 @@ def test_model_presets_in_recipes(tmp_path):
 
 def test_cached_matmul_peak(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    key = f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {compute_dtype()}"
     cache = tmp_path / "tinysora" / "matmul_peak.json"
     cache.parent.mkdir()
     cache.write_text(json.dumps({key: 1.25e12, "another machine": 9e12}))
-    assert bf16_peak_flops() == 1.25e12  # read back, not measured
+    assert peak_flops() == 1.25e12  # read back, not measured
 
 
 def test_flops_formula_scales():

@@ -3,8 +3,9 @@
 Every timing is the median of ``repeats`` runs after ``warmup`` runs (the first
 calls of a shape build oneDNN kernels and grow the allocator).
 
-Training logs MFU against the bf16 matmul peak: :func:`bf16_peak_flops` measures it
-once per machine (CPU model, torch version, threads) and keeps it in
+Training logs MFU against the matmul peak in the dtype it computes in
+(``tinysora.device.compute_dtype``): :func:`peak_flops` measures it once per machine
+(CPU model, torch version, threads, dtype) and keeps it in
 ``$XDG_CACHE_HOME/tinysora/matmul_peak.json`` (default ``~/.cache``), so a run does
 not spend seconds timing 2048^3 matmuls; a recipe can also give it
 (``[train] peak_tflops``). ``tinysora bench`` always measures afresh.
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from tinysora.device import compute_dtype
 from tinysora.io.atomic import atomic_write_text
 
 
@@ -93,9 +95,11 @@ def peak_cache_path() -> Path:
     return Path(root) / "tinysora" / "matmul_peak.json"
 
 
-def bf16_peak_flops() -> float:
-    """This machine's bf16 matmul FLOP/s (:func:`matmul_peak`), measured once and cached."""
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+def peak_flops() -> float:
+    """This machine's matmul FLOP/s in its compute dtype (:func:`matmul_peak`), measured
+    once and cached."""
+    dtype = compute_dtype()
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {dtype}"
     path = peak_cache_path()
     try:
         cached = json.loads(path.read_text())
@@ -103,7 +107,7 @@ def bf16_peak_flops() -> float:
         cached = {}
     if not isinstance(cached, dict) or not isinstance(cached.get(key), (int, float)):
         cached = cached if isinstance(cached, dict) else {}
-        cached[key] = matmul_peak(torch.bfloat16)["gflops"] * 1e9
+        cached[key] = matmul_peak(dtype)["gflops"] * 1e9
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(cached, indent=1))

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from tinysora.config import Config
+from tinysora.device import autocast
 from tinysora.diffusion.flow import FlowConfig, timestep_shift
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, get_sampler
 from tinysora.dit.model import DiT
@@ -237,21 +238,21 @@ class TextToVideoPipeline:
 
     def _encode(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> normalized latents (1, C, t, h, w) (posterior mean)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             z = self.vae.encode(frames_to_tensor(frames)[None], chunk_frames=16).mean
         return self.vae.normalize(z.float())
 
     def _decode(self, latents: torch.Tensor, num_frames: int) -> np.ndarray:
         """(1, C, t, h, w) normalized latents -> uint8 (T, H, W, 3)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             pixels = self.vae.decode(
                 self.vae.denormalize(latents), num_frames=num_frames, chunk_latents=4
             )
         return tensor_to_frames(pixels[0])
 
     def _velocity(self, x, t, text, text_mask, given=None, clean=None) -> torch.Tensor:
-        """The DiT's velocity in bf16 autocast; ``given`` latents held at ``clean``."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        """The DiT's velocity (under ``device.autocast``); ``given`` latents held at ``clean``."""
+        with autocast():
             return self.dit(x, t, text, text_mask, given=given, clean=clean).float()
 
     def _sample(

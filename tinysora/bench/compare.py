@@ -44,6 +44,7 @@ from tinysora.bench.dit import (
     token_grid,
 )
 from tinysora.bench.timing import count_flops, measure_interleaved
+from tinysora.device import autocast, compute_dtype
 from tinysora.diffusion.flow import add_noise, flow_loss, velocity_target
 from tinysora.dit.flops import attention_flops
 from tinysora.dit.model import DiT, DiTConfig
@@ -185,7 +186,7 @@ def latte_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _no_grad_forward(model, loss_fn, inputs) -> None:
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         loss_fn(model, inputs)
 
 
@@ -265,7 +266,7 @@ def side_by_side(
         "tokens_per_clip": grid[0] * grid[1] * grid[2],
         "batch": batch,
         "text_len": text_len,
-        "dtype_policy": "fp32 weights, torch.autocast(cpu, bfloat16)",
+        "dtype_policy": f"fp32 weights, computed in {compute_dtype()} (tinysora.device)",
         "threads": torch.get_num_threads(),
     }
     for attention, build, loss, notes in (

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from tinysora.bench.timing import count_flops
+from tinysora.device import autocast
 from tinysora.diffusion.flow import add_noise, flow_loss, sample_timesteps, velocity_target
 from tinysora.dit.flops import attention_flops, dit_flops_per_sample
 from tinysora.dit.model import DiT, DiTConfig
@@ -71,7 +72,7 @@ def flow_step_loss(model: DiT, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 def fwd_bwd(model: torch.nn.Module, loss_fn, inputs) -> None:
     """One forward + backward in bf16 autocast (gradients cleared first, as a step does)."""
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast():
         loss = loss_fn(model, inputs)
     loss.backward()
 
@@ -82,7 +83,7 @@ def trainer_step(trainer: Trainer, loss_fn, inputs) -> None:
     EMA update (when the recipe has one), ``loss.item()``."""
     cfg = trainer.cfg
     trainer.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    with autocast(cfg.bf16):
         loss = loss_fn(trainer.model, inputs)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainer.params, cfg.grad_clip)
@@ -94,7 +95,7 @@ def trainer_step(trainer: Trainer, loss_fn, inputs) -> None:
 
 def train_step(
     recipe: DiTRecipe,
-    bf16_peak_gflops: float,
+    peak_gflops: float,
     batch: int | None = None,
     warmup: int = 2,
     repeats: int = 5,
@@ -123,7 +124,7 @@ def train_step(
     torch.set_num_threads(threads)  # a recipe's `threads` must not change the rest of the bench
 
     def forward() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             flow_step_loss(model, inputs)
 
     def step() -> None:
@@ -159,8 +160,8 @@ def train_step(
         "flops_per_step_counted": counted["total"],
         "formula_over_counted": step_flops / counted["total"],
         "achieved_gflops": step_flops / step_s / 1e9,
-        "mfu": step_flops / step_s / (bf16_peak_gflops * 1e9),
-        "mfu_fwd_bwd_only": step_flops / t_fwd_bwd["median_s"] / (bf16_peak_gflops * 1e9),
+        "mfu": step_flops / step_s / (peak_gflops * 1e9),
+        "mfu_fwd_bwd_only": step_flops / t_fwd_bwd["median_s"] / (peak_gflops * 1e9),
     }
 
 

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from tinysora.bench.dit import TEXT_TOKENS, token_grid, trainer_step
 from tinysora.bench.timing import measure_interleaved
 from tinysora.data.packing import PAD, Mixture, Packed, pack, plan_row
+from tinysora.device import autocast
 from tinysora.diffusion.flow import add_noise, flow_loss, sample_timesteps, velocity_target
 from tinysora.dit.flops import dit_flops_per_sample
 from tinysora.dit.model import DiT, DiTConfig
@@ -183,7 +184,7 @@ def kernels(
 
     def forward(call):
         def run():
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad(), autocast():
                 return call(q, k, v)
 
         return run
@@ -195,7 +196,7 @@ def kernels(
             qg, kg, vg = leaves[name]
             for x in (qg, kg, vg):
                 x.grad = None
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast():
                 out = calls[name](qg, kg, vg)
             out.backward(grad_out)
             return out

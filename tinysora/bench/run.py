@@ -11,7 +11,8 @@ Sections (each a dict in the report; a progress line per section on stderr):
   -- the ceiling -- and the bf16 GFLOP/s of the training step's own GEMM shapes;
 * ``train_step``: the DiT training step of the recipe (default
   ``configs/dit_shapes.toml``): tokens/s, model FLOPs per step (formula stated in the
-  report, checked against a FlopCounterMode count) and MFU vs the bf16 peak;
+  report, checked against a FlopCounterMode count) and MFU vs the peak of the dtype the
+  machine computes in (bf16 where the CPU has it, else fp32: ``tinysora.device``);
 * ``diffusers``: our ``full`` DiT vs ``LTXVideoTransformer3DModel`` and our
   ``factorized`` DiT vs ``LatteTransformer3DModel`` at equal width, depth, heads,
   tokens and text (see :mod:`tinysora.bench.compare`), forward and forward + backward;
@@ -24,10 +25,11 @@ Sections (each a dict in the report; a progress line per section on stderr):
   and ``sampler_overhead`` (our Euler loop vs diffusers' scheduler loop);
 * ``vae``: encode / decode frames/s and peak memory vs T.
 
-Top-level keys (always present): ``bf16_peak_gflops``, ``train_mfu`` (fraction of the
-bf16 peak), ``train_tokens_per_s``, ``dit_fwd_bwd_speedup_vs_diffusers`` (their time /
-ours for ``full`` vs LTX, forward + backward, corrected to equal model FLOPs; the raw
-time ratio is ``..._raw``), ``sample_s_per_step``, ``demo_end_to_end_s``,
+Top-level keys (always present): ``bf16_peak_gflops``, ``compute_dtype``,
+``train_mfu`` (fraction of the compute dtype's peak), ``train_tokens_per_s``,
+``dit_fwd_bwd_speedup_vs_diffusers`` (their time / ours for ``full`` vs LTX, forward +
+backward, corrected to equal model FLOPs; the raw time ratio is ``..._raw``),
+``sample_s_per_step``, ``demo_end_to_end_s``,
 ``packed_vs_padded_tokens_per_s`` (packed useful tokens/s / padded).
 
 Every timing is the median of several runs after warm-up (the fresh-process sections:
@@ -57,6 +59,7 @@ from tinysora.bench.timing import (
     machine_info,
 )
 from tinysora.config import Config, ConfigError
+from tinysora.device import compute_dtype
 from tinysora.eval.metrics import write_json
 from tinysora.perf import matmul_gflops, matmul_peak
 from tinysora.train.recipe import DiTRecipe
@@ -219,11 +222,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peaks["train_gemms_bf16_gflops"] = _train_gemms(recipe, settings, w, max(r, 5))
     report["matmul_peak"] = peaks
     bf16_peak = peaks["bf16"]["gflops"]
+    dtype = str(compute_dtype()).removeprefix("torch.")
+    mfu_peak = peaks["bf16" if dtype == "bfloat16" else "fp32"]["gflops"]
 
     with tempfile.TemporaryDirectory(prefix="tinysora-bench-") as tmp:
         work = Path(tmp)
         step(f"DiT training step (batch {settings.train_batch or recipe.batch_size})")
-        train = dit.train_step(recipe, bf16_peak, settings.train_batch, w, r, out_dir=str(work))
+        train = dit.train_step(recipe, mfu_peak, settings.train_batch, w, r, out_dir=str(work))
         report["train_step"] = train
 
         step(f"side by side with diffusers (batch {settings.compare_batch or recipe.batch_size})")
@@ -298,6 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {
             "bf16_peak_gflops": bf16_peak,
             "fp32_peak_gflops": peaks["fp32"]["gflops"],
+            "compute_dtype": dtype,
             "train_mfu": train["mfu"],
             "train_tokens_per_s": train["tokens_per_s"],
             "dit_fwd_bwd_speedup_vs_diffusers": ltx["speedup_fwd_bwd_flop_corrected"],
@@ -324,8 +330,9 @@ _HEAD = ("name", "date", *REQUIRED_KEYS)
 
 DEFINITIONS = {
     "bf16_peak_gflops": "best median GFLOP/s of square bf16 torch.mm (sizes in settings)",
+    "compute_dtype": "bfloat16 (autocast) where the CPU computes bf16 natively, else float32",
     "train_mfu": "model FLOPs per training step (train_step.flops_formula) / step time / "
-    "bf16 peak; the step = Trainer.fit's (fwd + bwd in bf16 autocast, clip, AdamW, EMA)",
+    "the compute dtype's peak; the step = Trainer.fit's (fwd + bwd, clip, AdamW, EMA)",
     "train_tokens_per_s": "batch x tokens per clip / median training step time",
     "dit_fwd_bwd_speedup_vs_diffusers": "LTXVideoTransformer3DModel fwd + bwd time / our full "
     "DiT's, at equal model FLOPs (divided by their model FLOPs / ours); > 1 = ours faster",
@@ -389,7 +396,7 @@ def summary(rep: dict) -> str:
         "  (ratios are measured in turns in one process; absolute times here are noisy)",
         f"model for sampling: {rep['model']['source']}",
         f"matmul peak        fp32 {rep['fp32_peak_gflops']:8.1f} GFLOP/s   "
-        f"bf16 {rep['bf16_peak_gflops']:8.1f} GFLOP/s",
+        f"bf16 {rep['bf16_peak_gflops']:8.1f} GFLOP/s   (computes in {rep['compute_dtype']})",
         f"train step         {tr['step']['median_s']:.3f} s (batch {tr['batch']} x "
         f"{tr['tokens_per_clip']} tokens; fwd+bwd {tr['forward_backward']['median_s']:.3f} s)  "
         f"{tr['tokens_per_s']:.0f} tokens/s  MFU {100 * tr['mfu']:.1f}%  "

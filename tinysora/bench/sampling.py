@@ -25,6 +25,7 @@ from tinysora.bench.timing import (
     python_cmd,
     subprocess_env,
 )
+from tinysora.device import autocast
 from tinysora.diffusion.flow import timestep_shift
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, sample_euler
 from tinysora.dit.model import DiT
@@ -136,7 +137,7 @@ def sampling(
         step_times = loop_times
 
     def decode():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), autocast():
             pixels = pipe.vae.decode(
                 pipe.vae.denormalize(latents), num_frames=frames, chunk_latents=4
             )
@@ -274,7 +275,7 @@ def sampler_overhead(
     theirs_over = (cheap["diffusers"]["median_s"] - bare_s) / steps
 
     def denoiser(x, t, text, text_mask):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             return pipe.dit(x, t, text, text_mask).float()
 
     guided = cfg_denoiser(denoiser, pipe.config.guidance_scale)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tinysora.device import autocast
 from tinysora.eval.metrics import write_json
 from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
 from tinysora.io.frames import frames_to_tensor
@@ -84,7 +85,7 @@ def speed_and_memory(model_dir: str, frames: int) -> dict:
     clip = render(sample_scene(split_seed("test", 0)), 64, 64, frames)
     x = frames_to_tensor(clip)[None]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB: model + input loaded
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         warm = vae.encode(x[:, :, :5], chunk_frames=CHUNK_FRAMES).mean  # warm-up both ways
         vae.decode(warm, num_frames=5, chunk_latents=CHUNK_FRAMES // 4)
         t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from tinysora.device import autocast
 from tinysora.errors import UserError
 
 DEFAULT_MAX_LENGTH = 32
@@ -82,7 +83,7 @@ class TextEncoder:
             max_length=self.max_length,
             return_tensors="pt",
         )
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        with torch.no_grad(), autocast():
             out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         n = tokens["input_ids"].shape[1]
         states = torch.zeros(len(prompts), self.max_length, self.dim)

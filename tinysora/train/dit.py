@@ -26,7 +26,7 @@ from tinysora.io.checkpoint import (
     resolve_model_dir,
     save_pretrained,
 )
-from tinysora.perf import bf16_peak_flops
+from tinysora.perf import peak_flops
 from tinysora.text.encoder import TextEncoder
 from tinysora.train.latents import build_latent_cache, build_mixture_cache
 from tinysora.train.recipe import DiTRecipe
@@ -60,7 +60,7 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
         loss_fn=steps.loss_fn,
         batch_fn=steps.batch_fn,
         flops_per_step=steps.flops_fn,
-        peak_flops=recipe.train.peak_tflops * 1e12 or bf16_peak_flops(),
+        peak_flops=recipe.train.peak_tflops * 1e12 or peak_flops(),
     )
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")

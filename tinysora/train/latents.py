@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tinysora.device import autocast
 from tinysora.io.checkpoint import load_pretrained, resolve_model_dir, save_tensors
 from tinysora.io.frames import frames_to_tensor
 from tinysora.train.recipe import DiTRecipe
@@ -29,7 +30,7 @@ def build_latent_cache(recipe: DiTRecipe, path: Path) -> None:
     vae = load_pretrained(VideoVAE, resolve_model_dir(recipe.vae, "vae"))
     seeds = torch.arange(recipe.cache_clips, dtype=torch.int64)
     chunks = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         for i in tqdm(range(0, len(seeds), recipe.encode_batch), desc="encoding latents"):
             batch = seeds[i : i + recipe.encode_batch]
             x = torch.stack(
@@ -58,7 +59,7 @@ def build_mixture_cache(recipe: DiTRecipe, path: Path) -> None:
     k = recipe.packing.clips_per_size
     tensors = {}
     sizes = recipe.packing.mixture.sizes()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         for j, (frames, h, w) in enumerate(tqdm(sizes, desc="encoding latents", unit="size")):
             seeds = torch.arange(j * k, (j + 1) * k, dtype=torch.int64)
             chunks = []

@@ -1,5 +1,6 @@
-"""One training loop for every model: bf16 autocast, AdamW, warmup + cosine, grad clipping,
-EMA, a progress bar with loss and ETA, a JSONL log, atomic checkpoints and resume.
+"""One training loop for every model: bf16 autocast (where the CPU has bf16, see
+``tinysora.device``), AdamW, warmup + cosine, grad clipping, EMA, a progress bar with loss
+and ETA, a JSONL log, atomic checkpoints and resume.
 
 A model plugs in with two functions:
 
@@ -30,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tinysora.config import Config
+from tinysora.device import autocast
 from tinysora.io.atomic import atomic_dir, atomic_write_text
 from tinysora.io.checkpoint import CheckpointError, load_into, load_tensors, save_tensors
 from tinysora.worlds.shapes import SplitMix64
@@ -45,15 +47,15 @@ class TrainConfig(Config):
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 = no EMA
-    bf16: bool = True
+    bf16: bool = True  # bf16 autocast where the CPU computes bf16 natively (tinysora.device)
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
     eval_every: int = 500
     seed: int = 0
     threads: int = 0  # torch threads; 0 = leave torch's default
-    # bf16 matmul peak that the log's MFU divides by; 0 = measured once per machine and
-    # cached (tinysora.perf.bf16_peak_flops)
+    # matmul peak (compute dtype) that the log's MFU divides by; 0 = measured once per
+    # machine and cached (tinysora.perf.peak_flops)
     peak_tflops: float = 0.0
     # torch.compile the model's repeated blocks (DiT): fuses the elementwise work that
     # dominates small-width steps on CPU (XS/2 fwd+bwd 0.42 -> 0.24 s, ~15 s to compile)
@@ -203,7 +205,7 @@ class Trainer:
                 batch = self.batch_fn(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(cfg, self.step)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with autocast(cfg.bf16):
                     loss, metrics = self.loss_fn(self.model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")

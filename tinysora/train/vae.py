@@ -19,6 +19,7 @@ import torch
 
 from tinysora.config import Config
 from tinysora.data.datasets import WorldBatches, WorldDataConfig
+from tinysora.device import autocast
 from tinysora.io.checkpoint import load_into, load_tensors, save_pretrained
 from tinysora.io.frames import frames_to_tensor
 from tinysora.nn.metrics import psnr
@@ -57,7 +58,7 @@ def val_scores(vae: VideoVAE, n: int) -> dict[str, float]:
 def measure_latent_stats(vae: VideoVAE, n: int) -> tuple[float, float]:
     """(shift, scale) so that (z - shift) * scale has mean 0 and std 1 on training clips."""
     zs = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         for i in range(n):
             x = frames_to_tensor(render(sample_scene(i * 9973 % 1_000_000), 64, 64, 17))[None]
             zs.append(vae.encode(x).mean.float().flatten())

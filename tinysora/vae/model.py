@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinysora.config import Config
+from tinysora.device import autocast
 from tinysora.io.frames import frames_to_tensor, tensor_to_frames
 
 TIME_FACTOR = 4
@@ -331,9 +332,9 @@ class VideoVAE(nn.Module):
 
 def reconstruct(vae: VideoVAE, frames: np.ndarray, chunk_frames: int | None = 16) -> np.ndarray:
     """uint8 (T, H, W, 3) -> reconstructed uint8 (T, H, W, 3) through the posterior mean
-    (bf16 autocast, chunked with the causal cache)."""
+    (``device.autocast``, chunked with the causal cache)."""
     x = frames_to_tensor(frames)[None]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         z = vae.encode(x, chunk_frames=chunk_frames).mean
         y = vae.decode(z, num_frames=x.shape[2], chunk_latents=chunk_frames and chunk_frames // 4)
     return tensor_to_frames(y[0])
