@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from tinysora.device import autocast
 from tinysora.diffusion.flow import FlowConfig, add_noise, sample_timesteps, velocity_target
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, sample_euler
 from tinysora.dit.model import DiT, DiTConfig
@@ -46,7 +47,7 @@ def main() -> None:
     for step in range(args.steps):
         t = sample_timesteps(len(z), 80, flow, g)
         noise = torch.randn(z.shape, generator=g)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             pred = dit(add_noise(z, t, noise), t, text, mask)
         loss = (pred.float() - velocity_target(z, noise)).pow(2).mean()
         opt.zero_grad()

@@ -142,6 +142,7 @@ def test_settings_validation():
         run.settings_from_args(_args("--repeats", "0"))
 
 
+@pytest.mark.slow  # a quick bench: subprocesses of generate and VAE probes (make bench-quick)
 def test_run_writes_the_report(one_thread, tmp_path):
     recipe_path = tmp_path / "tiny.toml"
     recipe_path.write_text(TINY_RECIPE)

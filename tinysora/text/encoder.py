@@ -42,8 +42,8 @@ class TextEncoder:
 
     ``L`` is always ``max_length``: a batch is encoded padded only to its longest prompt
     (the states of real tokens do not depend on padding; a 32-token budget for ~13-token
-    captions halves the cost) in bf16 autocast (3.5x less time than fp32 together,
-    0.6% relative error), then padded with masked zeros. The cache keeps the last
+    captions halves the cost) under ``device.autocast`` (bf16 where the CPU has it: 3.5x
+    less time than fp32 together, 0.6% relative error), then padded with masked zeros. The cache keeps the last
     ``CACHE_SIZE`` prompts.
     """
 
