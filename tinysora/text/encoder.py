@@ -43,8 +43,8 @@ class TextEncoder:
     ``L`` is always ``max_length``: a batch is encoded padded only to its longest prompt
     (the states of real tokens do not depend on padding; a 32-token budget for ~13-token
     captions halves the cost) under ``device.autocast`` (bf16 where the CPU has it: 3.5x
-    less time than fp32 together, 0.6% relative error), then padded with masked zeros. The cache keeps the last
-    ``CACHE_SIZE`` prompts.
+    less time than fp32 together, 0.6% relative error), then padded with masked zeros.
+    The cache keeps the last ``CACHE_SIZE`` prompts.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, max_length: int = DEFAULT_MAX_LENGTH):
