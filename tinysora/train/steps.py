@@ -52,7 +52,7 @@ class Steps:
     latent_channels: int
 
 
-def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
+def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Steps:
     """Training steps on batches of equal clips (the fixed-size latent cache)."""
     latents, seeds = data["latents"], data["seeds"]  # (N, C, t, h, w), (N,)
     patch = recipe.model.patch
@@ -80,8 +80,8 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
         if given is None:
             pred = m(add_noise(x0, t, noise), t, text, mask)
             loss = flow_loss(
-                patchify(pred.float(), recipe.model.patch)[0],
-                patchify(velocity_target(x0, noise), recipe.model.patch)[0],
+                patchify(pred.float(), patch)[0],
+                patchify(velocity_target(x0, noise), patch)[0],
             )
             return loss, {}
         # given tokens enter clean at t = 0 and carry no loss
@@ -97,7 +97,7 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
     return Steps(batch_fn, loss_fn, flops, latents.shape[1])
 
 
-def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder):
+def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Steps:
     """Training steps on Patch n' Pack rows (the mixture latent cache)."""
     pk, patch = recipe.packing, recipe.model.patch
     latents = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("latents/")}
