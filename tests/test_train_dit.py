@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,16 @@ def test_train_dit_refuses_to_overwrite_and_resumes(trained):
     with pytest.raises(FileExistsError):
         train_dit(root / "recipe.toml", root / "run")
     train_dit(root / "recipe.toml", root / "run", resume=True)  # already at the last step
+
+
+def test_every_shipped_recipe_loads():
+    from tinysora.train.vae import VAERecipe
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    dit = [DiTRecipe.load(p) for p in sorted(configs.glob("dit_*.toml"))]
+    vae = [VAERecipe.load(p) for p in sorted(configs.glob("vae_*.toml"))]
+    assert len(dit) >= 8 and len(vae) >= 3
+    assert all(r.model.width == 256 and r.model.depth == 8 for r in dit)  # XS/2
 
 
 def test_model_presets_in_recipes(tmp_path):

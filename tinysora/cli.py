@@ -40,14 +40,39 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    if args.model == "vae":
-        from tinysora.train.vae import train_vae as train
-    else:
-        from tinysora.train.dit import train_dit as train
+    if args.model == "vae" and (args.data or args.init):
+        raise CliError("--data and --init are for `tinysora train dit`")
     try:
-        train(args.config, args.out, resume=args.resume)
+        if args.model == "vae":
+            from tinysora.train.vae import train_vae
+
+            train_vae(args.config, args.out, resume=args.resume)
+        else:
+            from tinysora.train.dit import train_dit
+
+            train_dit(args.config, args.out, resume=args.resume, data=args.data, init=args.init)
     except FileExistsError as e:
         raise CliError(str(e)) from None
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    import logging
+    from pathlib import Path
+
+    from tinysora.data.cache import prepare
+    from tinysora.data.folder import FolderConfig
+
+    logging.basicConfig(format="tinysora: skipped %(message)s", level=logging.WARNING)
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise CliError(f"--size must look like 64x64 (height x width), got {args.size!r}") from None
+    folder = FolderConfig(
+        fps=args.fps, frames=args.frames, height=height, width=width, native_size=args.packing
+    )
+    report = prepare(args.data, args.out, folder, vae_dir=args.vae, shard_clips=args.shard_clips)
+    print(report.line())
+    print(Path(args.out).resolve())
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -244,7 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="recipe, e.g. configs/vae_shapes.toml")
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--data", help="dit: a cache of your own clips (`tinysora prepare`)")
+    train.add_argument("--init", help="dit: start from this model directory's DiT")
     train.set_defaults(func=_cmd_train)
+
+    prep = sub.add_parser(
+        "prepare",
+        help="encode a folder of your own videos into a training cache",
+        description="Read a folder of videos / images with captions (captions.csv with "
+        "path,text; captions.jsonl; or NAME.txt sidecars), resample, cut 1+4k-frame clips, "
+        "encode them with the VAE and the text encoder into safetensors shards. Run it "
+        "again after an interruption to continue.",
+    )
+    prep.add_argument("data", help="folder of videos with captions")
+    prep.add_argument("--out", required=True, help="cache directory to write (or continue)")
+    prep.add_argument("--vae", help="VAE directory (default: the bundled model's)")
+    prep.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+    prep.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (17)")
+    prep.add_argument("--size", default="64x64", help="HxW, multiples of 16 (default 64x64)")
+    prep.add_argument(
+        "--packing", action="store_true", help="keep each file's size (for Patch n' Pack)"
+    )
+    prep.add_argument("--shard-clips", type=int, default=64, help="clips per shard (64)")
+    prep.set_defaults(func=_cmd_prepare)
 
     export = sub.add_parser("export", help="export a DiT run's checkpoint as a model directory")
     export.add_argument("run", help="run directory of `tinysora train dit`")

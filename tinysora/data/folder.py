@@ -238,16 +238,18 @@ class VideoFolder:
 
     def __iter__(self) -> Iterator[Clip]:
         for entry in self.entries:
-            try:
-                clips = self._clips_of(entry)
-            except UserError as e:  # corrupt, unreadable, not a video
-                clips, reason = [], f"unreadable ({e})"
-                self._skip(entry, reason)
-            if clips:
-                self.files += 1
-            for clip in clips:
-                self.clips += 1
-                yield clip
+            yield from self.clips_of(entry)
+
+    def clips_of(self, entry: Entry) -> list[Clip]:
+        """The clips of one entry; [] (and a recorded skip) if the file cannot be used."""
+        try:
+            clips = self._clips_of(entry)
+        except UserError as e:  # corrupt, unreadable, not a video
+            clips = []
+            self._skip(entry, f"unreadable ({e})")
+        self.files += bool(clips)
+        self.clips += len(clips)
+        return clips
 
     def _skip(self, entry: Entry, reason: str) -> None:
         self.skipped.append(Skipped(str(entry.path.relative_to(self.root)), reason))
@@ -277,7 +279,13 @@ class VideoFolder:
 
     def summary(self) -> str:
         """One line: clips made, files used, and what was skipped, by reason."""
-        reasons = Counter(s.reason.split(":")[0].split(" (")[0] for s in self.skipped)
-        why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda x: (-x[1], x[0])))
-        skipped = f"; skipped {len(self.skipped)}: {why}" if self.skipped else ""
-        return f"{self.clips} clips from {self.files} files{skipped}"
+        return f"{self.clips} clips from {self.files} files{skip_summary(self.skipped)}"
+
+
+def skip_summary(skipped: list[Skipped]) -> str:
+    """'; skipped 3: 2 unreadable, 1 no caption' (most frequent first), or ''."""
+    if not skipped:
+        return ""
+    reasons = Counter(s.reason.split(":")[0].split(" (")[0] for s in skipped)
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return f"; skipped {len(skipped)}: " + ", ".join(f"{n} {r}" for r, n in ranked)

@@ -17,6 +17,7 @@ Where the bundled model is (:func:`resolve_model_dir`), first match wins:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -122,3 +123,16 @@ def resolve_model_dir(directory: str | os.PathLike | None = None, component: str
         f"no bundled model found (looked in {', '.join(map(str, BUNDLED_DIRS))}); "
         f"pass --model DIR or set {MODEL_ENV}"
     )
+
+
+def fingerprint(directory: str | os.PathLike) -> str:
+    """A short hash of every file in a model directory (names and bytes): what a cache
+    records to know which VAE or text encoder made it."""
+    root = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tinysora.config import ConfigError
+from tinysora.data.cache import LatentCache
 from tinysora.dit.model import DiT
 from tinysora.io.checkpoint import (
     CheckpointError,
@@ -27,24 +28,29 @@ from tinysora.io.checkpoint import (
     save_pretrained,
 )
 from tinysora.perf import peak_flops
-from tinysora.text.encoder import TextEncoder
+from tinysora.text.encoder import TextEncoder, default_encoder_path
 from tinysora.train.latents import build_latent_cache, build_mixture_cache
 from tinysora.train.recipe import DiTRecipe
-from tinysora.train.steps import fixed_size_steps, packed_steps
+from tinysora.train.steps import Steps, cached_steps, fixed_size_steps, packed_steps
 from tinysora.train.trainer import Trainer, check_run_dir
 
 
-def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) -> Path:
+def train_dit(
+    config_path: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    data: str | Path | None = None,
+    init: str | Path | None = None,
+) -> Path:
+    """Train a DiT recipe into run directory ``out``; ``data`` (a prepared cache) and
+    ``init`` (a model directory) override the recipe's ``data`` and ``init_from``."""
     recipe = DiTRecipe.load(config_path)
+    recipe.data = str(data) if data else recipe.data
+    recipe.init_from = str(init) if init else recipe.init_from
     out = Path(out)
     check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
-    packing = recipe.packing.enabled
-    cache = out / "latents.safetensors"
-    if not cache.is_file():
-        (build_mixture_cache if packing else build_latent_cache)(recipe, cache)
-    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
-    steps = (packed_steps if packing else fixed_size_steps)(recipe, load_tensors(cache), encoder)
+    steps = _cache_steps(recipe) if recipe.data else _world_steps(recipe, out)
     recipe.model.in_channels = steps.latent_channels
     recipe.save(out / "recipe.json")
     torch.manual_seed(recipe.train.seed)
@@ -66,6 +72,26 @@ def train_dit(config_path: str | Path, out: str | Path, resume: bool = False) ->
         print(f"resumed from step {trainer.step}")
     trainer.fit()
     return export_model(recipe, trainer.ema_state(), out / "model")
+
+
+def _world_steps(recipe: DiTRecipe, out: Path) -> Steps:
+    """Steps on Shapes World latents, encoded once into ``out/latents.safetensors``."""
+    packing = recipe.packing.enabled
+    cache = out / "latents.safetensors"
+    if not cache.is_file():
+        (build_mixture_cache if packing else build_latent_cache)(recipe, cache)
+    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
+    return (packed_steps if packing else fixed_size_steps)(recipe, load_tensors(cache), encoder)
+
+
+def _cache_steps(recipe: DiTRecipe) -> Steps:
+    """Steps on a prepared cache, after checking it was made by this VAE and text encoder."""
+    if recipe.packing.enabled:
+        raise ConfigError("[packing] is not available with --data yet: train on one size")
+    cache = LatentCache(recipe.data)
+    vae_dir = resolve_model_dir(recipe.vae, "vae")
+    cache.check(vae_dir, default_encoder_path(), recipe.pipeline.text_max_length)
+    return cached_steps(recipe, cache)
 
 
 def _dit_weights(directory: str) -> Path:

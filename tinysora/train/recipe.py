@@ -60,3 +60,6 @@ class DiTRecipe(Config):
     # a model directory (e.g. `tinysora export RUN -o DIR`) whose DiT weights the run
     # starts from (model and EMA; a fresh optimizer): fine-tuning and annealing stages
     init_from: str = ""
+    # a cache of your own clips (`tinysora prepare DATA --out CACHE`) to train on instead of
+    # the Shapes World; `tinysora train dit --data CACHE` sets it
+    data: str = ""

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tinysora.data.cache import CacheError, LatentCache
 from tinysora.data.packing import pack, plan_row
 from tinysora.diffusion.flow import (
     add_noise,
@@ -55,11 +56,8 @@ class Steps:
 def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Steps:
     """Training steps on batches of equal clips (the fixed-size latent cache)."""
     latents, seeds = data["latents"], data["seeds"]  # (N, C, t, h, w), (N,)
-    patch = recipe.model.patch
-    grid = grid_size(tuple(latents.shape[2:]), patch)
+    grid = grid_size(tuple(latents.shape[2:]), recipe.model.patch)
     tokens = grid[0] * grid[1] * grid[2]
-    positions = grid_positions(grid, recipe.model.time_span)
-    text_len = recipe.pipeline.text_max_length
     conditioned = recipe.tasks.conditioned
 
     def batch_fn(step: int):
@@ -75,6 +73,50 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Ste
         given = sample_given(recipe.tasks, grid, len(idx), g)[0] if conditioned else None
         return x0, noise, t, text, mask, given
 
+    return Steps(batch_fn, *_equal_clip_loss(recipe, grid), latents.shape[1])
+
+
+def cached_steps(recipe: DiTRecipe, cache: LatentCache) -> Steps:
+    """Training steps on a prepared cache of your own clips (``tinysora prepare``): each
+    clip's latents are drawn from its cached posterior (mean + std x noise), normalized with
+    the VAE's factors; captions are the cached text states, dropped to the empty prompt's
+    with ``flow.caption_dropout``."""
+    shapes = cache.shapes()
+    if len(shapes) != 1:
+        raise CacheError(
+            f"'{cache.root}' holds clips of {len(shapes)} sizes; training from a cache needs "
+            "one size (prepare with --size HxW --frames N)"
+        )
+    (channels, *latent_size), b = shapes.pop(), recipe.batch_size
+    grid = grid_size(tuple(latent_size), recipe.model.patch)
+    tokens = grid[0] * grid[1] * grid[2]
+    shift, scale = cache.vae["shift_factor"], cache.vae["scaling_factor"]
+
+    def batch_fn(step: int):
+        rng = step_rng(recipe.train.seed, step)
+        clips = [cache.clip(int(rng.uniform() * len(cache))) for _ in range(b)]
+        g = step_generator(recipe.train.seed, step)
+        mean, std = (torch.stack([c[k] for c in clips]).float() for k in ("mean", "std"))
+        x0 = (mean + std * torch.randn(mean.shape, generator=g) - shift) * scale
+        text = torch.stack([c["text"] for c in clips]).float()  # (B, L, D)
+        mask = torch.stack([c["mask"] for c in clips])  # (B, L)
+        drop = torch.rand(b, generator=g) < recipe.flow.caption_dropout
+        text[drop], mask[drop] = cache.empty_text.float(), cache.empty_mask
+        t = sample_timesteps(b, tokens, recipe.flow, g)
+        noise = torch.randn(x0.shape, generator=g)
+        given = sample_given(recipe.tasks, grid, b, g)[0] if recipe.tasks.conditioned else None
+        return x0, noise, t, text, mask, given
+
+    return Steps(batch_fn, *_equal_clip_loss(recipe, grid), channels)
+
+
+def _equal_clip_loss(recipe: DiTRecipe, grid: tuple[int, int, int]):
+    """(loss_fn, flops_fn) of batches of equal clips ``(x0, noise, t, text, mask, given)``:
+    the velocity loss; given tokens enter clean at t = 0 and carry no loss."""
+    patch = recipe.model.patch
+    positions = grid_positions(grid, recipe.model.time_span)
+    text_len = recipe.pipeline.text_max_length
+
     def loss_fn(m, batch):
         x0, noise, t, text, mask, given = batch
         if given is None:
@@ -84,7 +126,6 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Ste
                 patchify(velocity_target(x0, noise), patch)[0],
             )
             return loss, {}
-        # given tokens enter clean at t = 0 and carry no loss
         clean, eps = patchify(x0, patch)[0], patchify(noise, patch)[0]
         t_tok = given_times(t, given)  # (B, N)
         x_in = add_noise(clean, t_tok, eps)
@@ -94,7 +135,7 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Ste
     def flops(batch) -> float:
         return len(batch[0]) * dit_flops_per_sample(recipe.model, grid, text_len)
 
-    return Steps(batch_fn, loss_fn, flops, latents.shape[1])
+    return loss_fn, flops
 
 
 def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Steps:

@@ -1,0 +1,144 @@
+"""`tinysora prepare` and training from its cache: real files, a real kill -9, a real resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import save_tiny_vae, tiny_recipe
+
+from tinysora.data.cache import CacheError, LatentCache, prepare
+from tinysora.data.folder import FolderConfig
+from tinysora.io.checkpoint import save_tensors
+from tinysora.io.video import write_video
+from tinysora.pipeline import TextToVideoPipeline
+from tinysora.train.dit import train_dit
+from tinysora.worlds.shapes import render, sample_scene
+
+SIZE = FolderConfig(fps=8, frames=9, height=64, width=64)
+
+
+def make_folder(root, files: int):
+    """``files`` Shapes World clips of 17 frames (one 9-frame clip each) + a missing row."""
+    root.mkdir(parents=True)
+    rows = ["path,text"]
+    for i in range(files):
+        scene = sample_scene(i)
+        write_video(root / f"v{i:03d}.mp4", render(scene, 64, 64, 17), fps=8)
+        rows.append(f"v{i:03d}.mp4,{scene.caption}")
+    rows.append("gone.mp4,a missing file")
+    (root / "captions.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("data") / "clips", 6)
+
+
+def test_prepare_writes_shards_an_index_and_reads_back(data, vae, tmp_path, one_thread):
+    report = prepare(data, tmp_path / "cache", SIZE, vae_dir=vae, shard_clips=4, progress=False)
+    assert (report.clips, report.files, report.encoded) == (6, 6, 6)
+    assert report.line().startswith("6 clips from 6 files (6 encoded in ")
+    assert report.line().endswith("clips/s); skipped 1: 1 missing file")
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert index["complete"] and [len(s["clips"]) for s in index["shards"]] == [4, 2]
+    assert index["vae"]["latent_channels"] == 4 and index["text_encoder"]["max_length"] == 32
+    cache = LatentCache(tmp_path / "cache")
+    assert len(cache) == 6 and cache.shapes() == {(4, 3, 8, 8)}
+    clip = cache.clip(5)
+    assert clip["mean"].dtype == torch.bfloat16 and (clip["std"] > 0).all()
+    assert clip["text"].shape == (32, 384) and clip["mask"].sum() > 3
+    # running it again on a finished cache encodes nothing
+    again = prepare(data, tmp_path / "cache", SIZE, vae_dir=vae, shard_clips=4, progress=False)
+    assert (again.clips, again.encoded) == (6, 0)
+
+
+def test_prepare_resumes_after_kill_9_to_the_same_cache(vae, tmp_path):
+    data = make_folder(tmp_path / "clips", 40)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinysora.cli",
+        "prepare",
+        str(data),
+        "--frames",
+        "9",
+        "--vae",
+        str(vae),
+        "--shard-clips",
+        "1",
+        "--out",
+    ]
+
+    def run(out):
+        subprocess.run(cmd + [str(out)], env=env, check=True, capture_output=True)
+
+    run(tmp_path / "whole")
+    killed = subprocess.Popen(
+        cmd + [str(tmp_path / "killed")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    index = tmp_path / "killed" / "index.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and killed.poll() is None:
+        if index.is_file() and len(json.loads(index.read_text())["shards"]) >= 3:
+            break
+        time.sleep(0.002)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    partial = json.loads(index.read_text())
+    assert not partial["complete"], "prepare finished before the kill; the test needs more files"
+    run(tmp_path / "killed")  # the same command continues
+    whole = json.loads((tmp_path / "whole" / "index.json").read_text())
+    resumed = json.loads(index.read_text())
+    assert resumed["complete"] and resumed["shards"] == whole["shards"]
+    assert resumed["skipped"] == whole["skipped"]
+    for shard in whole["shards"]:
+        a = load_file(tmp_path / "whole" / shard["file"])
+        b = load_file(tmp_path / "killed" / shard["file"])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_dit_from_the_cache(data, vae, tmp_path, one_thread):
+    prepare(data, tmp_path / "cache", SIZE, vae_dir=vae, progress=False)
+    recipe = tiny_recipe(tmp_path, top="batch_size = 3\n", steps=2)
+    model = train_dit(recipe, tmp_path / "run", data=tmp_path / "cache")
+    pipe = TextToVideoPipeline.from_pretrained(model)
+    frames = pipe("a red ball", num_frames=9, progress=False).frames
+    assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.uint8
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["data"] == str(
+        tmp_path / "cache"
+    )
+
+
+def test_a_cache_from_another_vae_is_refused(data, vae, tmp_path, one_thread):
+    prepare(data, tmp_path / "cache", SIZE, vae_dir=vae, progress=False)
+    other = save_tiny_vae(tmp_path / "other")
+    weights = load_file(other / "model.safetensors")  # same config, other weights
+    save_tensors({k: v + 0.01 for k, v in weights.items()}, other / "model.safetensors")
+    recipe = tiny_recipe(tmp_path / "r", steps=1)
+    text = recipe.read_text().replace(f'vae = "{tmp_path / "r" / "vae"}"', f'vae = "{other}"')
+    recipe.write_text(text)
+    with pytest.raises(CacheError, match=f"made with the VAE {vae} .* not {other}"):
+        train_dit(recipe, tmp_path / "run", data=tmp_path / "cache")
+    with pytest.raises(CacheError, match="made with the VAE"):
+        prepare(data, tmp_path / "cache", SIZE, vae_dir=other, progress=False)
+    with pytest.raises(CacheError, match="is not a prepared cache"):
+        LatentCache(tmp_path)
