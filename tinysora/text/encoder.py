@@ -44,10 +44,18 @@ class TextEncoder:
     (the states of real tokens do not depend on padding; a 32-token budget for ~13-token
     captions halves the cost) under ``device.autocast`` (bf16 where the CPU has it: 3.5x
     less time than fp32 together, 0.6% relative error), then padded with masked zeros.
-    The cache keeps the last ``CACHE_SIZE`` prompts.
+    The cache keeps the last ``cache_size`` prompts. Training passes ``cache_size=0``: a
+    prompt's states then depend only on the batch it comes in (which the step fixes), not
+    on which earlier batch first encoded it, so a resumed run repeats an uninterrupted one
+    bit for bit (a padded batch's GEMM shapes, and so its rounding, differ by batch).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, max_length: int = DEFAULT_MAX_LENGTH):
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        cache_size: int = CACHE_SIZE,
+    ):
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -71,7 +79,7 @@ class TextEncoder:
         except (OSError, ValueError) as e:
             raise TextEncoderError(f"cannot load text encoder from '{self.path}': {e}") from None
         self.model = model.eval().requires_grad_(False)
-        self.max_length = max_length
+        self.max_length, self.cache_size = max_length, cache_size
         self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -99,9 +107,9 @@ class TextEncoder:
         found = {p: self._cache[p] for p in prompts if p in self._cache}
         if new:
             found.update(self._encode_new(new))
-        for p in new:
+        for p in new if self.cache_size else ():
             self._cache[p] = found[p]
-            if len(self._cache) > CACHE_SIZE:
+            if len(self._cache) > self.cache_size:
                 del self._cache[next(iter(self._cache))]  # the oldest prompt
         states = torch.stack([found[p][0] for p in prompts])
         mask = torch.stack([found[p][1] for p in prompts])

@@ -80,7 +80,8 @@ def _world_steps(recipe: DiTRecipe, out: Path) -> Steps:
     cache = out / "latents.safetensors"
     if not cache.is_file():
         (build_mixture_cache if packing else build_latent_cache)(recipe, cache)
-    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
+    # no prompt cache: a step's text states depend on that step alone (exact resume)
+    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length, cache_size=0)
     return (packed_steps if packing else fixed_size_steps)(recipe, load_tensors(cache), encoder)
 
 
