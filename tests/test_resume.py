@@ -14,26 +14,59 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import tiny_recipe
 
 STEPS, EVERY = 60, 5
+VAE_RECIPE = f"""\
+val_clips = 1
+stats_clips = 2
+[model]
+latent_channels = 4
+channels = [8, 8, 16]
+encoder_blocks = 1
+decoder_blocks = 1
+[train]
+steps = {STEPS}
+lr = 1e-3
+warmup_steps = 1
+ema_decay = 0.9
+checkpoint_every = {EVERY}
+keep_checkpoints = 3
+eval_every = 100000
+log_every = 5
+[data]
+sizes = [[32, 32]]
+frames = [1, 5]
+frame_weights = [0.5, 0.5]
+pixels_per_batch = 10240
+"""
 
 
-def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path):
+def dit_recipe(root):
     recipe = tiny_recipe(
-        tmp_path,
+        root,
         top="cache_clips = 12\nbatch_size = 4\nencode_batch = 4\n",
         steps=STEPS,
         log_every=5,
         train="ema_decay = 0.9\nkeep_checkpoints = 3\n",
     )
-    recipe.write_text(
-        recipe.read_text().replace("checkpoint_every = 2", f"checkpoint_every = {EVERY}")
-    )
+    text = recipe.read_text().replace("checkpoint_every = 2", f"checkpoint_every = {EVERY}")
+    recipe.write_text(text)
+    return recipe
+
+
+@pytest.mark.parametrize("model", ["dit", "vae"])
+def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, model):
+    if model == "dit":
+        recipe = dit_recipe(tmp_path)
+    else:
+        recipe = tmp_path / "vae.toml"
+        recipe.write_text(VAE_RECIPE)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "tinysora.cli", "train", "dit", "--config", str(recipe), "--out"]
+    cmd = [sys.executable, "-m", "tinysora.cli", "train", model, "--config", str(recipe), "--out"]
     subprocess.run(cmd + [str(tmp_path / "whole")], env=env, check=True, capture_output=True)
 
     run = tmp_path / "killed"
