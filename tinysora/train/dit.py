@@ -29,6 +29,7 @@ from tinysora.io.checkpoint import (
 )
 from tinysora.perf import peak_flops
 from tinysora.text.encoder import TextEncoder, default_encoder_path
+from tinysora.train import distributed
 from tinysora.train.latents import build_latent_cache, build_mixture_cache
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.steps import Steps, cached_steps, fixed_size_steps, packed_steps
@@ -43,16 +44,26 @@ def train_dit(
     init: str | Path | None = None,
 ) -> Path:
     """Train a DiT recipe into run directory ``out``; ``data`` (a prepared cache) and
-    ``init`` (a model directory) override the recipe's ``data`` and ``init_from``."""
+    ``init`` (a model directory) override the recipe's ``data`` and ``init_from``. Under
+    torchrun each process trains on its share of every batch (``train.distributed``)."""
     recipe = DiTRecipe.load(config_path)
     recipe.data = str(data) if data else recipe.data
     recipe.init_from = str(init) if init else recipe.init_from
     out = Path(out)
     check_run_dir(out, resume)
+    distributed.setup()
+    if distributed.world() > 1 and recipe.packing.enabled:
+        raise ConfigError("[packing] does not run under torchrun yet: train it in one process")
     out.mkdir(parents=True, exist_ok=True)
-    steps = _cache_steps(recipe) if recipe.data else _world_steps(recipe, out)
+    latents = out / "latents.safetensors"
+    if distributed.is_main() and not recipe.data and not latents.is_file():
+        build = build_mixture_cache if recipe.packing.enabled else build_latent_cache
+        build(recipe, latents)  # rank 0 writes the latent cache, the others wait for it
+    distributed.barrier()
+    steps = _cache_steps(recipe) if recipe.data else _world_steps(recipe, latents)
     recipe.model.in_channels = steps.latent_channels
-    recipe.save(out / "recipe.json")
+    if distributed.is_main():
+        recipe.save(out / "recipe.json")
     torch.manual_seed(recipe.train.seed)
     model = DiT(recipe.model)
     if recipe.init_from:
@@ -71,18 +82,19 @@ def train_dit(
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")
     trainer.fit()
-    return export_model(recipe, trainer.ema_state(), out / "model")
+    if distributed.is_main():
+        export_model(recipe, trainer.ema_state(), out / "model")
+    distributed.barrier()
+    distributed.shutdown()
+    return out / "model"
 
 
-def _world_steps(recipe: DiTRecipe, out: Path) -> Steps:
-    """Steps on Shapes World latents, encoded once into ``out/latents.safetensors``."""
+def _world_steps(recipe: DiTRecipe, latents: Path) -> Steps:
+    """Steps on the run's Shapes World latents (``train.latents``)."""
     packing = recipe.packing.enabled
-    cache = out / "latents.safetensors"
-    if not cache.is_file():
-        (build_mixture_cache if packing else build_latent_cache)(recipe, cache)
     # no prompt cache: a step's text states depend on that step alone (exact resume)
     encoder = TextEncoder(max_length=recipe.pipeline.text_max_length, cache_size=0)
-    return (packed_steps if packing else fixed_size_steps)(recipe, load_tensors(cache), encoder)
+    return (packed_steps if packing else fixed_size_steps)(recipe, load_tensors(latents), encoder)
 
 
 def _cache_steps(recipe: DiTRecipe) -> Steps:

@@ -34,6 +34,7 @@ from tinysora.config import Config
 from tinysora.device import autocast
 from tinysora.io.atomic import atomic_dir, atomic_write_text
 from tinysora.io.checkpoint import CheckpointError, load_into, load_tensors, save_tensors
+from tinysora.train import distributed
 from tinysora.worlds.shapes import SplitMix64
 
 
@@ -123,6 +124,7 @@ class Trainer:
         self.step = 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.net = distributed.wrap(model)  # what the loss calls (DDP under torchrun)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -186,6 +188,8 @@ class Trainer:
                     self.ema[k].copy_(v)
 
     def log(self, record: dict) -> None:
+        if not distributed.is_main():
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -196,17 +200,22 @@ class Trainer:
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         self.model.train()
         bar = tqdm(
-            total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not distributed.is_main(),
         )
         window: list[dict[str, float]] = []
         t_window = time.perf_counter()
         try:
             while self.step < end:
-                batch = self.batch_fn(self.step)
+                batch = distributed.shard(self.batch_fn(self.step))  # this rank's share
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(cfg, self.step)
                 with autocast(cfg.bf16):
-                    loss, metrics = self.loss_fn(self.model, batch)
+                    loss, metrics = self.loss_fn(self.net, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
                 self.optimizer.zero_grad(set_to_none=True)
@@ -216,7 +225,8 @@ class Trainer:
                 if self.ema is not None:
                     self._update_ema()
                 self.step += 1
-                metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), **metrics}
+                loss_value = distributed.mean_over_ranks(loss.item())
+                metrics = {"loss": loss_value, "grad_norm": grad_norm.item(), **metrics}
                 if self.flops_per_step is not None:
                     metrics["flops"] = float(self.flops_per_step(batch))
                 window.append(metrics)
@@ -225,9 +235,8 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == end:
                     self._log_window(window, time.perf_counter() - t_window)
                     window, t_window = [], time.perf_counter()
-                if self.eval_fn is not None and (
-                    self.step % cfg.eval_every == 0 or self.step == end
-                ):
+                evaluate = self.step % cfg.eval_every == 0 or self.step == end
+                if self.eval_fn is not None and evaluate and distributed.is_main():
                     self.model.eval()
                     with torch.no_grad():
                         scores = self.eval_fn(self.model)
@@ -236,7 +245,9 @@ class Trainer:
                     bar.write(
                         f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
                     )
-                if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                if distributed.is_main() and (
+                    self.step % cfg.checkpoint_every == 0 or self.step == end
+                ):
                     self.save_checkpoint()
         finally:
             bar.close()
@@ -246,9 +257,13 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, "lr": lr_at(self.cfg, self.step - 1)}
         record.update({k: sum(m[k] for m in window) / len(window) for k in keys if k != "flops"})
         record["s_per_step"] = seconds / len(window)
+        if "flops" in keys:  # model FLOPs of this process's share of a step
+            record["flops_per_step"] = sum(m["flops"] for m in window) / len(window)
         if "flops" in keys and self.peak_flops:
             achieved = sum(m["flops"] for m in window) / seconds
             record["mfu"] = achieved / self.peak_flops
+        if distributed.world() > 1:
+            record["processes"] = distributed.world()
         self.log(record)
 
 
