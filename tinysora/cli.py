@@ -41,9 +41,17 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     if args.model == "vae" and (args.data or args.init):
-        raise CliError("--data and --init are for `tinysora train dit`")
+        raise CliError("--data and --init are for `tinysora train dit` and `train lora`")
+    if args.model == "lora" and not (args.data and args.init):
+        raise CliError("train lora needs --init MODEL_DIR and --data CACHE")
+    if args.model != "lora" and not args.config:
+        raise CliError(f"train {args.model} needs --config RECIPE")
     try:
-        if args.model == "vae":
+        if args.model == "lora":
+            from tinysora.train.lora import train_lora
+
+            train_lora(args.init, args.data, args.out, args.rank, args.config, args.resume)
+        elif args.model == "vae":
             from tinysora.train.vae import train_vae
 
             train_vae(args.config, args.out, resume=args.resume)
@@ -78,7 +86,12 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from tinysora.train.dit import export_checkpoint
 
-    path = export_checkpoint(args.run, args.output, step=args.step)
+    if args.merge_lora:
+        from tinysora.train.lora import export_merged
+
+        path = export_merged(args.run, args.output, step=args.step)
+    else:
+        path = export_checkpoint(args.run, args.output, step=args.step)
     print(path.resolve())
 
 
@@ -132,6 +145,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     out = args.output or f"outputs/generate_{args.seed}.mp4"
     check_output_path(out)  # a bad name fails now, not after sampling
     pipe = TextToVideoPipeline.from_pretrained(args.model)
+    if args.lora:
+        pipe.load_lora(args.lora, args.lora_scale)
     t_load = time.perf_counter() - t0
     video = pipe(
         args.prompt,
@@ -250,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
     gen.add_argument("--negative-prompt", help="what to steer away from")
     gen.add_argument("--model", help="model directory (default: bundled weights/)")
+    gen.add_argument("--lora", help="a LoRA adapter directory (`tinysora train lora`)")
+    gen.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (1)")
     gen.add_argument("--image", help="image-to-video: this image is frame 0")
     gen.add_argument("--first", help="keyframe: the first frame (with --last: interpolation)")
     gen.add_argument("--last", help="keyframe: the last frame")
@@ -265,12 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")
-    train.add_argument("model", choices=["vae", "dit"], help="which model to train")
-    train.add_argument("--config", required=True, help="recipe, e.g. configs/vae_shapes.toml")
+    train.add_argument("model", choices=["vae", "dit", "lora"], help="what to train")
+    train.add_argument("--config", help="recipe, e.g. configs/vae_shapes.toml (lora: optional)")
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--data", help="dit: a cache of your own clips (`tinysora prepare`)")
-    train.add_argument("--init", help="dit: start from this model directory's DiT")
+    train.add_argument("--init", help="dit, lora: start from this model directory's DiT")
+    train.add_argument("--rank", type=int, default=8, help="lora: adapter rank (default 8)")
     train.set_defaults(func=_cmd_train)
 
     prep = sub.add_parser(
@@ -297,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="run directory of `tinysora train dit`")
     export.add_argument("-o", "--output", required=True, help="model directory to write")
     export.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    export.add_argument(
+        "--merge-lora", action="store_true", help="a LoRA run: merge its adapter into the model"
+    )
     export.set_defaults(func=_cmd_export)
 
     _add_eval_parsers(sub)

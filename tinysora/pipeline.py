@@ -190,6 +190,13 @@ class TextToVideoPipeline:
         vae = load_pretrained(VideoVAE, root / "vae")
         return cls(vae, load_pretrained(DiT, root / "dit"), encoder, config)
 
+    def load_lora(self, directory: str | os.PathLike, scale: float = 1.0) -> TextToVideoPipeline:
+        """Add a LoRA adapter (``tinysora train lora``) to the DiT, its update times ``scale``."""
+        from tinysora.dit.lora import load_lora  # peft loads accelerate: only when asked
+
+        load_lora(self.dit, directory, scale)
+        return self
+
     def set_sampling(self, guidance_scale: float | None = None, sampler: str | None = None):
         """Change the default guidance scale / sampler (None keeps the model's)."""
         if sampler is not None:
