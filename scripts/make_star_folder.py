@@ -29,9 +29,7 @@ MOTIONS = ("moving left", "moving right", "moving up", "moving down", "growing",
            "standing still")  # fmt: skip
 # (color, motion) pairs that no file shows: two per color, every motion twice
 HELD_OUT = {
-    (color, MOTIONS[(2 * i + k) % len(MOTIONS)])
-    for i, color in enumerate(COLORS)
-    for k in range(2)
+    (color, MOTIONS[(2 * i + k) % len(MOTIONS)]) for i, color in enumerate(COLORS) for k in range(2)
 }
 SUPERSAMPLE = 4
 
@@ -97,7 +95,8 @@ def main() -> None:
         frames = round(fps * rng.uniform(2.5, 4.0))
         name = f"star_{i:03d}.mp4"
         write_video(out / name, star_clip(color, background, size, motion, side, frames), fps=fps)
-        rows.append(f"{name},{caption(size, color, motion, background)},{frames},{side},{side},{fps}")
+        text = caption(size, color, motion, background)
+        rows.append(f"{name},{text},{frames},{side},{side},{fps}")
     (out / "broken.mp4").write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
     rows += [
         "broken.mp4,a large red star moving left on a white background,30,64,64,8",

@@ -15,7 +15,6 @@ import importlib.util
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

@@ -88,7 +88,14 @@ def test_prepare_resumes_after_kill_9_to_the_same_cache(vae, tmp_path):
     def run(out):
         subprocess.run(cmd + [str(out)], env=env, check=True, capture_output=True)
 
-    run(tmp_path / "whole")
+    # the uninterrupted run goes alongside the one that gets killed (one thread each)
+    with open(tmp_path / "side.err", "w") as err:
+        whole_run = subprocess.Popen(
+            cmd + [str(tmp_path / "whole")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     killed = subprocess.Popen(
         cmd + [str(tmp_path / "killed")],
         env=env,
@@ -106,6 +113,7 @@ def test_prepare_resumes_after_kill_9_to_the_same_cache(vae, tmp_path):
     partial = json.loads(index.read_text())
     assert not partial["complete"], "prepare finished before the kill; the test needs more files"
     run(tmp_path / "killed")  # the same command continues
+    assert whole_run.wait() == 0, (tmp_path / "side.err").read_text()[-2000:]
     whole = json.loads((tmp_path / "whole" / "index.json").read_text())
     resumed = json.loads(index.read_text())
     assert resumed["complete"] and resumed["shards"] == whole["shards"]

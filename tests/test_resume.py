@@ -17,32 +17,16 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainer import RECIPE
 from tiny import tiny_recipe
 
 STEPS, EVERY = 60, 5
-VAE_RECIPE = f"""\
-val_clips = 1
-stats_clips = 2
-[model]
-latent_channels = 4
-channels = [8, 8, 16]
-encoder_blocks = 1
-decoder_blocks = 1
-[train]
-steps = {STEPS}
-lr = 1e-3
-warmup_steps = 1
-ema_decay = 0.9
-checkpoint_every = {EVERY}
-keep_checkpoints = 3
-eval_every = 100000
-log_every = 5
-[data]
-sizes = [[32, 32]]
-frames = [1, 5]
-frame_weights = [0.5, 0.5]
-pixels_per_batch = 10240
-"""
+# test_trainer's tiny VAE recipe, longer, with rarer checkpoints and no evaluations
+VAE_RECIPE = (
+    RECIPE.replace("steps = 4\n", f"steps = {STEPS}\n")
+    .replace("checkpoint_every = 2\n", f"checkpoint_every = {EVERY}\nkeep_checkpoints = 3\n")
+    .replace("eval_every = 2\n", "eval_every = 100000\n")
+)
 
 
 def dit_recipe(root):
@@ -68,8 +52,14 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, model):
         recipe.write_text(VAE_RECIPE)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tinysora.cli", "train", model, "--config", str(recipe), "--out"]
-    subprocess.run(cmd + [str(tmp_path / "whole")], env=env, check=True, capture_output=True)
-
+    # the uninterrupted run goes alongside the one that gets killed (one thread each)
+    with open(tmp_path / "side.err", "w") as err:
+        whole = subprocess.Popen(
+            cmd + [str(tmp_path / "whole")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     run = tmp_path / "killed"
     killed = subprocess.Popen(
         cmd + [str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -88,6 +78,7 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, model):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from step {int(stopped_at[5:])}" in resumed.stdout
 
+    assert whole.wait() == 0, (tmp_path / "side.err").read_text()[-2000:]
     final = f"checkpoints/step_{STEPS:08d}"
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
         a, b = load_file(tmp_path / "whole" / final / name), load_file(run / final / name)

@@ -70,7 +70,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     from tinysora.data.cache import prepare
     from tinysora.data.folder import FolderConfig
 
-    logging.basicConfig(format="tinysora: skipped %(message)s", level=logging.WARNING)
+    logging.basicConfig(format="tinysora: %(message)s", level=logging.WARNING)
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
@@ -190,6 +190,8 @@ def _add_eval_parsers(sub) -> None:
             p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
             p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
             p.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
+            p.add_argument("--lora", help="a LoRA adapter to load into the model")
+            p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength")
         return p
 
     p = command("adherence", "prompt adherence of generations, judged by the detector", True)

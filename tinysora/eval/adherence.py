@@ -53,6 +53,15 @@ def group_prompts(group: str, n: int) -> list[tuple[Scene, str]]:
     return out
 
 
+def load_pipe(args: argparse.Namespace, model=None) -> TextToVideoPipeline:
+    """The pipeline an eval command measures: ``--model`` (or ``model``), its ``--lora``
+    adapter if given, and the ``--guidance`` / ``--sampler`` overrides."""
+    pipe = TextToVideoPipeline.from_pretrained(model or args.model)
+    if getattr(args, "lora", None):
+        pipe.load_lora(args.lora, args.lora_scale)
+    return pipe.set_sampling(args.guidance, args.sampler)
+
+
 def generate_seeded(
     pipe: TextToVideoPipeline,
     prompts: list[str],
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
         raise UserError(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
-    pipe = TextToVideoPipeline.from_pretrained(args.model).set_sampling(args.guidance, args.sampler)
+    pipe = load_pipe(args)
     report = evaluate(
         pipe, args.n, args.frames, args.height, args.width, args.groups, steps=args.steps
     )

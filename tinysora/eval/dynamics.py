@@ -54,9 +54,8 @@ import math
 import numpy as np
 from scipy import optimize
 
-from tinysora.eval.adherence import generate_seeded
+from tinysora.eval.adherence import generate_seeded, load_pipe
 from tinysora.eval.metrics import wilson, write_json
-from tinysora.pipeline import TextToVideoPipeline
 from tinysora.worlds.detect import (
     COLOR_NAMES,
     LABEL_MAX_DIST,
@@ -534,8 +533,7 @@ def run(args: argparse.Namespace) -> dict:
     """`tinysora eval dynamics`: evaluate, print two lines per group, save the JSON."""
     pipe = None
     if not args.truth:
-        pipe = TextToVideoPipeline.from_pretrained(args.model)
-        pipe.set_sampling(args.guidance, args.sampler)
+        pipe = load_pipe(args)
     report = evaluate(pipe, args.n, args.frames, args.height, args.width, args.steps)
     for group, r in report.items():
         print("\n".join(summary_lines(group, r)))

@@ -28,7 +28,6 @@ from tinysora.eval.adherence import generate_seeded
 from tinysora.eval.metrics import write_json
 from tinysora.io.checkpoint import resolve_model_dir
 from tinysora.io.video import write_contact_sheet, write_gif
-from tinysora.pipeline import TextToVideoPipeline
 from tinysora.vae.model import TIME_FACTOR
 from tinysora.worlds.detect import detect, judge
 from tinysora.worlds.shapes import render
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.html)
     out.mkdir(parents=True, exist_ok=True)
     model = resolve_model_dir(args.model)
-    pipe = TextToVideoPipeline.from_pretrained(model).set_sampling(args.guidance, args.sampler)
+    pipe = adherence.load_pipe(args, model)
     size = (args.frames, args.height, args.width)
     t0 = time.perf_counter()
     report: dict = {"model": str(model.resolve()), "size": list(size), "n": args.n}

@@ -54,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 from tinysora.errors import UserError
-from tinysora.eval.adherence import ATTRIBUTES, group_prompts
+from tinysora.eval.adherence import ATTRIBUTES, group_prompts, load_pipe
 from tinysora.eval.metrics import wilson, write_json
 from tinysora.nn.metrics import psnr
 from tinysora.pipeline import CONTEXT_LATENTS, TextToVideoPipeline, legal_size
@@ -586,7 +586,7 @@ def run(args: argparse.Namespace) -> dict:
     """`tinysora eval tasks`: evaluate, print a table, save the JSON."""
     setup = Setup(args.frames, args.height, args.width, args.long_frames, args.steps)
     check_setup(setup, args.tasks, args.n)
-    pipe = TextToVideoPipeline.from_pretrained(args.model).set_sampling(args.guidance, args.sampler)
+    pipe = load_pipe(args)
     report = evaluate(pipe, args.n, setup, args.tasks)
     print(f"{'task':16s}{'metric':26s}{'value':>9s}  {'target':10s}met")
     for task, metric, value, target, met in table_rows(report):

@@ -70,6 +70,17 @@ def train_dit(
         load_into(model, load_tensors(_dit_weights(recipe.init_from)), recipe.init_from)
     if recipe.train.compile:
         model.compile_blocks()
+    trainer = fit(model, recipe, steps, out, resume)
+    if distributed.is_main():
+        export_model(recipe, trainer.ema_state(), out / "model")
+    distributed.barrier()
+    distributed.shutdown()
+    return out / "model"
+
+
+def fit(model: DiT, recipe: DiTRecipe, steps: Steps, out: Path, resume: bool) -> Trainer:
+    """Train ``model`` with ``steps`` in run directory ``out`` (from its last checkpoint if
+    ``resume``); returns the finished trainer."""
     trainer = Trainer(
         model,
         recipe.train,
@@ -82,11 +93,7 @@ def train_dit(
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")
     trainer.fit()
-    if distributed.is_main():
-        export_model(recipe, trainer.ema_state(), out / "model")
-    distributed.barrier()
-    distributed.shutdown()
-    return out / "model"
+    return trainer
 
 
 def _world_steps(recipe: DiTRecipe, latents: Path) -> Steps:

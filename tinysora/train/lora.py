@@ -34,13 +34,13 @@ from tinysora.io.checkpoint import (
     resolve_model_dir,
     save_pretrained,
 )
-from tinysora.perf import peak_flops
 from tinysora.pipeline import PipelineConfig
 from tinysora.text.encoder import default_encoder_path
 from tinysora.train import distributed
+from tinysora.train.dit import fit
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.steps import cached_steps
-from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir
+from tinysora.train.trainer import TrainConfig, check_run_dir
 
 LORA_TRAIN = TrainConfig(
     steps=600, lr=5e-4, warmup_steps=30, ema_decay=0.99, checkpoint_every=100, log_every=10
@@ -82,18 +82,7 @@ def train_lora(
         out.mkdir(parents=True, exist_ok=True)
         recipe.save(out / "recipe.json")
         (out / "lora.json").write_text(json.dumps({"init": str(init), "rank": rank}) + "\n")
-    trainer = Trainer(
-        dit,
-        recipe.train,
-        out,
-        loss_fn=steps.loss_fn,
-        batch_fn=steps.batch_fn,
-        flops_per_step=steps.flops_fn,
-        peak_flops=recipe.train.peak_tflops * 1e12 or peak_flops(),
-    )
-    if resume and trainer.load_checkpoint():
-        print(f"resumed from step {trainer.step}")
-    trainer.fit()
+    trainer = fit(dit, recipe, steps, out, resume)
     if distributed.is_main():
         load_into(dit, dict(trainer.ema_state()), "EMA weights")
         save_lora(model, out / "adapter")
