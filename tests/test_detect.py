@@ -51,6 +51,7 @@ def accuracy(seeds, sizes, tmp_path) -> tuple[dict[str, float], int, list]:
     return {a: right[a] / total for a in right}, extra, errors
 
 
+@pytest.mark.slow  # make test keeps the mixture sample; `make detector-accuracy` measures all
 def test_accuracy_on_100_test_clips_64x64x17(tmp_path):
     seeds = [split_seed("test", 5000 + i) for i in range(100)]
     acc, extra, errors = accuracy(seeds, [(64, 64, 17)], tmp_path)
