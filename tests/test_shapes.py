@@ -581,7 +581,7 @@ def _check_bounce(track: ObjectTrack, h: int, w: int, t: int, taus, where: str) 
     assert first_up.size and (dy[: first_up[0]] > 0).all(), f"{where}: no visible bounce"
 
 
-@pytest.mark.slow  # every object kind is checked in make test (test_geometry_of_every_single_object_kind)
+@pytest.mark.slow  # make test checks every object kind (test_geometry_of_every_single_object_kind)
 def test_geometry_of_sampled_scenes():
     motions_seen: Counter = Counter()
     two_object = 0
