@@ -68,7 +68,7 @@ def test_prepare_writes_shards_an_index_and_reads_back(data, vae, tmp_path, one_
 
 
 def test_prepare_resumes_after_kill_9_to_the_same_cache(vae, tmp_path):
-    data = make_folder(tmp_path / "clips", 40)
+    data = make_folder(tmp_path / "clips", 28)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from tiny import save_tiny_model
 
 from tinysora.cli import main
@@ -14,6 +15,7 @@ from tinysora.eval.tasks import TASKS
 from tinysora.io.video import read_video
 
 
+@pytest.mark.slow  # every eval it gathers runs in make test on its own
 def test_eval_all_writes_a_self_contained_page(tmp_path, one_thread, capsys):
     model = save_tiny_model(tmp_path / "model", width=32, depth=1)
     log = tmp_path / "log.jsonl"

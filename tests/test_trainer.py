@@ -456,6 +456,7 @@ def test_train_vae_resume_is_exact(crashed_vae_run, vae_run):
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow  # subprocess; train_vae itself is tested in process above
 def test_cli_train_vae(recipe_path, tmp_path):
     result = cli("train", "vae", "--config", recipe_path, "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
