@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import save_tiny_vae, tiny_recipe
+from tiny import save_tiny_vae, start_alongside, tiny_recipe
 
 from tinysora.data.cache import CacheError, LatentCache, prepare
 from tinysora.data.folder import FolderConfig
@@ -89,13 +89,7 @@ def test_prepare_resumes_after_kill_9_to_the_same_cache(vae, tmp_path):
         subprocess.run(cmd + [str(out)], env=env, check=True, capture_output=True)
 
     # the uninterrupted run goes alongside the one that gets killed (one thread each)
-    with open(tmp_path / "side.err", "w") as err:
-        whole_run = subprocess.Popen(
-            cmd + [str(tmp_path / "whole")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    whole_run = start_alongside(cmd + [str(tmp_path / "whole")], tmp_path / "side.err")
     killed = subprocess.Popen(
         cmd + [str(tmp_path / "killed")],
         env=env,

@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from safetensors.torch import load_file
-from tiny import tiny_recipe
+from tiny import start_alongside, tiny_recipe
 
 STEPS = 50
 TOLERANCE = 5e-4
@@ -38,14 +38,7 @@ def test_two_processes_track_one_with_twice_the_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = ["-m", "tinysora", "train", "dit", "--config", str(recipe), "--out"]
     # the 1-process run goes alongside the torchrun one (3 one-thread processes)
-    with open(tmp_path / "side.err", "w") as err:
-        one = subprocess.Popen(
-            [sys.executable, *train, str(tmp_path / "one")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            text=True,
-        )
+    one = start_alongside([sys.executable, *train, str(tmp_path / "one")], tmp_path / "side.err")
     torchrun = [
         sys.executable,
         "-m",

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_trainer import RECIPE
-from tiny import tiny_recipe
+from tiny import start_alongside, tiny_recipe
 
 STEPS, EVERY = 60, 5
 # test_trainer's tiny VAE recipe, longer, with rarer checkpoints and no evaluations
@@ -53,13 +53,7 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, model):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tinysora.cli", "train", model, "--config", str(recipe), "--out"]
     # the uninterrupted run goes alongside the one that gets killed (one thread each)
-    with open(tmp_path / "side.err", "w") as err:
-        whole = subprocess.Popen(
-            cmd + [str(tmp_path / "whole")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    whole = start_alongside(cmd + [str(tmp_path / "whole")], tmp_path / "side.err")
     run = tmp_path / "killed"
     killed = subprocess.Popen(
         cmd + [str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

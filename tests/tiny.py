@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import torch
@@ -55,3 +57,11 @@ def save_tiny_model(
     save_pretrained(dit, cfg, root / "dit")
     PipelineConfig(num_inference_steps=steps, guidance_scale=guidance).save(root / "pipeline.json")
     return root
+
+
+def start_alongside(cmd: list[str], err: Path) -> subprocess.Popen:
+    """Start a reference run beside the one a test drives: one torch thread, stdout
+    dropped, stderr into the file ``err`` (a pipe nobody reads could fill and block it)."""
+    with open(err, "w") as stderr:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
