@@ -2,71 +2,160 @@
 
 Every rank draws the step's whole batch and trains on its half; DDP averages the
 halves' gradients, which is the whole batch's gradient up to float summation order. So
-the two runs differ only by rounding: after 50 AdamW steps of the tiny preset (in fp32,
+the runs differ only by rounding: after 50 AdamW steps of the tiny preset (in fp32,
 ``bf16 = false``, so bf16 rounding of half batches does not blur the check) the weights
 agree within TOLERANCE relative to each tensor's largest magnitude (measured on an AMD
-EPYC: 5.4e-5) and the logged losses within 1e-4 (measured: equal to 6 decimals).
+EPYC: DDP 5.4e-5) and the logged losses within 1e-4 (measured: equal to 6 decimals).
+
+The same holds for FSDP2 (parameters, gradients and optimizer state sharded over the
+two processes) and for two torchrun launchers of one process each (``--nnodes 2``) that
+meet over a c10d rendezvous on loopback, as two machines would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
 from safetensors.torch import load_file
-from tiny import start_alongside, tiny_recipe
+from tiny import tiny_recipe
+
+from tinysora.pipeline import TextToVideoPipeline
 
 STEPS = 50
 TOLERANCE = 5e-4
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_two_processes_track_one_with_twice_the_batch(tmp_path):
+def write_recipe(root: Path, parallel: str = "ddp") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     recipe = tiny_recipe(
-        tmp_path,
+        root,
         top="cache_clips = 16\nbatch_size = 4\nencode_batch = 4\nheight = 32\nwidth = 32\n"
         "frames = 9\n",
         steps=STEPS,
         log_every=10,
-        train="ema_decay = 0.9\nbf16 = false\n",
+        train=f'ema_decay = 0.9\nbf16 = false\nparallel = "{parallel}"\n',
     )
     text = recipe.read_text().replace(
         "[model]\nwidth = 32\ndepth = 1\nheads = 2\n", '[model]\npreset = "tiny"\n'
     )
     recipe.write_text(text.replace("checkpoint_every = 2", f"checkpoint_every = {STEPS}"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = ["-m", "tinysora", "train", "dit", "--config", str(recipe), "--out"]
-    # the 1-process run goes alongside the torchrun one (3 one-thread processes)
-    one = start_alongside([sys.executable, *train, str(tmp_path / "one")], tmp_path / "side.err")
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
-    two = subprocess.run(
-        [*torchrun, *train, str(tmp_path / "two")], env=env, capture_output=True, text=True
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert one.wait() == 0, (tmp_path / "side.err").read_text()[-2000:]
+    return recipe
 
+
+def train_args(recipe: Path, out: Path) -> list[str]:
+    return ["-m", "tinysora", "train", "dit", "--config", str(recipe), "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The 1-process run with the whole batch (the same weights init for every recipe:
+    the tiny VAE is saved from seed 0 each time)."""
+    root = tmp_path_factory.mktemp("reference")
+    recipe = write_recipe(root)
+    run = subprocess.run(
+        [sys.executable, *train_args(recipe, root / "one")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root / "one"
+
+
+def logs_of(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def assert_tracks(one: Path, two: Path) -> None:
     final = f"checkpoints/step_{STEPS:08d}/model.safetensors"
-    a, b = load_file(tmp_path / "one" / final), load_file(tmp_path / "two" / final)
+    a, b = load_file(one / final), load_file(two / final)
     worst = max(float((a[k] - b[k]).abs().max()) / max(float(a[k].abs().max()), 1e-6) for k in a)
     assert worst < TOLERANCE, worst
-    logs = [
-        [json.loads(x) for x in (tmp_path / run / "log.jsonl").read_text().splitlines()]
-        for run in ("one", "two")
-    ]
+    logs = logs_of(one), logs_of(two)
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [10, 20, 30, 40, 50]
     for x, y in zip(*logs, strict=True):
         assert abs(x["loss"] - y["loss"]) < 1e-4, (x["loss"], y["loss"])
         # each of the 2 processes trained on half of every batch
         assert y["processes"] == 2 and "processes" not in x
         assert y["flops_per_step"] == x["flops_per_step"] / 2
+        assert y["tokens_per_s"] > 0
     assert logs[0][-1]["loss"] < logs[0][0]["loss"]  # it trained
     # rank 0 alone wrote the checkpoints, the log and the model
-    assert (tmp_path / "two" / "model" / "dit" / "model.safetensors").is_file()
+    assert (two / "model" / "dit" / "model.safetensors").is_file()
+
+
+def test_two_processes_track_one_with_twice_the_batch(tmp_path, reference):
+    recipe = write_recipe(tmp_path)
+    cmd = [
+        *TORCHRUN,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *train_args(recipe, tmp_path / "two"),
+    ]
+    two = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_tracks(reference, tmp_path / "two")
+
+
+def test_fsdp_shards_track_one_process_and_export_one_model(tmp_path, reference):
+    recipe = write_recipe(tmp_path, parallel="fsdp")
+    cmd = [
+        *TORCHRUN,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *train_args(recipe, tmp_path / "two"),
+    ]
+    two = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_tracks(reference, tmp_path / "two")
+    # the checkpoint holds the whole model (gathered), in the one-process format: the
+    # exported directory is the EMA of the reference's up to rounding, and it generates
+    ema = f"checkpoints/step_{STEPS:08d}/ema.safetensors"
+    a, b = load_file(reference / ema), load_file(tmp_path / "two" / ema)
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "two" / "model")
+    video = pipe("a red circle", num_frames=9, height=32, width=32, progress=False).frames
+    assert video.shape == (9, 32, 32, 3) and video.dtype == np.uint8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_meet_over_loopback_rendezvous(tmp_path, reference):
+    recipe = write_recipe(tmp_path)
+    rdzv = ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}"]
+    nodes = [
+        subprocess.Popen(
+            [
+                *TORCHRUN,
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(node),
+                "--rdzv_id",
+                "tinysora-test",
+                *rdzv,
+                *train_args(recipe, tmp_path / "two"),
+            ],  # fmt: skip
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"node{node}.err", "w"),  # noqa: SIM115
+        )
+        for node in (0, 1)
+    ]
+    for node, proc in enumerate(nodes):
+        assert proc.wait(timeout=600) == 0, (tmp_path / f"node{node}.err").read_text()[-3000:]
+    assert_tracks(reference, tmp_path / "two")

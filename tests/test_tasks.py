@@ -83,7 +83,8 @@ def test_packed_training_with_conditioning_tasks(tmp_path, one_thread):
     recipe = DiTRecipe.load(recipe_path)
     data = load_tensors(tmp_path / "run" / "latents.safetensors")
     batch_fn = packed_steps(recipe, data, TextEncoder(max_length=8)).batch_fn
-    packed, _, t, loss_mask, _ = batch_fn(0)
+    batch = batch_fn(0)
+    packed, t, loss_mask = batch.packed, batch.t, batch.loss_mask
     given = packed.valid & ~loss_mask
     first_frame = packed.positions[..., 0] == 0
     assert torch.equal(given, packed.valid & first_frame)

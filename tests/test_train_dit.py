@@ -208,7 +208,7 @@ def test_packed_training_on_a_mixture_of_sizes(tmp_path, one_thread):
     assert all(0.9 <= r["pack_efficiency"] <= 1 and np.isfinite(r["loss"]) for r in log)
     batch_fn = packed_steps(DiTRecipe.load(recipe), cache, TextEncoder(max_length=8)).batch_fn
     for step in range(20):  # each planned row stays one row (no re-packing spill-over)
-        packed = batch_fn(step)[0]
+        packed = batch_fn(step).packed
         assert packed.tokens.shape[:2] == (2, 40) and packed.efficiency >= 0.9
     assert all(0 < r["mfu"] < 1 for r in log)
     pipe = TextToVideoPipeline.from_pretrained(model_dir)

@@ -10,6 +10,7 @@ from tinysora import __version__
 from tinysora.errors import UserError
 
 EXIT_USAGE = 2
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is a GPU, else cpu)"
 
 
 class CliError(UserError):
@@ -50,15 +51,24 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if args.model == "lora":
             from tinysora.train.lora import train_lora
 
-            train_lora(args.init, args.data, args.out, args.rank, args.config, args.resume)
+            train_lora(
+                args.init, args.data, args.out, args.rank, args.config, args.resume, args.device
+            )
         elif args.model == "vae":
             from tinysora.train.vae import train_vae
 
-            train_vae(args.config, args.out, resume=args.resume)
+            train_vae(args.config, args.out, resume=args.resume, device=args.device)
         else:
             from tinysora.train.dit import train_dit
 
-            train_dit(args.config, args.out, resume=args.resume, data=args.data, init=args.init)
+            train_dit(
+                args.config,
+                args.out,
+                resume=args.resume,
+                data=args.data,
+                init=args.init,
+                device=args.device,
+            )
     except FileExistsError as e:
         raise CliError(str(e)) from None
 
@@ -78,7 +88,14 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     folder = FolderConfig(
         fps=args.fps, frames=args.frames, height=height, width=width, native_size=args.packing
     )
-    report = prepare(args.data, args.out, folder, vae_dir=args.vae, shard_clips=args.shard_clips)
+    report = prepare(
+        args.data,
+        args.out,
+        folder,
+        vae_dir=args.vae,
+        shard_clips=args.shard_clips,
+        device=args.device,
+    )
     print(report.line())
     print(Path(args.out).resolve())
 
@@ -126,7 +143,10 @@ def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
             f"'{args.input}' is {h}x{w}; the VAE needs height and width divisible by 8 "
             "(crop or resize the video first)"
         )
+    from tinysora.device import resolve_device
+
     vae = load_pretrained(VideoVAE, resolve_model_dir(args.model, "vae"))
+    vae.to(resolve_device(args.device))
     out = reconstruct(vae, frames)
     path = write_video(args.output, out, fps=fps)
     print(f"PSNR {psnr(out, frames):.2f} dB over {t} frames of {h}x{w}")
@@ -147,6 +167,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     pipe = TextToVideoPipeline.from_pretrained(args.model)
     if args.lora:
         pipe.load_lora(args.lora, args.lora_scale)
+    pipe.to(args.device)
     t_load = time.perf_counter() - t0
     video = pipe(
         args.prompt,
@@ -182,6 +203,7 @@ def _add_eval_parsers(sub) -> None:
         p = ev_sub.add_parser(name, help=help_text)
         p.set_defaults(func=_cmd_eval)
         p.add_argument("--json", help="also write the full report here")
+        p.add_argument("--device", help=DEVICE_HELP)
         if generates:
             p.add_argument("--model", help="model directory (default: bundled weights/)")
             p.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
@@ -281,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", type=int, help="frames per generation window for long clips (e.g. 17)"
     )
     gen.add_argument("--loop", action="store_true", help="make the clip end where it starts")
+    gen.add_argument("--device", help=DEVICE_HELP)
     gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")
@@ -291,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="dit: a cache of your own clips (`tinysora prepare`)")
     train.add_argument("--init", help="dit, lora: start from this model directory's DiT")
     train.add_argument("--rank", type=int, default=8, help="lora: adapter rank (default 8)")
+    train.add_argument("--device", help=DEVICE_HELP + "; under torchrun: cuda:LOCAL_RANK")
     train.set_defaults(func=_cmd_train)
 
     prep = sub.add_parser(
@@ -311,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--packing", action="store_true", help="keep each file's size (for Patch n' Pack)"
     )
     prep.add_argument("--shard-clips", type=int, default=64, help="clips per shard (64)")
+    prep.add_argument("--device", help=DEVICE_HELP)
     prep.set_defaults(func=_cmd_prepare)
 
     export = sub.add_parser("export", help="export a DiT run's checkpoint as a model directory")
@@ -337,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("input", help="video (.mp4/.gif/.npy/...) with H, W divisible by 8")
     rt.add_argument("-o", "--output", required=True, help="reconstruction (.mp4/.gif/.npy)")
     rt.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
+    rt.add_argument("--device", help=DEVICE_HELP)
     rt.set_defaults(func=_cmd_vae_roundtrip)
     return parser
 
@@ -358,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if getattr(args, "device", None):  # a missing GPU fails before any loading
+            from tinysora.device import resolve_device
+
+            resolve_device(args.device)
         args.func(args)
     except UserError as e:
         print(f"tinysora: error: {e}", file=sys.stderr)

@@ -63,12 +63,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, warmup: int, repeats: int) -> float:
-    """Median GFLOP/s of one (m, k) @ (k, n) matmul in ``dtype`` (2 m k n FLOPs)."""
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
-    out = torch.empty(m, n, dtype=dtype)
-    t = measure(lambda: torch.mm(a, b, out=out), warmup, repeats)
+def matmul_gflops(
+    m: int, k: int, n: int, dtype: torch.dtype, warmup: int, repeats: int, device="cpu"
+) -> float:
+    """Median GFLOP/s of one (m, k) @ (k, n) matmul in ``dtype`` (2 m k n FLOPs) on
+    ``device`` (CUDA: timed to the end of the kernel)."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    out = torch.empty(m, n, dtype=dtype, device=device)
+    cuda = torch.device(device).type == "cuda"
+
+    def run() -> None:
+        torch.mm(a, b, out=out)
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    t = measure(run, warmup, repeats)
     return 2 * m * k * n / t["median_s"] / 1e9
 
 
@@ -77,9 +87,10 @@ def matmul_peak(
     sizes: tuple[int, ...] = (1024, 2048),
     warmup: int = 2,
     repeats: int = 10,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Measured matmul ceiling: the best median GFLOP/s over square sizes ``sizes``."""
-    per_size = {str(n): matmul_gflops(n, n, n, dtype, warmup, repeats) for n in sizes}
+    per_size = {str(n): matmul_gflops(n, n, n, dtype, warmup, repeats, device) for n in sizes}
     best = max(per_size, key=per_size.get)
     return {
         "dtype": str(dtype).removeprefix("torch."),
@@ -95,11 +106,18 @@ def peak_cache_path() -> Path:
     return Path(root) / "tinysora" / "matmul_peak.json"
 
 
-def peak_flops() -> float:
-    """This machine's matmul FLOP/s in its compute dtype (:func:`matmul_peak`), measured
-    once and cached."""
-    dtype = compute_dtype()
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {dtype}"
+def peak_flops(device: str | torch.device = "cpu") -> float:
+    """This machine's (or GPU's) matmul FLOP/s in its compute dtype (:func:`matmul_peak`),
+    measured once and cached."""
+    device = torch.device(device)
+    dtype = compute_dtype(device)
+    version = f"torch {torch.__version__}"
+    if device.type == "cuda":
+        sizes = (4096, 8192)
+        key = f"{torch.cuda.get_device_name(device)} | {version} | {dtype}"
+    else:
+        sizes = (1024, 2048)
+        key = f"{cpu_model()} | {version} | {torch.get_num_threads()} threads | {dtype}"
     path = peak_cache_path()
     try:
         cached = json.loads(path.read_text())
@@ -107,7 +125,7 @@ def peak_flops() -> float:
         cached = {}
     if not isinstance(cached, dict) or not isinstance(cached.get(key), (int, float)):
         cached = cached if isinstance(cached, dict) else {}
-        cached[key] = matmul_peak(dtype)["gflops"] * 1e9
+        cached[key] = matmul_peak(dtype, sizes, device=device)["gflops"] * 1e9
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(cached, indent=1))

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from tinysora.config import Config
-from tinysora.device import autocast
+from tinysora.device import autocast, resolve_device
 from tinysora.diffusion.flow import FlowConfig, timestep_shift
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, get_sampler
 from tinysora.dit.model import DiT
@@ -113,12 +113,14 @@ def legal_size(num_frames: int, height: int, width: int, multiple: int) -> tuple
 def initial_noise(
     shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None
 ) -> torch.Tensor:
-    """Gaussian latents; with one generator per sample, sample i depends only on its own."""
+    """Gaussian latents (on the generator's device); with one generator per sample, sample
+    i depends only on its own."""
     if not isinstance(generator, list):
-        return torch.randn(shape, generator=generator, dtype=torch.float32)
+        device = generator.device if generator is not None else "cpu"
+        return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
     if len(generator) != shape[0]:
         raise PipelineError(f"got {len(generator)} generators for {shape[0]} prompts")
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator])
 
 
 def export_to_video(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
@@ -190,6 +192,20 @@ class TextToVideoPipeline:
         vae = load_pretrained(VideoVAE, root / "vae")
         return cls(vae, load_pretrained(DiT, root / "dit"), encoder, config)
 
+    def to(self, device: str | torch.device) -> TextToVideoPipeline:
+        """Run on ``device`` (``cpu``, ``cuda``, ``cuda:N``): DiT, VAE and text encoder move
+        there. Noise is still drawn from the call's generator (a CPU generator gives the
+        same starting noise on every device)."""
+        device = resolve_device(device)
+        self.dit.to(device)
+        self.vae.to(device)
+        self.text_encoder.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
     def load_lora(self, directory: str | os.PathLike, scale: float = 1.0) -> TextToVideoPipeline:
         """Add a LoRA adapter (``tinysora train lora``) to the DiT, its update times ``scale``."""
         from tinysora.dit.lora import load_lora  # peft loads accelerate: only when asked
@@ -245,13 +261,14 @@ class TextToVideoPipeline:
 
     def _encode(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> normalized latents (1, C, t, h, w) (posterior mean)."""
-        with autocast():
-            z = self.vae.encode(frames_to_tensor(frames)[None], chunk_frames=16).mean
+        x = frames_to_tensor(frames)[None].to(self.device)
+        with autocast(self.device):
+            z = self.vae.encode(x, chunk_frames=16).mean
         return self.vae.normalize(z.float())
 
     def _decode(self, latents: torch.Tensor, num_frames: int) -> np.ndarray:
         """(1, C, t, h, w) normalized latents -> uint8 (T, H, W, 3)."""
-        with autocast():
+        with autocast(self.device):
             pixels = self.vae.decode(
                 self.vae.denormalize(latents), num_frames=num_frames, chunk_latents=4
             )
@@ -259,7 +276,7 @@ class TextToVideoPipeline:
 
     def _velocity(self, x, t, text, text_mask, given=None, clean=None) -> torch.Tensor:
         """The DiT's velocity (under ``device.autocast``); ``given`` latents held at ``clean``."""
-        with autocast():
+        with autocast(self.device):
             return self.dit(x, t, text, text_mask, given=given, clean=clean).float()
 
     def _sample(
@@ -276,7 +293,7 @@ class TextToVideoPipeline:
     ) -> torch.Tensor:
         """Latents (B, C, t, h, w): the flow ODE from noise (or from ``start`` noised to
         ``strength``), with ``given`` latents (B or 1, 1, t, h, w) held at ``clean``."""
-        x = initial_noise(shape, generator)
+        x = initial_noise(shape, generator).to(self.device)
         tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
         times = flow_times(run.steps, timestep_shift(tokens, self.config))
         if start is not None:
@@ -284,6 +301,7 @@ class TextToVideoPipeline:
             x = (1 - strength) * start + strength * x
         cond, uncond = self._text(prompts), self._text(negatives)
         if given is not None:
+            given, clean = given.to(self.device), clean.to(self.device)
             x = torch.where(given, clean, x)
             held = {
                 "given": given.expand(shape[0], -1, -1, -1, -1),

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from tinysora.data.folder import FolderConfig, Skipped, VideoFolder, skip_summary
-from tinysora.device import autocast
+from tinysora.device import autocast, resolve_device
 from tinysora.errors import UserError
 from tinysora.io.atomic import atomic_write_text
 from tinysora.io.checkpoint import (
@@ -111,8 +111,11 @@ def prepare(
     text_encoder: TextEncoder | None = None,
     shard_clips: int = SHARD_CLIPS,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> PrepareReport:
-    """Encode the clips of folder ``data`` into the cache ``out`` (continuing one there)."""
+    """Encode the clips of folder ``data`` into the cache ``out`` (continuing one there), on
+    ``device`` (default: CUDA when there is a GPU)."""
+    device = resolve_device(device)
     out = Path(out)
     folder = folder or FolderConfig()
     vae_dir = resolve_model_dir(vae_dir, "vae")
@@ -125,6 +128,8 @@ def prepare(
         "text_encoder": text_identity(encoder),
         "folder": folder.to_dict(),
     }
+    vae.to(device)
+    encoder.to(device)
     index = _start_index(out, made)
     done = index["files_done"]
     if done == 0:  # a new cache: the caption rows skipped before any file is read
@@ -179,14 +184,15 @@ def _start_index(out: Path, made: dict) -> dict:
 
 
 def _encode(vae: VideoVAE, encoder: TextEncoder, clip, root: Path) -> tuple[dict, dict]:
-    with torch.no_grad(), autocast():
-        posterior = vae.encode(frames_to_tensor(clip.frames)[None], chunk_frames=16)
+    device = next(vae.parameters()).device
+    with torch.no_grad(), autocast(device):
+        posterior = vae.encode(frames_to_tensor(clip.frames)[None].to(device), chunk_frames=16)
     text, mask = encoder([clip.text])
     tensors = {
-        "mean": posterior.mean[0].float().to(torch.bfloat16),
-        "std": posterior.logvar[0].float().mul(0.5).exp().to(torch.bfloat16),
-        "text": text[0].to(torch.bfloat16),
-        "mask": mask[0],
+        "mean": posterior.mean[0].float().to(torch.bfloat16).cpu(),
+        "std": posterior.logvar[0].float().mul(0.5).exp().to(torch.bfloat16).cpu(),
+        "text": text[0].to(torch.bfloat16).cpu(),
+        "mask": mask[0].cpu(),
     }
     info = {
         "source": str(clip.source.relative_to(root)),

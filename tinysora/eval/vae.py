@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tinysora.device import autocast
+from tinysora.device import autocast, resolve_device
 from tinysora.eval.metrics import write_json
 from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
 from tinysora.io.frames import frames_to_tensor
@@ -103,8 +103,10 @@ def speed_and_memory(model_dir: str, frames: int) -> dict:
     }
 
 
-def evaluate(model_dir: str, n: int) -> dict:
-    vae = load_pretrained(VideoVAE, model_dir)
+def evaluate(model_dir: str, n: int, device: str | None = "cpu") -> dict:
+    """Compression and quality (on ``device``); speed and memory on the CPU, each length in
+    a fresh process (its peak RSS)."""
+    vae = load_pretrained(VideoVAE, model_dir).to(resolve_device(device))
     report = {
         "model": model_dir,
         "config": vae.config.to_dict(),
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         result = speed_and_memory(model, args._probe)
         print(json.dumps(result))
         return result
-    report = evaluate(model, args.n)
+    report = evaluate(model, args.n, args.device)
     for name, q in report["quality"].items():
         print(
             f"{name:12s} PSNR {q['psnr_mean']:.2f} dB (min {q['psnr_min']:.2f}), "

@@ -85,6 +85,12 @@ def load_config(config_cls: type[Config], directory: str | os.PathLike) -> Confi
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
     """Copy ``state`` into ``model``: every key must exist on both sides with equal shapes."""
     own = model.state_dict()
+    check_state(own, state, source)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Fail with one line unless ``state`` has exactly the keys and shapes of ``own``."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -98,7 +104,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "w
                 f"{source}: '{key}' has shape {tuple(value.shape)}, "
                 f"the model expects {tuple(own[key].shape)}"
             )
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def load_pretrained(model_cls: type[nn.Module], directory: str | os.PathLike) -> nn.Module:

@@ -32,7 +32,7 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
     """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
     x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
-    return x.permute(1, 2, 3, 0).to(torch.uint8).numpy()
+    return x.permute(1, 2, 3, 0).to(torch.uint8).cpu().numpy()
 
 
 class ConditioningError(UserError, ValueError):

@@ -82,6 +82,14 @@ class TextEncoder:
         self.max_length, self.cache_size = max_length, cache_size
         self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> TextEncoder:
+        """Run the encoder on ``device``; states come back there."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._cache.clear()
+        return self
 
     def _encode_new(self, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         tokens = self.tokenizer(
@@ -91,13 +99,14 @@ class TextEncoder:
             max_length=self.max_length,
             return_tensors="pt",
         )
-        with torch.no_grad(), autocast():
-            out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        n = tokens["input_ids"].shape[1]
-        states = torch.zeros(len(prompts), self.max_length, self.dim)
-        states[:, :n] = out.last_hidden_state.float() * tokens["attention_mask"][..., None]
-        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
-        mask[:, :n] = tokens["attention_mask"].bool()
+        ids, attention = (tokens[k].to(self.device) for k in ("input_ids", "attention_mask"))
+        with torch.no_grad(), autocast(self.device):
+            out = self.model(input_ids=ids, attention_mask=attention)
+        n = ids.shape[1]
+        states = torch.zeros(len(prompts), self.max_length, self.dim, device=self.device)
+        states[:, :n] = out.last_hidden_state.float() * attention[..., None]
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool, device=self.device)
+        mask[:, :n] = attention.bool()
         return {p: (s, m) for p, s, m in zip(prompts, states, mask, strict=True)}
 
     def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tinysora.data.cache import LatentCache
+from tinysora.device import resolve_device
 from tinysora.dit.lora import add_lora, merge_lora, save_lora
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.errors import UserError
@@ -65,26 +66,29 @@ def train_lora(
     rank: int = 8,
     config: str | Path | None = None,
     resume: bool = False,
+    device: str | None = None,
 ) -> Path:
     """Train adapters of ``rank`` on the DiT of model directory ``init``; returns the
     adapter directory ``out/adapter``."""
     init, out = resolve_model_dir(init), Path(out)
     recipe = lora_recipe(init, str(data), config)
     check_run_dir(out, resume)
-    distributed.setup()
+    device = resolve_device(device)
+    distributed.setup(device)
     cache = LatentCache(data)
     cache.check(init / "vae", default_encoder_path(), recipe.pipeline.text_max_length)
     steps = cached_steps(recipe, cache)
     torch.manual_seed(recipe.train.seed)
-    dit = load_pretrained(DiT, init / "dit").train()
+    dit = load_pretrained(DiT, init / "dit").train().to(device)
     model = add_lora(dit, rank)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         recipe.save(out / "recipe.json")
         (out / "lora.json").write_text(json.dumps({"init": str(init), "rank": rank}) + "\n")
     trainer = fit(dit, recipe, steps, out, resume)
+    weights = trainer.ema_state()  # (gathered from every rank under FSDP)
     if distributed.is_main():
-        load_into(dit, dict(trainer.ema_state()), "EMA weights")
+        load_into(dit, dict(weights), "EMA weights")
         save_lora(model, out / "adapter")
         print(f"saved {out / 'adapter'}")
     distributed.barrier()

@@ -63,3 +63,6 @@ class DiTRecipe(Config):
     # a cache of your own clips (`tinysora prepare DATA --out CACHE`) to train on instead of
     # the Shapes World; `tinysora train dit --data CACHE` sets it
     data: str = ""
+    # prompts the model in training generates every [train] sample_every steps, shown as
+    # videos in TensorBoard (at height x width x frames, seed 0)
+    sample_prompts: list[str] = field(default_factory=list)

@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from tinysora.config import ConfigError
 from tinysora.data.cache import CacheError, LatentCache
-from tinysora.data.packing import pack, plan_row
+from tinysora.data.packing import Packed, pack, plan_row
 from tinysora.diffusion.flow import (
     add_noise,
     drop_captions,
@@ -44,12 +46,14 @@ from tinysora.worlds.shapes import sample_scene
 @dataclass
 class Steps:
     """What a recipe plugs into the Trainer: ``batch_fn(step)``, ``loss_fn(model, batch)
-    -> (loss, metrics)``, ``flops_fn(batch)`` (model FLOPs of the step, for MFU) and the
-    latent channels the cache holds (the DiT's ``in_channels``)."""
+    -> (loss, metrics)``, ``flops_fn(batch)`` (model FLOPs of the step, for MFU),
+    ``tokens_fn(batch)`` (video tokens of the step, for tokens/s) and the latent channels
+    the cache holds (the DiT's ``in_channels``)."""
 
     batch_fn: Callable[[int], Any]
-    loss_fn: Callable[[DiT, Any], tuple[torch.Tensor, dict[str, float]]]
+    loss_fn: Callable[[DiT, Any], tuple[torch.Tensor, dict[str, Any]]]
     flops_fn: Callable[[Any], float]
+    tokens_fn: Callable[[Any], int]
     latent_channels: int
 
 
@@ -135,17 +139,19 @@ def _equal_clip_loss(recipe: DiTRecipe, grid: tuple[int, int, int]):
     def flops(batch) -> float:
         return len(batch[0]) * dit_flops_per_sample(recipe.model, grid, text_len)
 
-    return loss_fn, flops
+    def tokens(batch) -> int:
+        return len(batch[0]) * grid[0] * grid[1] * grid[2]
+
+    return loss_fn, flops, tokens
 
 
 def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Steps:
     """Training steps on Patch n' Pack rows (the mixture latent cache)."""
-    pk, patch = recipe.packing, recipe.model.patch
+    pk = recipe.packing
     latents = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("latents/")}
     seeds = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("seeds/")}
-    text_len = recipe.pipeline.text_max_length
 
-    def batch_fn(step: int):
+    def batch_fn(step: int) -> PackedBatch:
         rng = step_rng(recipe.train.seed, step)
         g = step_generator(recipe.train.seed, step)
         clips, rows = [], []  # clips: (x0 (1, C, t, h, w), seed); rows: clip indices
@@ -158,42 +164,139 @@ def packed_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Steps:
                 clips.append((latents[key][i : i + 1].float(), int(seeds[key][i])))
         captions = [paraphrase(sample_scene(seed), rng) for _, seed in clips]
         text, mask = encoder(drop_captions(captions, recipe.flow.caption_dropout, g))
-        grids = [grid_size(tuple(x0.shape[2:]), patch) for x0, _ in clips]
-        counts = torch.tensor([gt * gh * gw for gt, gh, gw in grids])
-        t = sample_timesteps(len(clips), counts, recipe.flow, g)
-        noisy, targets, positions, times, given, kept = [], [], [], [], [], []
-        for (x0, _), grid, ti in zip(clips, grids, t, strict=True):
-            noise = torch.randn(x0.shape, generator=g)
-            keep = _kept_tokens(grid, pk.token_drop, g)
-            clean, eps = patchify(x0, patch)[0][0][keep], patchify(noise, patch)[0][0][keep]
-            # conditioning tasks: given tokens enter clean at t = 0 and carry no loss
-            given_i = (
-                sample_given(recipe.tasks, grid, 1, g)[0][0][keep]
-                if recipe.tasks.conditioned
-                else torch.zeros(len(keep), dtype=torch.bool)
-            )
-            t_tok = given_times(ti, given_i)
-            noisy.append(add_noise(clean, t_tok, eps))
-            targets.append(velocity_target(clean, eps))
-            positions.append(grid_positions(grid, recipe.model.time_span)[keep])
-            times.append(t_tok)
-            given.append(given_i)
-            kept.append(len(keep))
-        packed = pack(noisy, positions, list(text), list(mask), pk.token_budget, rows)
-        share = [k / int(n) for k, n in zip(kept, counts, strict=True)]
-        model_flops = sum(
-            s * dit_flops_per_sample(recipe.model, grid, text_len)
-            for s, grid in zip(share, grids, strict=True)
-        )
-        loss_mask = packed.valid & ~packed.scatter(given)
-        return packed, packed.scatter(targets), packed.scatter(times), loss_mask, model_flops
-
-    def loss_fn(m, batch):
-        packed, target, t, loss_mask, _ = batch
-        return packed_loss(m, packed, target, t, loss_mask), {"pack_efficiency": packed.efficiency}
+        return _pack_clips(recipe, [x0 for x0, _ in clips], text, mask, rows, g)
 
     channels = next(iter(latents.values())).shape[1]
-    return Steps(batch_fn, loss_fn, lambda batch: batch[4], channels)
+    return Steps(batch_fn, packed_batch_loss, PackedBatch.flops_of, PackedBatch.tokens_of, channels)
+
+
+def cached_packed_steps(recipe: DiTRecipe, cache: LatentCache) -> Steps:
+    """Patch n' Pack rows of your own clips of mixed sizes (``tinysora prepare --packing``):
+    each row is filled with clips drawn at random while one fits (giving up after 8
+    misses in a row); latents drawn from the cached posteriors, cached captions."""
+    pk, patch = recipe.packing, recipe.model.patch
+    tokens = [int(np.prod(grid_size(tuple(info["shape"][1:]), patch))) for *_, info in cache.items]
+    fits = [i for i, n in enumerate(tokens) if n <= pk.token_budget]
+    if not fits:
+        raise CacheError(
+            f"every clip of '{cache.root}' is longer than [packing] token_budget = "
+            f"{pk.token_budget} tokens (shortest: {min(tokens)}); raise the budget"
+        )
+    if len(fits) < len(tokens):
+        print(f"{len(tokens) - len(fits)} clips longer than token_budget are left out")
+    shift, scale = cache.vae["shift_factor"], cache.vae["scaling_factor"]
+
+    def batch_fn(step: int) -> PackedBatch:
+        rng = step_rng(recipe.train.seed, step)
+        g = step_generator(recipe.train.seed, step)
+        chosen, rows = [], []
+        for _ in range(pk.rows):
+            rows.append([])
+            free, misses = pk.token_budget, 0
+            while misses < 8:
+                i = fits[int(rng.uniform() * len(fits))]
+                if tokens[i] <= free:
+                    rows[-1].append(len(chosen))
+                    chosen.append(i)
+                    free, misses = free - tokens[i], 0
+                else:
+                    misses += 1
+        clips = [cache.clip(i) for i in chosen]
+        x0 = [
+            (c["mean"].float() + c["std"].float() * torch.randn(c["mean"].shape, generator=g))[None]
+            for c in clips
+        ]
+        x0 = [(x - shift) * scale for x in x0]
+        text = torch.stack([c["text"] for c in clips]).float()
+        mask = torch.stack([c["mask"] for c in clips])
+        drop = torch.rand(len(clips), generator=g) < recipe.flow.caption_dropout
+        text[drop], mask[drop] = cache.empty_text.float(), cache.empty_mask
+        return _pack_clips(recipe, x0, text, mask, rows, g)
+
+    channels = next(iter(cache.shapes()))[0]
+    return Steps(batch_fn, packed_batch_loss, PackedBatch.flops_of, PackedBatch.tokens_of, channels)
+
+
+def _pack_clips(recipe: DiTRecipe, clips, text, mask, rows, g: torch.Generator) -> PackedBatch:
+    """Clips x0 (1, C, t, h, w) with caption states, planned into ``rows``: each clip gets
+    its own flow time (shifted by its token count), noise, kept tokens and given tokens."""
+    pk, patch = recipe.packing, recipe.model.patch
+    grids = [grid_size(tuple(x0.shape[2:]), patch) for x0 in clips]
+    counts = torch.tensor([gt * gh * gw for gt, gh, gw in grids])
+    t = sample_timesteps(len(clips), counts, recipe.flow, g)
+    noisy, targets, positions, times, given, kept = [], [], [], [], [], []
+    for x0, grid, ti in zip(clips, grids, t, strict=True):
+        noise = torch.randn(x0.shape, generator=g)
+        keep = _kept_tokens(grid, pk.token_drop, g)
+        clean, eps = patchify(x0, patch)[0][0][keep], patchify(noise, patch)[0][0][keep]
+        # conditioning tasks: given tokens enter clean at t = 0 and carry no loss
+        given_i = (
+            sample_given(recipe.tasks, grid, 1, g)[0][0][keep]
+            if recipe.tasks.conditioned
+            else torch.zeros(len(keep), dtype=torch.bool)
+        )
+        t_tok = given_times(ti, given_i)
+        noisy.append(add_noise(clean, t_tok, eps))
+        targets.append(velocity_target(clean, eps))
+        positions.append(grid_positions(grid, recipe.model.time_span)[keep])
+        times.append(t_tok)
+        given.append(given_i)
+        kept.append(len(keep))
+    packed = pack(noisy, positions, list(text), list(mask), pk.token_budget, rows)
+    share = [k / int(n) for k, n in zip(kept, counts, strict=True)]
+    text_len = recipe.pipeline.text_max_length
+    model_flops = sum(
+        s * dit_flops_per_sample(recipe.model, grid, text_len)
+        for s, grid in zip(share, grids, strict=True)
+    )
+    loss_mask = packed.valid & ~packed.scatter(given)
+    targets, times = packed.scatter(targets), packed.scatter(times)
+    return PackedBatch(packed, targets, times, loss_mask, model_flops, sum(kept))
+
+
+@dataclass
+class PackedBatch:
+    """A Patch n' Pack step: the packed rows, per-token velocity targets (R, budget, P),
+    flow times (R, budget) and loss mask (R, budget), with the step's model FLOPs and
+    video tokens."""
+
+    packed: Packed
+    target: torch.Tensor
+    t: torch.Tensor
+    loss_mask: torch.Tensor
+    flops: float
+    tokens: int
+
+    def shard(self, rank: int, world: int) -> PackedBatch:
+        """Rows ``rank::world`` (under torchrun each process trains on its own rows)."""
+        rows = self.target.shape[0]
+        if rows % world:
+            raise ConfigError(f"[packing] rows = {rows} do not split over {world} processes")
+        pick = slice(rank, None, world)
+        p = self.packed
+        packed = Packed(
+            p.tokens[pick], p.positions[pick], p.segments[pick], p.text[pick],
+            p.text_mask[pick], p.text_segments[pick], places=[],
+        )  # fmt: skip
+        share = 1 / world
+        return PackedBatch(
+            packed, self.target[pick], self.t[pick], self.loss_mask[pick],
+            self.flops * share, int(self.tokens * share),
+        )  # fmt: skip
+
+    @staticmethod
+    def flops_of(batch: PackedBatch) -> float:
+        return batch.flops
+
+    @staticmethod
+    def tokens_of(batch: PackedBatch) -> int:
+        return batch.tokens
+
+
+def packed_batch_loss(m: DiT, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    efficiency = batch.packed.valid.float().mean()
+    loss = packed_loss(m, batch.packed, batch.target, batch.t, batch.loss_mask)
+    return loss, {"pack_efficiency": efficiency}
 
 
 def packed_loss(m: DiT, packed, target, t, loss_mask) -> torch.Tensor:

@@ -26,15 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from tinysora.config import Config
-from tinysora.device import autocast
+from tinysora.config import Config, ConfigError
+from tinysora.device import autocast, to_device
 from tinysora.io.atomic import atomic_dir, atomic_write_text
-from tinysora.io.checkpoint import CheckpointError, load_into, load_tensors, save_tensors
+from tinysora.io.checkpoint import CheckpointError, check_state, load_tensors, save_tensors
 from tinysora.train import distributed
+from tinysora.train.board import Board
 from tinysora.worlds.shapes import SplitMix64
 
 
@@ -61,6 +63,13 @@ class TrainConfig(Config):
     # torch.compile the model's repeated blocks (DiT): fuses the elementwise work that
     # dominates small-width steps on CPU (XS/2 fwd+bwd 0.42 -> 0.24 s, ~15 s to compile)
     compile: bool = False
+    # under torchrun: "ddp" (a model copy per process) or "fsdp" (FSDP2: parameters,
+    # gradients and optimizer state sharded over the processes; train.distributed)
+    parallel: str = "ddp"
+    # TensorBoard event files beside log.jsonl (the log's scalars; sample videos every
+    # sample_every steps where the recipe has prompts to sample; 0 = none)
+    tensorboard: bool = True
+    sample_every: int = 0
 
 
 DATA_STREAM = 7  # the SplitMix64 stream of a step's data draws (clips, captions)
@@ -97,20 +106,37 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 class Trainer:
+    """Train ``model`` (already on its device) with ``loss_fn`` on ``batch_fn``'s batches.
+
+    Optional: ``eval_fn(model) -> scores`` every ``eval_every`` steps; ``sample_fn(model)
+    -> {name: uint8 (T, H, W, 3) frames}`` every ``sample_every`` steps into TensorBoard;
+    ``flops_per_step(batch)`` and ``peak_flops`` for the log's MFU; ``tokens_per_step(batch)``
+    for its tokens/s (of all processes together).
+    """
+
     def __init__(
         self,
         model: nn.Module,
         cfg: TrainConfig,
         out: str | Path,
-        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
+        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]],
         batch_fn: Callable[[int], Any],
         eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         flops_per_step: Callable[[Any], float] | None = None,
         peak_flops: float | None = None,
+        sample_fn: Callable[[nn.Module], dict[str, np.ndarray]] | None = None,
+        tokens_per_step: Callable[[Any], int] | None = None,
     ):
         self.model, self.cfg, self.out = model, cfg, Path(out)
         self.loss_fn, self.batch_fn, self.eval_fn = loss_fn, batch_fn, eval_fn
         self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
+        self.sample_fn, self.tokens_per_step = sample_fn, tokens_per_step
+        self.device = next(model.parameters()).device
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        # what the loss calls: DDP under torchrun, or the model sharded in place (FSDP2,
+        # which swaps the parameters for shards: the optimizer is made after it)
+        self.net = distributed.wrap(model, cfg.parallel)
         self.params = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel for all parameters (a DiT XS/2 step: 61 -> 16 ms on one core)
         self.optimizer = torch.optim.AdamW(
@@ -122,9 +148,7 @@ class Trainer:
             else None
         )
         self.step = 0
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.net = distributed.wrap(model)  # what the loss calls (DDP under torchrun)
+        self.board = None  # TensorBoard events beside log.jsonl (rank 0), opened by fit()
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -132,14 +156,21 @@ class Trainer:
         return self.out / "checkpoints"
 
     def save_checkpoint(self) -> Path:
+        """Write checkpoint ``step_<N>`` (every rank calls it: under FSDP the whole model is
+        gathered first; rank 0 writes) and keep the last ``keep_checkpoints``."""
+        model = distributed.full_state(self.model)
+        ema = distributed.full_tensors(self.ema) if self.ema is not None else None
+        optimizer = distributed.full_optimizer_state(self.model, self.optimizer)
         final = self.ckpt_root / f"step_{self.step:08d}"
+        if not distributed.is_main():
+            return final
         for stale in self.ckpt_root.glob(".step_*.tmp"):  # left by a run killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
         with atomic_dir(final) as tmp:
-            save_tensors(self.model.state_dict(), tmp / "model.safetensors")
-            if self.ema is not None:
-                save_tensors(self.ema, tmp / "ema.safetensors")
-            opt_tensors, opt_meta = _flatten_optimizer(self.optimizer)
+            save_tensors(model, tmp / "model.safetensors")
+            if ema is not None:
+                save_tensors(ema, tmp / "ema.safetensors")
+            opt_tensors, opt_meta = _flatten_optimizer(optimizer)
             save_tensors(opt_tensors, tmp / "optimizer.safetensors")
             state = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
             atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
@@ -159,19 +190,24 @@ class Trainer:
             state = json.loads((path / "state.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot resume from '{path}': {e}") from None
-        load_into(self.model, load_tensors(path / "model.safetensors"), str(path))
+        weights = load_tensors(path / "model.safetensors")
+        check_state(self.model.state_dict(), weights, str(path))  # (global shapes under FSDP)
+        distributed.load_full_state(self.model, weights)
         if self.ema is not None and (path / "ema.safetensors").is_file():
-            self.ema = {k: v.float() for k, v in load_tensors(path / "ema.safetensors").items()}
-        _load_optimizer(
-            self.optimizer, load_tensors(path / "optimizer.safetensors"), state["optimizer"]
-        )
+            ema = {k: v.float() for k, v in load_tensors(path / "ema.safetensors").items()}
+            self.ema = distributed.like_shards(ema, self.ema)
+        optimizer = _unflatten_optimizer(load_tensors(path / "optimizer.safetensors"), state)
+        distributed.load_optimizer_state(self.model, self.optimizer, optimizer)
         self.step = int(state["step"])
         return True
 
     # ------------------------------------------------------------------ loop
     def ema_state(self) -> dict[str, torch.Tensor]:
-        """EMA weights if EMA is on, else the live weights."""
-        return self.ema if self.ema is not None else self.model.state_dict()
+        """EMA weights if EMA is on, else the live weights; whole tensors (under FSDP a
+        collective call every rank makes)."""
+        if self.ema is None:
+            return distributed.full_state(self.model)
+        return distributed.full_tensors(self.ema)
 
     def _update_ema(self) -> None:
         """ema <- ema + (1 - decay) (weights - ema), all floating tensors in one foreach call."""
@@ -193,12 +229,22 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.record(record)
 
     def fit(self, stop_at: int | None = None) -> None:
-        """Train to ``cfg.steps`` (or pause after ``stop_at`` steps, schedule unchanged)."""
+        """Train to ``cfg.steps`` (or pause after ``stop_at`` steps, schedule unchanged).
+
+        The loop never waits on the device: losses and gradient norms stay there until a
+        log or checkpoint step reads them (and fails on a non-finite loss before any
+        checkpoint holds its weights)."""
         cfg = self.cfg
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        if self.eval_fn is not None and cfg.parallel == "fsdp":
+            raise ConfigError("an evaluating recipe cannot shard with FSDP: use parallel='ddp'")
         self.model.train()
+        if cfg.tensorboard and distributed.is_main():
+            self.board = Board(self.out)
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
@@ -207,17 +253,16 @@ class Trainer:
             dynamic_ncols=True,
             disable=not distributed.is_main(),
         )
-        window: list[dict[str, float]] = []
+        window: list[dict[str, Any]] = []
         t_window = time.perf_counter()
         try:
             while self.step < end:
                 batch = distributed.shard(self.batch_fn(self.step))  # this rank's share
+                batch = to_device(batch, self.device)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(cfg, self.step)
-                with autocast(cfg.bf16):
+                with autocast(self.device, cfg.bf16):
                     loss, metrics = self.loss_fn(self.net, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -225,65 +270,105 @@ class Trainer:
                 if self.ema is not None:
                     self._update_ema()
                 self.step += 1
-                loss_value = distributed.mean_over_ranks(loss.item())
-                metrics = {"loss": loss_value, "grad_norm": grad_norm.item(), **metrics}
+                metrics = {"loss": loss.detach(), "grad_norm": distributed.local(grad_norm)} | (
+                    metrics
+                )
                 if self.flops_per_step is not None:
                     metrics["flops"] = float(self.flops_per_step(batch))
+                if self.tokens_per_step is not None:
+                    metrics["tokens"] = float(self.tokens_per_step(batch))
                 window.append(metrics)
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    self._log_window(window, time.perf_counter() - t_window)
+                checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == end
+                if self.step % cfg.log_every == 0 or checkpoint:
+                    loss_now = self._log_window(window, time.perf_counter() - t_window)
+                    bar.set_postfix(loss=f"{loss_now:.4f}")
                     window, t_window = [], time.perf_counter()
-                evaluate = self.step % cfg.eval_every == 0 or self.step == end
-                if self.eval_fn is not None and evaluate and distributed.is_main():
-                    self.model.eval()
-                    with torch.no_grad():
-                        scores = self.eval_fn(self.model)
-                    self.model.train()
-                    self.log({"step": self.step, "eval": scores})
-                    bar.write(
-                        f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
-                    )
-                if distributed.is_main() and (
-                    self.step % cfg.checkpoint_every == 0 or self.step == end
-                ):
+                self._evaluate(bar, final=self.step == end)
+                if checkpoint:
                     self.save_checkpoint()
         finally:
             bar.close()
+            if self.board is not None:
+                self.board.close()
 
-    def _log_window(self, window: list[dict[str, float]], seconds: float) -> None:
+    def _evaluate(self, bar, final: bool) -> None:
+        """``eval_fn`` (rank 0) and ``sample_fn`` (every rank under FSDP, whose forward is
+        collective; else rank 0) at their steps."""
+        cfg = self.cfg
+        evaluate = self.eval_fn is not None and (self.step % cfg.eval_every == 0 or final)
+        sample = (
+            self.sample_fn is not None
+            and cfg.sample_every > 0
+            and (self.step % cfg.sample_every == 0 or final)
+        )
+        if not (evaluate and distributed.is_main()) and not (
+            sample and (distributed.is_main() or cfg.parallel == "fsdp")
+        ):
+            return
+        self.model.eval()
+        with torch.no_grad():
+            if evaluate and distributed.is_main():
+                scores = self.eval_fn(self.model)
+                self.log({"step": self.step, "eval": scores})
+                bar.write(
+                    f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+                )
+            if sample:
+                videos = self.sample_fn(self.model)
+                if self.board is not None:
+                    for name, frames in videos.items():
+                        self.board.video(name, frames, self.step)
+        self.model.train()
+
+    def _log_window(self, window: list[dict[str, Any]], seconds: float) -> float:
+        """Log the mean metrics of the steps since the last log (every rank calls it: the
+        loss is averaged over ranks); returns the loss. A non-finite loss stops the run."""
         keys = window[0].keys()
+        losses = distributed.mean_over_ranks(torch.stack([m["loss"].float() for m in window]))
+        loss = float(losses.mean())
+        if not math.isfinite(loss):
+            first = self.step - len(window)
+            raise FloatingPointError(
+                f"loss is {loss} in steps {first}..{self.step - 1}; lower the lr or check the data"
+            )
         record: dict[str, Any] = {"step": self.step, "lr": lr_at(self.cfg, self.step - 1)}
-        record.update({k: sum(m[k] for m in window) / len(window) for k in keys if k != "flops"})
+        for k in keys:
+            if k not in ("flops", "tokens"):
+                record[k] = sum(float(m[k]) for m in window) / len(window)
+        record["loss"] = loss
         record["s_per_step"] = seconds / len(window)
         if "flops" in keys:  # model FLOPs of this process's share of a step
             record["flops_per_step"] = sum(m["flops"] for m in window) / len(window)
+        if "tokens" in keys:  # every process trains on an equal share
+            tokens = sum(m["tokens"] for m in window) * distributed.world()
+            record["tokens_per_s"] = tokens / seconds
         if "flops" in keys and self.peak_flops:
             achieved = sum(m["flops"] for m in window) / seconds
             record["mfu"] = achieved / self.peak_flops
         if distributed.world() > 1:
             record["processes"] = distributed.world()
         self.log(record)
+        return loss
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """AdamW state -> ({'<param index>.<name>': tensor}, JSON-able param groups)."""
-    sd = opt.state_dict()
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state by parameter name -> ({'<name>/<state>': tensor}, JSON-able groups)."""
     tensors = {}
-    for idx, st in sd["state"].items():
+    for param, st in sd["state"].items():
         for name, value in st.items():
-            tensors[f"{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{param}/{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict):
-    state: dict[int, dict[str, torch.Tensor]] = {}
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], state: dict) -> dict:
+    opt: dict[str, dict[str, torch.Tensor]] = {}
+    if any("/" not in key for key in tensors):
+        raise CheckpointError(
+            "this checkpoint's optimizer state is from an older tinysora (by parameter "
+            "index); start a new run, or export its weights and train with --init"
+        )
     for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    groups = meta["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
+        param, name = key.rsplit("/", 1)
+        opt.setdefault(param, {})[name] = value
+    return {"state": opt, "param_groups": state["optimizer"]["param_groups"]}

@@ -19,7 +19,7 @@ import torch
 
 from tinysora.config import Config
 from tinysora.data.datasets import WorldBatches, WorldDataConfig
-from tinysora.device import autocast
+from tinysora.device import autocast, resolve_device
 from tinysora.io.checkpoint import load_into, load_tensors, save_pretrained
 from tinysora.io.frames import frames_to_tensor
 from tinysora.nn.metrics import psnr
@@ -58,26 +58,34 @@ def val_scores(vae: VideoVAE, n: int) -> dict[str, float]:
 def measure_latent_stats(vae: VideoVAE, n: int) -> tuple[float, float]:
     """(shift, scale) so that (z - shift) * scale has mean 0 and std 1 on training clips."""
     zs = []
-    with torch.no_grad(), autocast():
+    device = next(vae.parameters()).device
+    with torch.no_grad(), autocast(device):
         for i in range(n):
-            x = frames_to_tensor(render(sample_scene(i * 9973 % 1_000_000), 64, 64, 17))[None]
+            clip = render(sample_scene(i * 9973 % 1_000_000), 64, 64, 17)
+            x = frames_to_tensor(clip)[None].to(device)
             zs.append(vae.encode(x).mean.float().flatten())
     z = torch.cat(zs)
     return float(z.mean()), float(1.0 / z.std())
 
 
 def train_vae(
-    config_path: str | Path, out: str | Path, resume: bool = False, stop_at: int | None = None
+    config_path: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    stop_at: int | None = None,
+    device: str | None = None,
 ) -> Path:
     recipe = VAERecipe.load(config_path)
     out = Path(out)
     check_run_dir(out, resume)
+    device = resolve_device(device)
     torch.manual_seed(recipe.train.seed)
     model = VideoVAE(recipe.model)
     if recipe.init_from:
         load_into(
             model, load_tensors(Path(recipe.init_from) / "model.safetensors"), recipe.init_from
         )
+    model.to(device)
     clips = WorldBatches(recipe.data, "train")
 
     def batch_fn(step: int):
@@ -115,7 +123,7 @@ def _better_of_ema_and_live(recipe: VAERecipe, trainer: Trainer) -> VideoVAE:
     candidates = {"live": trainer.model.state_dict(), "ema": trainer.ema_state()}
     best, best_psnr = None, -1.0
     for name, state in candidates.items():
-        vae = VideoVAE(recipe.model)
+        vae = VideoVAE(recipe.model).to(trainer.device)
         load_into(vae, dict(state), f"{name} weights")
         scores = val_scores(vae.eval(), recipe.val_clips)
         score = scores["val_psnr"]

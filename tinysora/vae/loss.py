@@ -55,7 +55,7 @@ def vae_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """recon, target: (B, 3, T, H, W) in [-1, 1]. Computed in fp32 even under autocast
     (SSIM's variances are differences of near-equal numbers; bf16 makes them negative)."""
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast(recon.device.type, enabled=False):
         recon, target = recon.float(), target.float()
         diff = recon - target
         if cfg.edge_weight:

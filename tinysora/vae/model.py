@@ -260,7 +260,12 @@ class Posterior:
     logvar: torch.Tensor
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype)
+        # drawn on the generator's device (a CPU generator: the same noise on any device)
+        device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(
+            self.mean.shape, generator=generator, dtype=self.mean.dtype, device=device
+        )
+        eps = eps.to(self.mean.device)
         return self.mean + torch.exp(0.5 * self.logvar) * eps
 
     def kl(self) -> torch.Tensor:
@@ -333,8 +338,9 @@ class VideoVAE(nn.Module):
 def reconstruct(vae: VideoVAE, frames: np.ndarray, chunk_frames: int | None = 16) -> np.ndarray:
     """uint8 (T, H, W, 3) -> reconstructed uint8 (T, H, W, 3) through the posterior mean
     (``device.autocast``, chunked with the causal cache)."""
-    x = frames_to_tensor(frames)[None]
-    with torch.no_grad(), autocast():
+    device = next(vae.parameters()).device
+    x = frames_to_tensor(frames)[None].to(device)
+    with torch.no_grad(), autocast(device):
         z = vae.encode(x, chunk_frames=chunk_frames).mean
         y = vae.decode(z, num_frames=x.shape[2], chunk_latents=chunk_frames and chunk_frames // 4)
     return tensor_to_frames(y[0])
