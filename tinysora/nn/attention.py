@@ -107,6 +107,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        sdpa = context is None and ctx.shape[1] >= SDPA_MIN_TOKENS
+        # self-attention: SDPA on CUDA always (flash / memory-efficient kernels), on the CPU
+        # from SDPA_MIN_TOKENS keys (see attend)
+        sdpa = context is None and (x.is_cuda or ctx.shape[1] >= SDPA_MIN_TOKENS)
         y = attend(q, k, v, mask, sdpa)  # (B, h, N, hd)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
