@@ -170,6 +170,8 @@ def test_run_writes_the_report(one_thread, tmp_path):
         "1",
         "--warmup",
         "0",
+        "--data-files",
+        "2",
         "--json",
         str(out),
     )
@@ -191,5 +193,9 @@ def test_run_writes_the_report(one_thread, tmp_path):
     assert kernels["all_agree"] and kernels["heads"] == 2 and kernels["head_dim"] == 32
     assert training["mode"] == "eager"
     assert saved["packed_vs_padded_tokens_per_s"] == training["packed_vs_padded_tokens_per_s"]
+    data = saved["data"]
+    assert data["prepare"]["files"] == 2 and data["prepare"]["clips_per_s"] > 0
+    assert set(data["prepare"]["peak_rss_mb_by_files"]) == {"2", "8"}
+    assert data["training"]["steps"] == 2 and data["ddp"]["speedup_2_vs_1"] > 0
     plot = saved["scaling"].get("plot")
     assert plot is None or (tmp_path / "report-scaling.png").is_file()

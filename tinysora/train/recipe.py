@@ -63,6 +63,9 @@ class DiTRecipe(Config):
     # a cache of your own clips (`tinysora prepare DATA --out CACHE`) to train on instead of
     # the Shapes World; `tinysora train dit --data CACHE` sets it
     data: str = ""
+    # with `data`: the share of each batch drawn from the Shapes World instead (prior
+    # preservation: a fine-tune or LoRA keeps what the model could do); 0 = none
+    world_mix: float = 0.0
     # prompts the model in training generates every [train] sample_every steps, shown as
     # videos in TensorBoard (at height x width x frames, seed 0)
     sample_prompts: list[str] = field(default_factory=list)

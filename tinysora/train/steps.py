@@ -13,6 +13,7 @@ flow time 0 (``diffusion.flow.given_times``) and carry no loss.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,17 @@ def cached_steps(recipe: DiTRecipe, cache: LatentCache) -> Steps:
         return x0, noise, t, text, mask, given
 
     return Steps(batch_fn, *_equal_clip_loss(recipe, grid), channels)
+
+
+def mixed_steps(own: Steps, world: Steps) -> Steps:
+    """Batches of equal clips from two sources (e.g. a cache of your clips and the Shapes
+    World), concatenated: ``own``'s clips first. Both must share clip size and loss."""
+
+    def batch_fn(step: int):
+        parts = zip(own.batch_fn(step), world.batch_fn(step), strict=True)
+        return tuple(None if a is None else torch.cat([a, b]) for a, b in parts)
+
+    return dataclasses.replace(own, batch_fn=batch_fn)
 
 
 def _equal_clip_loss(recipe: DiTRecipe, grid: tuple[int, int, int]):
