@@ -20,7 +20,9 @@ from tinysora.data.folder import FolderConfig
 from tinysora.io.checkpoint import save_tensors
 from tinysora.io.video import write_video
 from tinysora.pipeline import TextToVideoPipeline
-from tinysora.train.dit import train_dit
+from tinysora.train.dit import run_steps, train_dit
+from tinysora.train.recipe import DiTRecipe
+from tinysora.train.steps import cached_packed_steps
 from tinysora.worlds.shapes import render, sample_scene
 
 SIZE = FolderConfig(fps=8, frames=9, height=64, width=64)
@@ -144,3 +146,46 @@ def test_a_cache_from_another_vae_is_refused(data, vae, tmp_path, one_thread):
         prepare(data, tmp_path / "cache", SIZE, vae_dir=other, progress=False)
     with pytest.raises(CacheError, match="is not a prepared cache"):
         LatentCache(tmp_path)
+
+
+def test_packed_training_from_a_packing_cache(vae, tmp_path, one_thread):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    rows = ["path,text"]
+    for i, (h, w) in enumerate([(64, 64), (48, 80), (64, 64), (48, 80)]):
+        scene = sample_scene(i)
+        write_video(root / f"v{i}.mp4", render(scene, h, w, 9), fps=8)
+        rows.append(f"v{i}.mp4,{scene.caption}")
+    (root / "captions.csv").write_text("\n".join(rows) + "\n")
+    native = FolderConfig(fps=8, frames=9, native_size=True)
+    prepare(root, tmp_path / "cache", native, vae_dir=vae, progress=False)
+    assert LatentCache(tmp_path / "cache").shapes() == {(4, 3, 8, 8), (4, 3, 6, 10)}
+    # 48 and 45 tokens per clip: two clips fill most of a 96-token row
+    extra = "[packing]\nenabled = true\ntoken_budget = 96\nrows = 2\n"
+    recipe = tiny_recipe(tmp_path, steps=2, extra=extra)
+    train_dit(recipe, tmp_path / "run", data=tmp_path / "cache")
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(0.9 <= r["pack_efficiency"] <= 1 and np.isfinite(r["loss"]) for r in log)
+    steps = cached_packed_steps(DiTRecipe.load(recipe), LatentCache(tmp_path / "cache"))
+    lengths = set()
+    for step in range(6):
+        batch = steps.batch_fn(step)
+        assert batch.packed.tokens.shape[:2] == (2, 96)
+        lengths |= {n for _, _, n in batch.packed.places}
+    assert lengths == {48, 45}  # clips of both sizes, whole
+
+
+def test_world_mix_fills_a_share_of_each_batch_with_world_clips(data, vae, tmp_path, one_thread):
+    prepare(data, tmp_path / "cache", SIZE, vae_dir=vae, progress=False)
+    top = "batch_size = 4\nworld_mix = 0.5\ncache_clips = 4\nencode_batch = 4\nframes = 9\n"
+    recipe = tiny_recipe(tmp_path, top=top, steps=2)
+    train_dit(recipe, tmp_path / "run", data=tmp_path / "cache")
+    world = load_file(tmp_path / "run" / "latents.safetensors")["latents"].float()
+    loaded = DiTRecipe.load(recipe)
+    loaded.data = str(tmp_path / "cache")
+    steps = run_steps(loaded, tmp_path / "run", torch.device("cpu"))
+    for step in range(3):
+        x0 = steps.batch_fn(step)[0]
+        assert x0.shape == (4, 4, 3, 8, 8)
+        from_world = [any(torch.equal(x, w) for w in world) for x in x0]
+        assert from_world == [False, False, True, True]  # the cache's clips, then the world's
