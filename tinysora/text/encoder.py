@@ -47,7 +47,7 @@ def _runs_without_transformers(path: Path, config: dict) -> bool:
     from tinysora.text import bert
 
     files = all((path / f).is_file() for f in ("model.safetensors", "tokenizer.json"))
-    return files and bert.supports(config)
+    return files and isinstance(config, dict) and bert.supports(config)
 
 
 def _load_with_transformers(path: Path):
