@@ -40,8 +40,9 @@ def cpu_kind() -> str:
 
 RECORD = GOLDEN["kinds"].get(cpu_kind(), {})
 pytestmark = pytest.mark.skipif(
-    RECORD.get("torch") != torch.__version__,
-    reason=f"no md5s recorded for '{cpu_kind()}' with torch {torch.__version__}",
+    RECORD.get("torch") != torch.__version__ or RECORD.get("threads") != torch.get_num_threads(),
+    reason=f"no md5s recorded for '{cpu_kind()}' with torch {torch.__version__} at "
+    f"{torch.get_num_threads()} threads",
 )
 
 

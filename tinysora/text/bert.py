@@ -28,7 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tinysora.text.encoder import TextEncoderError
+from tinysora.errors import UserError
+
+
+class TextEncoderError(UserError, RuntimeError):
+    """The text encoder cannot be loaded; the message says what to install or pass."""
+
 
 # transformers' BertConfig defaults, for keys a config.json leaves out
 CONFIG_DEFAULTS = {

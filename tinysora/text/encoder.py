@@ -20,14 +20,10 @@ from pathlib import Path
 import torch
 
 from tinysora.device import autocast
-from tinysora.errors import UserError
+from tinysora.text.bert import TextEncoderError
 
 DEFAULT_MAX_LENGTH = 32
 CACHE_SIZE = 4096  # prompts kept (training paraphrases are nearly all distinct)
-
-
-class TextEncoderError(UserError, RuntimeError):
-    """The text encoder cannot be loaded; the message says what to install or pass."""
 
 
 def default_encoder_path() -> Path:
