@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from tinysora.config import ConfigError
 from tinysora.device import resolve_device
 from tinysora.dit.lora import add_lora, merge_lora, save_lora
 from tinysora.dit.model import DiT, DiTConfig
@@ -70,6 +71,8 @@ def train_lora(
     init, out = resolve_model_dir(init), Path(out)
     recipe = lora_recipe(init, str(data), config)
     check_run_dir(out, resume)
+    if recipe.train.parallel == "fsdp":
+        raise ConfigError("LoRA trains small adapters on a frozen model: use parallel = 'ddp'")
     device = resolve_device(device)
     distributed.setup(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,6 @@ def train_lora(
     dit = load_pretrained(DiT, init / "dit").train().to(device)
     model = add_lora(dit, rank)
     if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
         recipe.save(out / "recipe.json")
         (out / "lora.json").write_text(json.dumps({"init": str(init), "rank": rank}) + "\n")
     trainer = fit(dit, recipe, steps, out, resume)

@@ -270,9 +270,8 @@ class Trainer:
                 if self.ema is not None:
                     self._update_ema()
                 self.step += 1
-                metrics = {"loss": loss.detach(), "grad_norm": distributed.local(grad_norm)} | (
-                    metrics
-                )
+                grad_norm = distributed.local(grad_norm)  # (FSDP: a replicated DTensor)
+                metrics = {"loss": loss.detach(), "grad_norm": grad_norm, **metrics}
                 if self.flops_per_step is not None:
                     metrics["flops"] = float(self.flops_per_step(batch))
                 if self.tokens_per_step is not None:
