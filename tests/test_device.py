@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinysora.cli import main
 from tinysora.config import ConfigError
 from tinysora.data.packing import pack
 from tinysora.device import (
@@ -83,13 +84,20 @@ def test_resolve_device_refuses_what_is_not_here(name, needle):
     ],
     ids=["generate", "prepare", "train", "eval", "vae"],
 )
-def test_cli_device_cuda_without_a_gpu_is_one_line_error(tmp_path, args):
-    cmd = [sys.executable, "-m", "tinysora", *args]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
+def test_cli_device_cuda_without_a_gpu_is_one_line_error(tmp_path, monkeypatch, capsys, args):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "no CUDA GPU" in lines[0] and "--device cpu" in lines[0], lines
     assert list(tmp_path.iterdir()) == []  # nothing loaded, nothing written
+
+
+@no_cuda
+def test_cli_device_error_from_a_real_process(tmp_path):
+    cmd = [sys.executable, "-m", "tinysora", "generate", "a red circle", "--device", "cuda"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("tinysora: error: --device cuda: this machine has no CUDA")
 
 
 MASK = torch.ones(2, dtype=torch.bool)

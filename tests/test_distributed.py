@@ -8,8 +8,8 @@ agree within TOLERANCE relative to each tensor's largest magnitude (measured on 
 EPYC: DDP 5.4e-5) and the logged losses within 1e-4 (measured: equal to 6 decimals).
 
 The same holds for FSDP2 (parameters, gradients and optimizer state sharded over the
-two processes) and for two torchrun launchers of one process each (``--nnodes 2``) that
-meet over a c10d rendezvous on loopback, as two machines would.
+two processes), tested with two torchrun launchers of one process each (``--nnodes 2``)
+that meet over a c10d rendezvous on loopback, as two machines would.
 """
 
 from __future__ import annotations
@@ -110,26 +110,17 @@ def test_two_processes_track_one_with_twice_the_batch(tmp_path, reference):
     assert_tracks(reference, tmp_path / "two")
 
 
-def test_fsdp_shards_track_one_process_and_export_one_model(tmp_path, reference):
-    recipe = write_recipe(tmp_path, parallel="fsdp")
-    standalone(recipe, tmp_path / "two")
-    assert_tracks(reference, tmp_path / "two")
-    # the checkpoint holds the whole model and EMA (gathered) in the one-process format;
-    # the exported model directory loads and generates
-    assert worst_difference(reference, tmp_path / "two", "ema.safetensors") < TOLERANCE
-    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "two" / "model")
-    video = pipe("a red circle", num_frames=9, height=32, width=32, progress=False).frames
-    assert video.shape == (9, 32, 32, 3) and video.dtype == np.uint8
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_nodes_meet_over_loopback_rendezvous(tmp_path, reference):
-    recipe = write_recipe(tmp_path)
+def test_fsdp_over_two_nodes_tracks_one_process_and_exports_one_model(tmp_path, reference):
+    """Two torchrun launchers (--nnodes 2, one process each) meet over a c10d rendezvous
+    on loopback, as two machines would, and train with FSDP2: the model, its gradients
+    and the AdamW state sharded over the two processes."""
+    recipe = write_recipe(tmp_path, parallel="fsdp")
     rdzv = ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}"]
     nodes = [
         subprocess.Popen(
@@ -155,6 +146,12 @@ def test_two_nodes_meet_over_loopback_rendezvous(tmp_path, reference):
     for node, proc in enumerate(nodes):
         assert proc.wait(timeout=600) == 0, (tmp_path / f"node{node}.err").read_text()[-3000:]
     assert_tracks(reference, tmp_path / "two")
+    # the checkpoint holds the whole model and EMA (gathered) in the one-process format;
+    # the exported model directory loads and generates
+    assert worst_difference(reference, tmp_path / "two", "ema.safetensors") < TOLERANCE
+    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "two" / "model")
+    video = pipe("a red circle", num_frames=9, height=32, width=32, progress=False).frames
+    assert video.shape == (9, 32, 32, 3) and video.dtype == np.uint8
 
 
 @pytest.mark.slow

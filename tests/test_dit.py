@@ -594,6 +594,7 @@ def test_config_rejects_unknown_attention():
     assert "full" in str(info.value) and "factorized" in str(info.value)
 
 
+@pytest.mark.slow  # ~50 s of torch.compile
 def test_compiled_blocks_compute_the_same_velocity_and_gradients():
     torch.manual_seed(0)
     model = DiT(tiny_cfg())

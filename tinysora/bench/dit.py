@@ -83,7 +83,7 @@ def trainer_step(trainer: Trainer, loss_fn, inputs) -> None:
     EMA update (when the recipe has one), ``loss.item()``."""
     cfg = trainer.cfg
     trainer.optimizer.zero_grad(set_to_none=True)
-    with autocast(cfg.bf16):
+    with autocast("cpu", cfg.bf16):
         loss = loss_fn(trainer.model, inputs)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainer.params, cfg.grad_clip)
