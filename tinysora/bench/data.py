@@ -132,7 +132,7 @@ def training_memory(work: Path, base: str, caches: dict[int, Path], steps: int, 
         memory[str(n)] = peak_rss_mb(cmd)
     small, large = sorted(caches)
     return {
-        "peak_rss_mb_by_cache_clips": memory,
+        "peak_rss_mb_by_cache_of_files": memory,
         "rss_growth": memory[str(large)] / memory[str(small)],
     }
 
