@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from tinysora.device import autocast
+from tinysora.text import bert
 from tinysora.text.bert import TextEncoderError
 
 DEFAULT_MAX_LENGTH = 32
@@ -40,8 +41,6 @@ def default_encoder_path() -> Path:
 def _runs_without_transformers(path: Path, config: dict) -> bool:
     """True for a BERT directory ``tinysora.text.bert`` computes exactly (weights in
     model.safetensors, tokenizer in tokenizer.json); anything else needs transformers."""
-    from tinysora.text import bert
-
     files = all((path / f).is_file() for f in ("model.safetensors", "tokenizer.json"))
     return files and isinstance(config, dict) and bert.supports(config)
 
@@ -99,8 +98,6 @@ class TextEncoder:
         except (OSError, ValueError) as e:
             raise TextEncoderError(f"cannot load text encoder from '{self.path}': {e}") from None
         if _runs_without_transformers(self.path, config):
-            from tinysora.text import bert
-
             self.tokenizer = bert.BertTokenizer(self.path)
             model = bert.BertEncoderModel.from_directory(self.path)
             self.dim = int(bert.bert_config(config)["hidden_size"])
