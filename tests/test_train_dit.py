@@ -25,6 +25,7 @@ from tinysora.text.encoder import TextEncoder
 from tinysora.train.dit import train_dit
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.steps import _kept_tokens, packed_steps
+from tinysora.train.validation import val_loss_fn
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import DetectedObject, Detection, judge
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, SplitMix64, parse_caption, sample_scene
@@ -228,3 +229,19 @@ def test_token_dropping_keeps_images_whole_and_drops_up_to_the_fraction():
     assert 40 <= min(sizes) < 50 and max(sizes) > 75  # drop fraction ~ U(0, 0.5)
     kept = _kept_tokens((5, 4, 4), 0.5, g)
     assert torch.equal(kept, kept.sort().values) and len(set(kept.tolist())) == len(kept)
+
+
+def test_validation_loss_is_fixed_per_model_and_logged(tmp_path, one_thread):
+    top = "cache_clips = 4\nbatch_size = 2\nencode_batch = 4\nval_clips = 3\nframes = 9\n"
+    recipe_path = tiny_recipe(tmp_path, top=top, steps=4, train="eval_every = 2\n")
+    train_dit(recipe_path, tmp_path / "run")
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0 < r["eval"]["val_loss"] < 10 for r in evals)
+    recipe = DiTRecipe.load(tmp_path / "run" / "recipe.json")
+    fn = val_loss_fn(recipe, torch.device("cpu"))
+    model = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model").dit
+    assert fn(model) == fn(model)  # the same inputs every time
+    other = DiT(recipe.model).eval()
+    assert fn(other) != fn(model)

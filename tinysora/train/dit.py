@@ -46,6 +46,7 @@ from tinysora.train.steps import (
     packed_steps,
 )
 from tinysora.train.trainer import Trainer, check_run_dir
+from tinysora.train.validation import val_loss_fn
 from tinysora.vae.model import VideoVAE
 
 
@@ -81,7 +82,8 @@ def train_dit(
         if recipe.train.parallel == "fsdp" and distributed.world() > 1:
             raise ConfigError("[train] compile does not combine with parallel = 'fsdp' yet")
         model.compile_blocks()
-    trainer = fit(model, recipe, steps, out, resume)
+    evaluate = val_loss_fn(recipe, device) if recipe.val_clips else None
+    trainer = fit(model, recipe, steps, out, resume, evaluate)
     weights = trainer.ema_state()  # (gathered from every rank under FSDP)
     if distributed.is_main():
         export_model(recipe, weights, out / "model")
@@ -90,9 +92,11 @@ def train_dit(
     return out / "model"
 
 
-def fit(model: DiT, recipe: DiTRecipe, steps: Steps, out: Path, resume: bool) -> Trainer:
+def fit(
+    model: DiT, recipe: DiTRecipe, steps: Steps, out: Path, resume: bool, eval_fn=None
+) -> Trainer:
     """Train ``model`` with ``steps`` in run directory ``out`` (from its last checkpoint if
-    ``resume``); returns the finished trainer."""
+    ``resume``; ``eval_fn(model)`` every ``eval_every`` steps); returns the finished trainer."""
     device = next(model.parameters()).device
     trainer = Trainer(
         model,
@@ -100,6 +104,7 @@ def fit(model: DiT, recipe: DiTRecipe, steps: Steps, out: Path, resume: bool) ->
         out,
         loss_fn=steps.loss_fn,
         batch_fn=steps.batch_fn,
+        eval_fn=eval_fn,
         flops_per_step=steps.flops_fn,
         tokens_per_step=steps.tokens_fn,
         peak_flops=recipe.train.peak_tflops * 1e12 or peak_flops(device),

@@ -69,3 +69,6 @@ class DiTRecipe(Config):
     # prompts the model in training generates every [train] sample_every steps, shown as
     # videos in TensorBoard (at height x width x frames, seed 0)
     sample_prompts: list[str] = field(default_factory=list)
+    # validation loss every [train] eval_every steps on this many val-split clips at
+    # height x width x frames (tinysora.train.validation); 0 = none
+    val_clips: int = 0
