@@ -149,49 +149,47 @@ def run_steps(recipe: DiTRecipe, out: Path, device: torch.device) -> Steps:
     World (its latents encoded once into ``out/latents.safetensors``). With ``data`` and
     ``world_mix`` > 0 each batch also takes that share of Shapes World clips, so a
     fine-tune (or LoRA) on your clips keeps what the model could do (prior preservation)."""
-    world = not recipe.data or recipe.world_mix > 0
-    latents = out / "latents.safetensors"
-    if world and distributed.is_main() and not latents.is_file():
-        build = build_mixture_cache if recipe.packing.enabled else build_latent_cache
-        build(recipe, latents, device)  # rank 0 writes the latent cache, the others wait
-    distributed.barrier()
-    if not recipe.data:
-        return _world_steps(recipe, latents, device)
-    if recipe.world_mix <= 0:
-        return _cache_steps(recipe)
-    if recipe.packing.enabled:
-        raise ConfigError("world_mix does not combine with [packing] yet; set world_mix = 0")
+    mix = bool(recipe.data) and recipe.world_mix > 0
     n_world = round(recipe.batch_size * recipe.world_mix)
-    if not 0 < n_world < recipe.batch_size:
+    if mix and recipe.packing.enabled:
+        raise ConfigError("world_mix does not combine with [packing] yet; set world_mix = 0")
+    if mix and not 0 < n_world < recipe.batch_size:
         raise ConfigError(
             f"world_mix = {recipe.world_mix} of batch_size {recipe.batch_size} leaves no clips "
             "of one kind; use a value that gives both at least one clip"
         )
-    shapes = LatentCache(recipe.data).shapes()
-    world_recipe = dataclasses.replace(
-        recipe,
-        batch_size=n_world,
-        train=dataclasses.replace(recipe.train, seed=recipe.train.seed + 1),  # its own draws
-    )
-    world_steps = _world_steps(world_recipe, latents, device)
-    own_recipe = dataclasses.replace(recipe, batch_size=recipe.batch_size - n_world)
-    own = _cache_steps(own_recipe)
-    world_shape = tuple(load_tensors(latents)["latents"].shape[1:])
+    latents = out / "latents.safetensors"
+    if (mix or not recipe.data) and distributed.is_main() and not latents.is_file():
+        build = build_mixture_cache if recipe.packing.enabled else build_latent_cache
+        build(recipe, latents, device)  # rank 0 writes the latent cache, the others wait
+    distributed.barrier()
+    if not recipe.data:
+        return _world_steps(recipe, load_tensors(latents), device)
+    if not mix:
+        return _cache_steps(recipe)
+    world = load_tensors(latents)
+    shapes, world_shape = LatentCache(recipe.data).shapes(), tuple(world["latents"].shape[1:])
     if shapes != {world_shape}:
         raise ConfigError(
             f"world_mix needs the cache's clips and the recipe's world clips at one size: "
             f"cache latents {sorted(shapes)}, world {world_shape} (set height / width / frames)"
         )
-    return mixed_steps(own, world_steps)
+    world_recipe = dataclasses.replace(
+        recipe,
+        batch_size=n_world,
+        train=dataclasses.replace(recipe.train, seed=recipe.train.seed + 1),  # its own draws
+    )
+    own_recipe = dataclasses.replace(recipe, batch_size=recipe.batch_size - n_world)
+    return mixed_steps(_cache_steps(own_recipe), _world_steps(world_recipe, world, device))
 
 
-def _world_steps(recipe: DiTRecipe, latents: Path, device: torch.device) -> Steps:
-    """Steps on the run's Shapes World latents (``train.latents``)."""
+def _world_steps(recipe: DiTRecipe, latents: dict, device: torch.device) -> Steps:
+    """Steps on the run's Shapes World latents (``train.latents``, loaded)."""
     packing = recipe.packing.enabled
     # no prompt cache: a step's text states depend on that step alone (exact resume)
     encoder = TextEncoder(max_length=recipe.pipeline.text_max_length, cache_size=0)
     encoder.to(device)
-    return (packed_steps if packing else fixed_size_steps)(recipe, load_tensors(latents), encoder)
+    return (packed_steps if packing else fixed_size_steps)(recipe, latents, encoder)
 
 
 def _cache_steps(recipe: DiTRecipe) -> Steps:

@@ -95,18 +95,14 @@ def cached_steps(recipe: DiTRecipe, cache: LatentCache) -> Steps:
     (channels, *latent_size), b = shapes.pop(), recipe.batch_size
     grid = grid_size(tuple(latent_size), recipe.model.patch)
     tokens = grid[0] * grid[1] * grid[2]
-    shift, scale = cache.vae["shift_factor"], cache.vae["scaling_factor"]
 
     def batch_fn(step: int):
         rng = step_rng(recipe.train.seed, step)
         clips = [cache.clip(int(rng.uniform() * len(cache))) for _ in range(b)]
         g = step_generator(recipe.train.seed, step)
         mean, std = (torch.stack([c[k] for c in clips]).float() for k in ("mean", "std"))
-        x0 = (mean + std * torch.randn(mean.shape, generator=g) - shift) * scale
-        text = torch.stack([c["text"] for c in clips]).float()  # (B, L, D)
-        mask = torch.stack([c["mask"] for c in clips])  # (B, L)
-        drop = torch.rand(b, generator=g) < recipe.flow.caption_dropout
-        text[drop], mask[drop] = cache.empty_text.float(), cache.empty_mask
+        x0 = _posterior_sample(cache, mean, std, g)
+        text, mask = _cached_captions(cache, clips, recipe.flow.caption_dropout, g)
         t = sample_timesteps(b, tokens, recipe.flow, g)
         noise = torch.randn(x0.shape, generator=g)
         given = sample_given(recipe.tasks, grid, b, g)[0] if recipe.tasks.conditioned else None
@@ -196,7 +192,6 @@ def cached_packed_steps(recipe: DiTRecipe, cache: LatentCache) -> Steps:
         )
     if len(fits) < len(tokens):
         print(f"{len(tokens) - len(fits)} clips longer than token_budget are left out")
-    shift, scale = cache.vae["shift_factor"], cache.vae["scaling_factor"]
 
     def batch_fn(step: int) -> PackedBatch:
         rng = step_rng(recipe.train.seed, step)
@@ -214,19 +209,28 @@ def cached_packed_steps(recipe: DiTRecipe, cache: LatentCache) -> Steps:
                 else:
                     misses += 1
         clips = [cache.clip(i) for i in chosen]
-        x0 = [
-            (c["mean"].float() + c["std"].float() * torch.randn(c["mean"].shape, generator=g))[None]
-            for c in clips
-        ]
-        x0 = [(x - shift) * scale for x in x0]
-        text = torch.stack([c["text"] for c in clips]).float()
-        mask = torch.stack([c["mask"] for c in clips])
-        drop = torch.rand(len(clips), generator=g) < recipe.flow.caption_dropout
-        text[drop], mask[drop] = cache.empty_text.float(), cache.empty_mask
+        x0 = [_posterior_sample(cache, c["mean"].float(), c["std"].float(), g)[None] for c in clips]
+        text, mask = _cached_captions(cache, clips, recipe.flow.caption_dropout, g)
         return _pack_clips(recipe, x0, text, mask, rows, g)
 
     channels = next(iter(cache.shapes()))[0]
     return Steps(batch_fn, packed_batch_loss, PackedBatch.flops_of, PackedBatch.tokens_of, channels)
+
+
+def _posterior_sample(cache: LatentCache, mean, std, g: torch.Generator) -> torch.Tensor:
+    """Latents drawn from cached posteriors, normalized with the cache's VAE factors."""
+    shift, scale = cache.vae["shift_factor"], cache.vae["scaling_factor"]
+    return (mean + std * torch.randn(mean.shape, generator=g) - shift) * scale
+
+
+def _cached_captions(cache: LatentCache, clips, dropout: float, g: torch.Generator):
+    """Cached caption states (B, L, D) and masks (B, L), each dropped to the empty
+    prompt's with probability ``dropout``."""
+    text = torch.stack([c["text"] for c in clips]).float()
+    mask = torch.stack([c["mask"] for c in clips])
+    drop = torch.rand(len(clips), generator=g) < dropout
+    text[drop], mask[drop] = cache.empty_text.float(), cache.empty_mask
+    return text, mask
 
 
 def _pack_clips(recipe: DiTRecipe, clips, text, mask, rows, g: torch.Generator) -> PackedBatch:

@@ -294,20 +294,16 @@ class Trainer:
     def _evaluate(self, bar, final: bool) -> None:
         """``eval_fn`` (rank 0) and ``sample_fn`` (every rank under FSDP, whose forward is
         collective; else rank 0) at their steps."""
-        cfg = self.cfg
-        evaluate = self.eval_fn is not None and (self.step % cfg.eval_every == 0 or final)
-        sample = (
-            self.sample_fn is not None
-            and cfg.sample_every > 0
-            and (self.step % cfg.sample_every == 0 or final)
-        )
-        if not (evaluate and distributed.is_main()) and not (
-            sample and (distributed.is_main() or cfg.parallel == "fsdp")
-        ):
+        cfg, main = self.cfg, distributed.is_main()
+        due = lambda every: every > 0 and (self.step % every == 0 or final)  # noqa: E731
+        evaluate = main and self.eval_fn is not None and due(cfg.eval_every)
+        sample = (main or cfg.parallel == "fsdp") and self.sample_fn is not None
+        sample = sample and due(cfg.sample_every)
+        if not (evaluate or sample):
             return
         self.model.eval()
         with torch.no_grad():
-            if evaluate and distributed.is_main():
+            if evaluate:
                 scores = self.eval_fn(self.model)
                 self.log({"step": self.step, "eval": scores})
                 bar.write(
