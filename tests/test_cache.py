@@ -20,6 +20,7 @@ from tinysora.data.folder import FolderConfig
 from tinysora.io.checkpoint import save_tensors
 from tinysora.io.video import write_video
 from tinysora.pipeline import TextToVideoPipeline
+from tinysora.text.encoder import default_encoder_path
 from tinysora.train.dit import run_steps, train_dit
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.steps import cached_packed_steps
@@ -130,6 +131,9 @@ def test_train_dit_from_the_cache(data, vae, tmp_path, one_thread):
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["data"] == str(
         tmp_path / "cache"
     )
+    # text states encoded whole-sentence do not serve a per-subject recipe
+    with pytest.raises(CacheError, match="text_subjects is True: make them equal"):
+        LatentCache(tmp_path / "cache").check(vae, default_encoder_path(), 32, subjects=True)
 
 
 def test_a_cache_from_another_vae_is_refused(data, vae, tmp_path, one_thread):

@@ -261,6 +261,32 @@ def test_text_padding_is_ignored(attention):
         assert (diff[row] - base[row]).abs().max() > 1e-4
 
 
+def test_a_fresh_text_refiner_is_the_identity_and_a_trained_one_reads_word_order():
+    """A refiner added to a trained model changes nothing until it trains; once its
+    weights move, a word's state depends on its neighbours, so swapping two real tokens
+    changes the output (the plain model only sees a set of tokens)."""
+    plain = make_model(std=0.2, seed=4)
+    refined = DiT(tiny_cfg(text_refiner=2)).eval()
+    state = refined.state_dict()
+    state.update(plain.state_dict())
+    refined.load_state_dict(state)
+    latents = torch.randn(2, 4, 1, 4, 4, generator=gen(6))
+    t = torch.tensor([0.5, 0.5])
+    text, mask = text_inputs(2, 6, [4, 3])
+    swapped = text.clone()
+    swapped[:, [0, 1]] = text[:, [1, 0]]
+    with torch.no_grad():
+        base = plain(latents, t, text, mask)
+        assert_close_fp32(refined(latents, t, text, mask), base)
+        assert_close_fp32(plain(latents, t, swapped, mask), base)  # no positions on text
+        randomize(refined.refiner, std=0.2, seed=9)
+        moved = refined(latents, t, text, mask)
+        assert (moved - base).abs().max() > 1e-4
+        assert (refined(latents, t, swapped, mask) - moved).abs().max() > 1e-4
+        padded_changed = torch.where(mask[..., None], text, text + 5)
+        assert_close_fp32(refined(latents, t, padded_changed, mask), moved)
+
+
 # ----------------------------------------------------------------------------- masks
 
 
@@ -327,12 +353,15 @@ def test_segment_mask():
 # ----------------------------------------------------------------------------- packing
 
 
-@pytest.mark.parametrize("time_span", [0.0, 4.0])
+@pytest.mark.parametrize(
+    "time_span, text_refiner", [(0.0, 0), (4.0, 0), (4.0, 2)], ids=["frames", "clip-time", "refiner"]
+)
 @pytest.mark.parametrize("attention", MODES)
-def test_packed_clips_equal_solo_clips(attention, time_span):
+def test_packed_clips_equal_solo_clips(attention, time_span, text_refiner):
     """Patch n' Pack: two clips in one sequence give each clip's solo output (with
-    frame-count or clip-time temporal positions)."""
-    model = make_model(attention, std=0.2, seed=3)
+    frame-count or clip-time temporal positions; with a text refiner, whose captions
+    stay apart too)."""
+    model = make_model(attention, std=0.2, seed=3, text_refiner=text_refiner)
     patch = model.config.patch
     lat_a = torch.randn(1, 4, 2, 4, 4, generator=gen(10))  # grid (2, 2, 2): 8 tokens
     lat_b = torch.randn(1, 4, 1, 2, 6, generator=gen(11))  # grid (1, 1, 3): 3 tokens

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tinysora.text.encoder import TextEncoder, TextEncoderError
+from tinysora.text.encoder import TextEncoder, TextEncoderError, split_subjects
 
 SHORT = "a red ball"
 LONG = "a big blue square moving slowly to the left on a dark gray floor"
@@ -169,3 +169,44 @@ def test_prefixed_weights_load_and_a_missing_weight_is_a_one_line_error(tmp_path
     message = str(error.value)
     assert "\n" not in message and f"cannot load text encoder from '{renamed}'" in message
     assert "lacks 2 BERT weight(s), e.g. 'encoder.layer.0.attention.self.key.bias'" in message
+
+
+def test_split_subjects():
+    two = "a red circle moving left and a blue square moving up on a black background"
+    assert split_subjects(two) == ["a red circle moving left", "a blue square moving up on a black background"]
+    assert split_subjects("red circle, and blue square; green triangle") == [
+        "red circle",
+        "blue square",
+        "green triangle",
+    ]
+    assert split_subjects("a small pink triangle bouncing") == ["a small pink triangle bouncing"]
+    assert split_subjects("Andy's sandy brandy") == ["Andy's sandy brandy"]  # whole words only
+    assert split_subjects("") == [""]
+
+
+def test_subject_clauses_are_encoded_apart_in_the_same_slots(encoder):
+    """With subjects=True a two-subject prompt's states are its clauses' own states, one
+    after the other in the max_length slots; a one-subject prompt's are unchanged; and
+    the second subject's color no longer reaches the first subject's shape word."""
+    per_subject = TextEncoder(max_length=32, subjects=True, cache_size=0)
+    clause_a, clause_b = "a red circle moving left", "a blue square moving up"
+    prompt = f"{clause_a} and {clause_b}"
+    states, mask = per_subject([prompt, clause_a])
+    a, mask_a = encoder(clause_a)
+    b, mask_b = encoder(clause_b)
+    na, nb = int(mask_a.sum()), int(mask_b.sum())
+    assert int(mask[0].sum()) == na + nb and (states[0][~mask[0]] == 0).all()
+    tol = dict(atol=0.02 * float(a.abs().max()), rtol=0)
+    assert torch.allclose(states[0, :na], a[0, :na], **tol)
+    assert torch.allclose(states[0, na : na + nb], b[0, :nb], **tol)
+    assert torch.allclose(states[1], a[0], **tol) and torch.equal(mask[1], mask_a[0])
+    # the shape word "circle" (token 3: [CLS] a red circle) with the other subject's
+    # color changed: the whole-sentence state moves, the per-subject one does not
+    other = f"{clause_a} and a green square moving up"
+    circle = lambda enc, p: enc(p)[0][0, 3]  # noqa: E731
+    same = circle(per_subject, prompt), circle(per_subject, other)
+    assert torch.allclose(*same, rtol=1e-5, atol=1e-5 * float(same[0].abs().max()))
+    assert (circle(encoder, prompt) - circle(encoder, other)).abs().max() > 0.05
+    # budget: clauses past max_length are cut like a long prompt
+    s, m = TextEncoder(max_length=12, subjects=True, cache_size=0)(prompt)
+    assert m.all() and s.shape == (1, 12, encoder.dim)

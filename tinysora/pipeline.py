@@ -76,6 +76,8 @@ class PipelineConfig(Config):
     sampler: str = "euler"
     fps: float = 8.0
     text_max_length: int = 32
+    # encode each subject clause of a prompt on its own (text.encoder.split_subjects)
+    text_subjects: bool = False
     shift_base_tokens: int = 80
     base_shift: float = 1.0
     max_shift: float = 4.0
@@ -188,7 +190,9 @@ class TextToVideoPipeline:
                 "train one with `tinysora train dit` or pass --model DIR"
             )
         config = PipelineConfig.load(root / "pipeline.json")
-        encoder = text_encoder or TextEncoder(max_length=config.text_max_length)
+        encoder = text_encoder or TextEncoder(
+            max_length=config.text_max_length, subjects=config.text_subjects
+        )
         vae = load_pretrained(VideoVAE, root / "vae")
         return cls(vae, load_pretrained(DiT, root / "dit"), encoder, config)
 

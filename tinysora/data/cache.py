@@ -73,6 +73,7 @@ def text_identity(encoder: TextEncoder) -> dict:
         "fingerprint": fingerprint(encoder.path),
         "max_length": encoder.max_length,
         "dim": encoder.dim,
+        "subjects": encoder.subjects,
     }
 
 
@@ -260,7 +261,9 @@ class LatentCache:
         shard = self._shards[file]
         return {key: shard.get_tensor(f"{k}.{key}") for key in ("mean", "std", "text", "mask")}
 
-    def check(self, vae_dir: Path, encoder_dir: Path, text_max_length: int) -> None:
+    def check(
+        self, vae_dir: Path, encoder_dir: Path, text_max_length: int, subjects: bool = False
+    ) -> None:
         """Refuse to train with a VAE or text encoder other than the ones that made it."""
         _same(
             "VAE", self.vae, {"path": str(vae_dir), "fingerprint": fingerprint(vae_dir)}, self.root
@@ -272,4 +275,9 @@ class LatentCache:
             raise CacheError(
                 f"'{self.root}' holds text states of {made['max_length']} tokens; the recipe's "
                 f"[pipeline] text_max_length is {text_max_length}: make them equal"
+            )
+        if made.get("subjects", False) != subjects:
+            raise CacheError(
+                f"'{self.root}' holds text states encoded with subjects={made.get('subjects', False)};"
+                f" the recipe's [pipeline] text_subjects is {subjects}: make them equal"
             )

@@ -27,10 +27,12 @@ def dit_flops_per_sample(cfg: DiTConfig, grid: tuple[int, int, int], text_len: i
 
     Matmul params per block: self-attn 4 D^2 (+4 D^2 if factorized), cross-attn q/out
     2 D^2 (k/v on text: 2 D^2 x text_len / N), MLP 2 r D^2; the per-sample modulation,
-    patch embedding, output layer and timestep MLP are left out (~1% at XS/2).
+    patch embedding, output layer and timestep MLP are left out (~1% at XS/2). A text
+    refiner adds per layer 3 x (2 x 12 D^2 x L + 4 L^2 D).
     """
     n = grid[0] * grid[1] * grid[2]
     d, r = cfg.width, cfg.mlp_ratio
     n_self = 2 if cfg.attention == "factorized" else 1
     per_token = (4 * n_self + 2 + 2 * r) * d * d + 2 * d * d * text_len / n
-    return 3 * cfg.depth * (2 * per_token * n + attention_flops(cfg, grid, text_len))
+    refiner = cfg.text_refiner * (2 * 12 * d * d * text_len + 4 * text_len**2 * d)
+    return 3 * (cfg.depth * (2 * per_token * n + attention_flops(cfg, grid, text_len)) + refiner)

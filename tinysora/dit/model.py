@@ -46,6 +46,10 @@ class DiTConfig(Config):
     # 0: temporal positions count latent frames; > 0: each clip spans [0, time_span]
     # (clip time; see grid_positions)
     time_span: float = 0.0
+    # transformer layers over the projected text tokens before any block reads them
+    # (HunyuanVideo's token refiner: each word's state can take in its neighbours', e.g.
+    # a shape word its own color); 0 = none
+    text_refiner: int = 0
 
     @classmethod
     def from_dict(cls, data, *, where: str = "") -> DiTConfig:
@@ -83,6 +87,25 @@ def preset(name: str) -> DiTConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown DiT preset {name!r}; use one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+class RefinerBlock(nn.Module):
+    """A pre-norm transformer layer over the text tokens (1D RoPE on the token index).
+    Its output projections start at zero, so a fresh refiner is the identity: a trained
+    model gains one without changing what it computes."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(d), RMSNorm(d)
+        self.attn = Attention(d, heads)
+        self.mlp = MLP(d, 4 * d)
+        for layer in (self.attn.out, self.mlp.fc2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, text, mask, rope) -> torch.Tensor:
+        text = text + self.attn(self.norm1(text), mask=mask, rope=rope)
+        return text + self.mlp(self.norm2(text))
 
 
 class DiTBlock(nn.Module):
@@ -175,6 +198,7 @@ class DiT(nn.Module):
         self.x_embed = nn.Linear(patch_dim, d)
         self.t_embed = TimestepEmbedder(d)
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU())
+        self.refiner = nn.ModuleList([RefinerBlock(d, cfg.heads) for _ in range(cfg.text_refiner)])
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.norm_out = RMSNorm(d, affine=False)
         self.out_modulation = nn.Linear(d, 2 * d)
@@ -227,10 +251,27 @@ class DiT(nn.Module):
             c = PerToken(nn.functional.silu(self.t_embed(values)), index)
         x = self.x_embed(tokens)
         text = self.text_proj(text)
+        if len(self.refiner):
+            text = self._refine(text, text_mask, text_segments)
         for block in self.blocks:
             x = block(x, c, text, masks, rope, grid if grouped else None)
         shift, scale = _modulation(self.out_modulation, c).chunk(2, dim=-1)
         return self.out(modulate(self.norm_out(x), shift, scale))
+
+    def _refine(self, text, text_mask, text_segments) -> torch.Tensor:
+        """The refiner over text (B, L, D): a token sees the real tokens of its own caption
+        (and itself, so padding rows are never empty)."""
+        b, n, _ = text.shape
+        mask = text_mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=text.device)
+        if text_segments is not None:
+            mask = mask & (text_segments[:, :, None] == text_segments[:, None, :])
+        positions = torch.zeros(n, 3, device=text.device)
+        positions[:, 0] = torch.arange(n, device=text.device)
+        head_dim = self.config.width // self.config.heads
+        rope = rope_table(rope_angles(positions, head_dim, self.config.rope_theta))[None]
+        for layer in self.refiner:
+            text = layer(text, mask[:, None], rope)
+        return text
 
     def _masks(self, positions, text_mask, segments, text_segments, grouped=False) -> dict:
         """Boolean attention masks (True = attend), each (B, 1, Nq, Nk) or None."""

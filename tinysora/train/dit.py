@@ -76,7 +76,10 @@ def train_dit(
     torch.manual_seed(recipe.train.seed)
     model = DiT(recipe.model)
     if recipe.init_from:
-        load_into(model, load_tensors(_dit_weights(recipe.init_from)), recipe.init_from)
+        state = load_tensors(_dit_weights(recipe.init_from))
+        # a text refiner new to this stage keeps its fresh (identity) weights
+        new = {k: v for k, v in model.state_dict().items() if k.startswith("refiner.")}
+        load_into(model, {**new, **state}, recipe.init_from)
     model.to(device)
     if recipe.train.compile:
         if recipe.train.parallel == "fsdp" and distributed.world() > 1:
@@ -125,7 +128,9 @@ def sampler(recipe: DiTRecipe, device: torch.device):
         if not parts:  # the VAE and text encoder load on the first sampling step
             parts["vae"] = load_pretrained(VideoVAE, resolve_model_dir(recipe.vae, "vae"))
             parts["vae"].to(device)
-            encoder = TextEncoder(max_length=recipe.pipeline.text_max_length)
+            encoder = TextEncoder(
+                max_length=recipe.pipeline.text_max_length, subjects=recipe.pipeline.text_subjects
+            )
             parts["encoder"] = encoder.to(device)
         pipe = TextToVideoPipeline(parts["vae"], model, parts["encoder"], recipe.pipeline)
         videos = {}
@@ -187,7 +192,11 @@ def _world_steps(recipe: DiTRecipe, latents: dict, device: torch.device) -> Step
     """Steps on the run's Shapes World latents (``train.latents``, loaded)."""
     packing = recipe.packing.enabled
     # no prompt cache: a step's text states depend on that step alone (exact resume)
-    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length, cache_size=0)
+    encoder = TextEncoder(
+        max_length=recipe.pipeline.text_max_length,
+        cache_size=0,
+        subjects=recipe.pipeline.text_subjects,
+    )
     encoder.to(device)
     return (packed_steps if packing else fixed_size_steps)(recipe, latents, encoder)
 
@@ -196,7 +205,12 @@ def _cache_steps(recipe: DiTRecipe) -> Steps:
     """Steps on a prepared cache, after checking it was made by this VAE and text encoder."""
     cache = LatentCache(recipe.data)
     vae_dir = resolve_model_dir(recipe.vae, "vae")
-    cache.check(vae_dir, default_encoder_path(), recipe.pipeline.text_max_length)
+    cache.check(
+        vae_dir,
+        default_encoder_path(),
+        recipe.pipeline.text_max_length,
+        recipe.pipeline.text_subjects,
+    )
     return (cached_packed_steps if recipe.packing.enabled else cached_steps)(recipe, cache)
 
 

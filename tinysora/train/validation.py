@@ -40,7 +40,11 @@ def val_loss_fn(recipe: DiTRecipe, device: torch.device) -> Callable[[DiT], dict
                 for clip in (render(s, recipe.height, recipe.width, recipe.frames) for s in scenes)
             ]
         )  # (N, C, t, h, w)
-    encoder = TextEncoder(max_length=recipe.pipeline.text_max_length, cache_size=0).to(device)
+    encoder = TextEncoder(
+        max_length=recipe.pipeline.text_max_length,
+        cache_size=0,
+        subjects=recipe.pipeline.text_subjects,
+    ).to(device)
     text, mask = encoder([s.caption for s in scenes])
     g = torch.Generator().manual_seed(0)
     noise = torch.randn((VAL_TIMES, *x0.shape), generator=g).to(device)
