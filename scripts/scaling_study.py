@@ -9,6 +9,7 @@ plots both against training FLOPs and writes the JSON:
 
     python scripts/scaling_study.py train tiny --flops 3.5e14      # runs/scaling/tiny
     python scripts/scaling_study.py train XS/2 --flops 3.5e14 --resume
+    python scripts/scaling_study.py train XS/2 --subjects            # per-subject text arm
     python scripts/scaling_study.py evaluate tiny --n 50
     python scripts/scaling_study.py report                         # bench/results/
 
@@ -49,8 +50,8 @@ GROUPS = ("single", "two")
 BUNDLE_CURVE = {s: f"2026-11-22-adherence-dit-{s}.json" for s in (3000, 6000, 10000, 16000)}
 
 
-def run_name(preset: str) -> str:
-    return preset.replace("/", "")
+def run_name(preset: str, subjects: bool = False) -> str:
+    return preset.replace("/", "") + ("-subjects" if subjects else "")
 
 
 def latent_grid(recipe: DiTRecipe) -> tuple[int, int, int]:
@@ -66,9 +67,11 @@ def flops_per_step(recipe: DiTRecipe) -> float:
     return per_clip * recipe.batch_size
 
 
-def study_recipe(preset: str, budget: float) -> DiTRecipe:
-    """The base recipe with the preset and the schedule of a ``budget``-FLOP run."""
+def study_recipe(preset: str, budget: float, subjects: bool = False) -> DiTRecipe:
+    """The base recipe with the preset and the schedule of a ``budget``-FLOP run
+    (``subjects``: per-subject text states, ``[pipeline] text_subjects``)."""
     recipe = DiTRecipe.load(BASE)
+    recipe.pipeline.text_subjects = subjects
     recipe.model = DiTConfig.from_dict({"preset": preset, "time_span": recipe.model.time_span})
     steps = math.ceil(budget / flops_per_step(recipe) / MILESTONES) * MILESTONES
     t = recipe.train
@@ -84,9 +87,9 @@ def study_recipe(preset: str, budget: float) -> DiTRecipe:
 def cmd_train(args: argparse.Namespace) -> None:
     from tinysora.train.dit import train_dit
 
-    out = RUNS / run_name(args.preset)
+    out = RUNS / run_name(args.preset, args.subjects)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = study_recipe(args.preset, args.flops)
+    recipe = study_recipe(args.preset, args.flops, args.subjects)
     config = out / "study_recipe.json"
     if args.resume and config.is_file():  # keep the schedule the run started with
         recipe = DiTRecipe.load(config)
@@ -110,10 +113,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tinysora.pipeline import TextToVideoPipeline
     from tinysora.train.dit import export_checkpoint
 
-    run = RUNS / run_name(args.preset)
+    run = RUNS / run_name(args.preset, args.subjects)
     path = run / "adherence.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
-    for step in milestone_steps(run):
+    steps = milestone_steps(run)
+    for step in steps[len(steps) - 1 :: -args.every][::-1]:  # the last, then every k-th back
         if str(step) in done and done[str(step)]["n"] >= args.n:
             continue
         model = export_checkpoint(run, run / "snapshots" / f"step_{step:08d}", step)
@@ -123,12 +127,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         done[str(step)] = {
             "n": args.n,
             "seconds": time.perf_counter() - start,
-            **{g: {k: report[g][k] for k in ("all_right", "all_right_ci95", "per_attribute")}
-               for g in GROUPS},
-        }  # fmt: skip
+            **{
+                g: {k: report[g][k] for k in ("all_right", "all_right_ci95", "per_attribute")}
+                for g in GROUPS
+            },
+        }
         path.write_text(json.dumps(done, indent=1))
-        print(f"{args.preset} step {step}: " + ", ".join(
-            f"{g} {done[str(step)][g]['all_right']:.1%}" for g in GROUPS))  # fmt: skip
+        print(
+            f"{args.preset} step {step}: "
+            + ", ".join(f"{g} {done[str(step)][g]['all_right']:.1%}" for g in GROUPS)
+        )
 
 
 def run_curves(run: Path) -> dict:
@@ -139,11 +147,15 @@ def run_curves(run: Path) -> dict:
     val = [(r["step"], r["eval"]["val_loss"]) for r in log if "eval" in r]
     train = [(r["step"], r["loss"]) for r in log if "loss" in r]
     seconds = sum(r["s_per_step"] for r in log if "s_per_step" in r) * recipe.train.log_every
-    adherence = json.loads((run / "adherence.json").read_text()) if (
-        run / "adherence.json").is_file() else {}  # fmt: skip
+    adherence = (
+        json.loads((run / "adherence.json").read_text())
+        if (run / "adherence.json").is_file()
+        else {}
+    )
     params = _parameters(recipe.model)
     return {
-        "preset": _preset_of(recipe.model),
+        "preset": _preset_of(recipe.model)
+        + (" per-subject text" if recipe.pipeline.text_subjects else ""),
         "parameters": params,
         "flops_per_step": per_step,
         "steps": recipe.train.steps,
@@ -152,10 +164,14 @@ def run_curves(run: Path) -> dict:
         "val_loss": [{"step": s, "flops": s * per_step, "val_loss": v} for s, v in val],
         "train_loss": [{"step": s, "flops": s * per_step, "loss": v} for s, v in train[::10]],
         "adherence": [
-            {"step": int(s), "flops": int(s) * per_step, **{g: a[g]["all_right"] for g in GROUPS},
-             "n": a["n"]}
+            {
+                "step": int(s),
+                "flops": int(s) * per_step,
+                **{g: a[g]["all_right"] for g in GROUPS},
+                "n": a["n"],
+            }
             for s, a in sorted(adherence.items(), key=lambda kv: int(kv[0]))
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -185,10 +201,14 @@ def bundle_curve() -> dict:
         if path.is_file():
             d = json.loads(path.read_text())
             row = {g: d[g]["all_right"] for g in GROUPS if g in d}
-            points.append({"step": step, "flops": step * per_step, **row,
-                           "n": d["single"]["prompts"]})  # fmt: skip
-    return {"preset": "XS/2 (bundled run, 16k steps)", "flops_per_step": per_step,
-            "adherence": points}  # fmt: skip
+            points.append(
+                {"step": step, "flops": step * per_step, **row, "n": d["single"]["prompts"]}
+            )
+    return {
+        "preset": "XS/2 (bundled run, 16k steps)",
+        "flops_per_step": per_step,
+        "adherence": points,
+    }
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -197,8 +217,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [run_curves(p.parent) for p in sorted(RUNS.glob("*/study_recipe.json"))
-            if (p.parent / "log.jsonl").is_file()]  # fmt: skip
+    runs = [
+        run_curves(p.parent)
+        for p in sorted(RUNS.glob("*/study_recipe.json"))
+        if (p.parent / "log.jsonl").is_file()
+    ]
     bundle = bundle_curve()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for r in runs:
@@ -210,8 +233,9 @@ def cmd_report(args: argparse.Namespace) -> None:
             ax.plot([p["flops"] for p in pts], [100 * p[g] for p in pts], "o-", label=label)
     for ax, g in zip(axes[1:], GROUPS, strict=True):
         pts = [p for p in bundle["adherence"] if g in p]
-        ax.plot([p["flops"] for p in pts], [100 * p[g] for p in pts], "k^--",
-                label=bundle["preset"])  # fmt: skip
+        ax.plot(
+            [p["flops"] for p in pts], [100 * p[g] for p in pts], "k^--", label=bundle["preset"]
+        )
         ax.set_ylabel(f"{g}-object prompts all right (%)")
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("validation loss (64 val clips, 4 flow times)")
@@ -224,13 +248,20 @@ def cmd_report(args: argparse.Namespace) -> None:
     fig.tight_layout()
     stem = RESULTS / f"{time.strftime('%Y-%m-%d')}-scaling-study"
     fig.savefig(stem.with_suffix(".png"), dpi=110)
-    report = {"name": "scaling-study", "date": time.strftime("%Y-%m-%d"),
-              "recipe": str(BASE.relative_to(ROOT)), "runs": runs, "bundle_run": bundle}  # fmt: skip
+    report = {
+        "name": "scaling-study",
+        "date": time.strftime("%Y-%m-%d"),
+        "recipe": str(BASE.relative_to(ROOT)),
+        "runs": runs,
+        "bundle_run": bundle,
+    }
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     for r in runs:
         last = r["val_loss"][-1] if r["val_loss"] else {}
-        print(f"{r['preset']:5s} {r['parameters'] / 1e6:5.1f}M  steps {r['steps']}  "
-              f"val loss {last.get('val_loss', float('nan')):.4f} at {last.get('flops', 0):.3g}")  # fmt: skip
+        print(
+            f"{r['preset']:5s} {r['parameters'] / 1e6:5.1f}M  steps {r['steps']}  "
+            f"val loss {last.get('val_loss', float('nan')):.4f} at {last.get('flops', 0):.3g}"
+        )
     print(stem.with_suffix(".png"))
 
 
@@ -241,10 +272,13 @@ def main() -> None:
     train.add_argument("preset")
     train.add_argument("--flops", type=float, default=3.5e14, help="training FLOP budget")
     train.add_argument("--resume", action="store_true")
+    train.add_argument("--subjects", action="store_true", help="per-subject text states")
     train.add_argument("--device")
     ev = sub.add_parser("evaluate", help="adherence of each kept checkpoint of a run")
     ev.add_argument("preset")
     ev.add_argument("--n", type=int, default=50, help="prompts per group (default 50)")
+    ev.add_argument("--every", type=int, default=2, help="every k-th milestone (default 2)")
+    ev.add_argument("--subjects", action="store_true", help="the per-subject text run")
     ev.add_argument("--device")
     sub.add_parser("report", help="plot + JSON into bench/results")
     args = parser.parse_args()

@@ -84,13 +84,18 @@ def main() -> None:
     for mode, subjects in (("whole sentence", False), ("per subject", True)):
         rows = word_states(TextEncoder(cache_size=0, subjects=subjects), scenes)
         report[mode] = {
-            kind: {"own_color": probe_accuracy(r, 1), "other_color": probe_accuracy(r, 2),
-                   "words": len(r)}  # fmt: skip
+            kind: {
+                "own_color": probe_accuracy(r, 1),
+                "other_color": probe_accuracy(r, 2),
+                "words": len(r),
+            }
             for kind, r in rows.items()
         }
         for kind, acc in report[mode].items():
-            print(f"{mode:15s} {kind:6s} word: own color {acc['own_color']:.1%}, "
-                  f"other object's color {acc['other_color']:.1%}")  # fmt: skip
+            print(
+                f"{mode:15s} {kind:6s} word: own color {acc['own_color']:.1%}, "
+                f"other object's color {acc['other_color']:.1%}"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"name": "text-binding-probe", "captions": args.n, **report}, f, indent=1)

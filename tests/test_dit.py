@@ -354,7 +354,9 @@ def test_segment_mask():
 
 
 @pytest.mark.parametrize(
-    "time_span, text_refiner", [(0.0, 0), (4.0, 0), (4.0, 2)], ids=["frames", "clip-time", "refiner"]
+    "time_span, text_refiner",
+    [(0.0, 0), (4.0, 0), (4.0, 2)],
+    ids=["frames", "clip-time", "refiner"],
 )
 @pytest.mark.parametrize("attention", MODES)
 def test_packed_clips_equal_solo_clips(attention, time_span, text_refiner):

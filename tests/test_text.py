@@ -173,7 +173,10 @@ def test_prefixed_weights_load_and_a_missing_weight_is_a_one_line_error(tmp_path
 
 def test_split_subjects():
     two = "a red circle moving left and a blue square moving up on a black background"
-    assert split_subjects(two) == ["a red circle moving left", "a blue square moving up on a black background"]
+    assert split_subjects(two) == [
+        "a red circle moving left",
+        "a blue square moving up on a black background",
+    ]
     assert split_subjects("red circle, and blue square; green triangle") == [
         "red circle",
         "blue square",

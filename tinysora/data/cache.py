@@ -276,8 +276,9 @@ class LatentCache:
                 f"'{self.root}' holds text states of {made['max_length']} tokens; the recipe's "
                 f"[pipeline] text_max_length is {text_max_length}: make them equal"
             )
-        if made.get("subjects", False) != subjects:
+        made_subjects = made.get("subjects", False)  # caches from before text_subjects
+        if made_subjects != subjects:
             raise CacheError(
-                f"'{self.root}' holds text states encoded with subjects={made.get('subjects', False)};"
-                f" the recipe's [pipeline] text_subjects is {subjects}: make them equal"
+                f"'{self.root}' holds text states encoded with subjects={made_subjects}; "
+                f"the recipe's [pipeline] text_subjects is {subjects}: make them equal"
             )
