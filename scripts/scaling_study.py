@@ -36,7 +36,9 @@ from pathlib import Path
 
 from tinysora.dit.flops import dit_flops_per_sample
 from tinysora.dit.model import DiTConfig
+from tinysora.dit.patchify import grid_size
 from tinysora.train.recipe import DiTRecipe
+from tinysora.vae.model import SPACE_FACTOR, latent_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "dit_scaling.toml"
@@ -55,10 +57,13 @@ def run_name(preset: str, subjects: bool = False) -> str:
 
 
 def latent_grid(recipe: DiTRecipe) -> tuple[int, int, int]:
-    """Token grid of one training clip (4x time, 8x space VAE; the recipe's patch)."""
-    pt, ph, pw = recipe.model.patch
-    t = 1 + (recipe.frames - 1) // 4
-    return t // pt, recipe.height // 8 // ph, recipe.width // 8 // pw
+    """Token grid of one training clip (the VAE's compression, the recipe's patch)."""
+    latent = (
+        latent_frames(recipe.frames),
+        recipe.height // SPACE_FACTOR,
+        recipe.width // SPACE_FACTOR,
+    )
+    return grid_size(latent, recipe.model.patch)
 
 
 def flops_per_step(recipe: DiTRecipe) -> float:
