@@ -1,0 +1,448 @@
+"""The HTTP API and web page over one pipeline: FastAPI, jobs in SQLite, one worker.
+
+    tinysora serve --port 7860                        # then open http://127.0.0.1:7860
+
+| method and path                  | what it does                                          |
+|----------------------------------|-------------------------------------------------------|
+| ``POST /v1/videos``              | queue a job (JSON, or multipart with image / video    |
+|                                  | files); 202 ``{"id", "status"}``, 429 when full       |
+| ``GET /v1/videos/{id}``          | status, progress 0..1, ETA, error, params, times      |
+| ``GET /v1/videos/{id}/content``  | the H.264 mp4 (Range requests: the browser can seek)  |
+| ``GET /v1/videos?limit=&cursor=``| history, newest first                                 |
+| ``DELETE /v1/videos/{id}``       | cancel a queued / running job, or delete a finished   |
+|                                  | one and its files                                     |
+| ``GET /health``                  | model, device, queue                                  |
+| ``GET /``                        | the web page (``serve/static``, nothing from the web) |
+
+Every field is checked before a job is queued: a bad one gets a 422 in FastAPI's usual
+shape (``{"detail": [{"loc": ["body", FIELD], "msg": ...}]}``), against caps set by
+:class:`ServeConfig` (frames, side, steps, prompt length, upload size). Uploads are
+decoded to prove they are what they claim and stored under server-made names; no
+parameter is ever a server path. With ``api_key`` set, ``/v1/*`` and ``/health`` want
+``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``) and answer 401 without it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import secrets
+import shutil
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from tinysora.diffusion.samplers import SAMPLERS
+from tinysora.errors import UserError
+from tinysora.io.video import read_video, video_info
+from tinysora.pipeline import MIN_SIDE, TextToVideoPipeline
+from tinysora.serve.config import ServeConfig
+from tinysora.serve.store import JobStore, QueueFull, new_job_id
+from tinysora.serve.worker import CONTEXT_FRAMES, Worker
+from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR
+
+STATIC = Path(__file__).parent / "static"
+FILE_FIELDS = ("image", "first_image", "last_image", "video")
+MAX_UPLOAD_PIXELS = 4096 * 4096  # an uploaded image or video frame larger than this is refused
+
+
+class VideoRequest(BaseModel):
+    """The fields of ``POST /v1/videos`` (JSON body or multipart form fields); unset
+    options take the model's defaults (``pipeline.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="what to generate")
+    negative_prompt: str | None = Field(None, description="what to steer away from")
+    num_frames: int = Field(17, ge=1, description="1 + 4k frames")
+    height: int = Field(64, ge=MIN_SIDE, description="a multiple of 16")
+    width: int = Field(64, ge=MIN_SIDE, description="a multiple of 16")
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0, le=30)
+    sampler: Literal[tuple(SAMPLERS)] | None = None  # type: ignore[valid-type]
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="default: a random one")
+    fps: float | None = Field(None, gt=0, le=120)
+    strength: float | None = Field(None, gt=0, le=1, description="SDEdit, with a video")
+    extend: int | None = Field(None, ge=1, description="frames to add to a video")
+    loop: bool = False
+
+
+class Accepted(BaseModel):
+    id: str
+    status: str
+
+
+def _error(field: str, msg: str, value=None) -> dict:
+    return {"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}
+
+
+def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str]) -> list[dict]:
+    """The server's caps and the legal sizes: one error per bad field."""
+    errors = []
+    if len(req.prompt) > cfg.max_prompt_chars:
+        errors.append(_error("prompt", f"at most {cfg.max_prompt_chars} characters"))
+    if (req.num_frames - 1) % TIME_FACTOR or req.num_frames > cfg.max_frames:
+        errors.append(
+            _error(
+                "num_frames",
+                f"must be 1 + {TIME_FACTOR}k and at most {cfg.max_frames}",
+                req.num_frames,
+            )
+        )
+    multiple = 2 * SPACE_FACTOR
+    for side in ("height", "width"):
+        value = getattr(req, side)
+        if value % multiple or value > cfg.max_side:
+            legal = f"must be a multiple of {multiple} in {MIN_SIDE}..{cfg.max_side}"
+            errors.append(_error(side, legal, value))
+    if req.num_inference_steps is not None and req.num_inference_steps > cfg.max_steps:
+        errors.append(_error("num_inference_steps", f"at most {cfg.max_steps}"))
+    video = "video" in files
+    if (req.strength is not None or req.extend is not None) and not video:
+        field = "strength" if req.strength is not None else "extend"
+        errors.append(_error(field, "needs a video file (multipart field 'video')"))
+    if video and (req.strength is None) == (req.extend is None):
+        errors.append(_error("video", "give either strength (edit it) or extend (continue it)"))
+    if req.extend is not None and req.num_frames <= CONTEXT_FRAMES:
+        errors.append(
+            _error("num_frames", f"an extension window must be > {CONTEXT_FRAMES} frames")
+        )
+    if "image" in files and "first_image" in files:
+        errors.append(_error("first_image", "give image or first_image (both mean frame 0)"))
+    if req.loop and ({"last_image", "video"} & files):
+        errors.append(_error("loop", "a loop pins the last frame to frame 0: no last_image/video"))
+    if req.extend is not None and files - {"video"}:
+        errors.append(_error("extend", "an extension takes a video only (no images)"))
+    if "last_image" in files and req.num_frames < 1 + TIME_FACTOR:
+        errors.append(_error("num_frames", f"last_image needs >= {1 + TIME_FACTOR} frames"))
+    return errors
+
+
+def parse_request(data: dict, cfg: ServeConfig, files: set[str]) -> VideoRequest:
+    try:
+        req = VideoRequest.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
+    errors = check_caps(req, cfg, files)
+    if errors:
+        raise RequestValidationError(errors)
+    return req
+
+
+# ---------------------------------------------------------------------- uploads
+
+
+def _claimed(upload: UploadFile, field: str, family: str) -> None:
+    kind = (upload.content_type or "").split(";")[0].strip().lower()
+    if kind and kind != "application/octet-stream" and not kind.startswith(family + "/"):
+        raise RequestValidationError([_error(field, f"must be {family}/*, not {kind}")])
+
+
+def save_image(data: bytes, field: str, folder: Path) -> str:
+    """Decode an uploaded image (it must be one) and keep it as PNG."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_UPLOAD_PIXELS:
+                raise RequestValidationError([_error(field, "image larger than 4096 x 4096")])
+            rgb = image.convert("RGB")
+    except RequestValidationError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        reason = f"not a readable image ({type(e).__name__})"
+        raise RequestValidationError([_error(field, reason)]) from None
+    name = f"{field}.png"
+    rgb.save(folder / name)
+    return name
+
+
+def save_video(data: bytes, field: str, folder: Path, max_frames: int) -> tuple[str, int]:
+    """Decode an uploaded video (it must be one) and keep its frames as .npy."""
+    raw = folder / f"{field}.upload"  # no suffix PyAV would not sniff; never .npy
+    raw.write_bytes(data)
+    try:
+        info = video_info(raw)
+        if info["frames"] > max_frames or info["height"] * info["width"] > MAX_UPLOAD_PIXELS:
+            raise RequestValidationError(
+                [_error(field, f"at most {max_frames} frames of at most 4096 x 4096")]
+            )
+        frames, _ = read_video(raw)
+    except UserError as e:
+        raise RequestValidationError([_error(field, f"not a readable video ({e})")]) from None
+    finally:
+        raw.unlink(missing_ok=True)
+    name = f"{field}.npy"
+    np.save(folder / name, frames, allow_pickle=False)
+    return name, len(frames)
+
+
+# ---------------------------------------------------------------------- the app
+
+
+def _auth(cfg: ServeConfig) -> Callable:
+    def check(request: Request) -> None:
+        if cfg.api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            given = bearer[7:].strip()
+        if given is None or not secrets.compare_digest(given, cfg.api_key):
+            raise HTTPException(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> FastAPI:
+    """The app; the pipeline (``cfg.model`` on ``cfg.device`` unless given) loads at startup."""
+    data = Path(cfg.data_dir)
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        (data / "videos").mkdir(parents=True, exist_ok=True)
+        (data / "uploads").mkdir(parents=True, exist_ok=True)
+        store = JobStore(data / "jobs.sqlite3")
+        store.requeue_interrupted()
+        pipeline = pipe or TextToVideoPipeline.from_pretrained(cfg.model)
+        if cfg.device:
+            pipeline.to(cfg.device)
+        worker = Worker(store, pipeline, data)
+        worker.start()
+        state.update(store=store, pipe=pipeline, worker=worker)
+        yield
+        worker.stop()
+        store.close()
+
+    app = FastAPI(
+        title="tinysora",
+        summary="Text-to-video jobs over a queue that survives restarts",
+        version="1",
+        lifespan=lifespan,
+    )
+    auth = [Depends(_auth(cfg))]
+
+    def job_or_404(job_id: str):
+        job = state["store"].get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no video '{job_id}' (ids come from POST /v1/videos)")
+        return job
+
+    @app.get("/health", dependencies=auth)
+    def health() -> dict:
+        pipeline, worker = state["pipe"], state["worker"]
+        return {
+            "status": "ok",
+            "model_loaded": True,
+            "model": cfg.model or "bundled",
+            "device": str(pipeline.device),
+            "queue": state["store"].counts(),
+            "max_queue": cfg.max_queue,
+            "limits": {
+                "max_frames": cfg.max_frames,
+                "max_side": cfg.max_side,
+                "max_steps": cfg.max_steps,
+                "max_prompt_chars": cfg.max_prompt_chars,
+                "max_upload_mb": cfg.max_upload_mb,
+            },
+            "running": worker.current,
+            "worker_alive": worker.is_alive(),
+        }
+
+    @app.post(
+        "/v1/videos",
+        status_code=202,
+        response_model=Accepted,
+        dependencies=auth,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": VideoRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "description": "the JSON fields as form fields, plus files",
+                            "properties": {
+                                **{f: {"type": "string", "format": "binary"} for f in FILE_FIELDS},
+                                "prompt": {"type": "string"},
+                            },
+                            "required": ["prompt"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def create_video(request: Request):
+        size = request.headers.get("content-length")
+        limit = len(FILE_FIELDS) * cfg.max_upload_bytes + 2**20
+        if size is not None and size.isdigit() and int(size) > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        uploads: dict[str, UploadFile] = {}
+        if kind == "multipart/form-data":
+            form = await request.form(max_files=len(FILE_FIELDS), max_fields=32)
+            fields: dict = {}
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key not in FILE_FIELDS:
+                        raise RequestValidationError(
+                            [_error(key, f"not a file field (those are {', '.join(FILE_FIELDS)})")]
+                        )
+                    uploads[key] = value
+                elif value != "":  # an empty form field means: not set
+                    fields[key] = value
+        elif kind == "application/json":
+            try:
+                fields = await request.json()
+            except ValueError:
+                raise RequestValidationError([_error("body", "not valid JSON")]) from None
+            if not isinstance(fields, dict):
+                raise RequestValidationError([_error("body", "must be a JSON object")])
+        else:
+            raise HTTPException(
+                415, "send application/json, or multipart/form-data with image/video files"
+            )
+        req = parse_request(fields, cfg, set(uploads))
+        store, worker = state["store"], state["worker"]
+        if store.counts()["queued"] >= cfg.max_queue:
+            raise _queue_full(worker)
+        job_id = new_job_id()
+        folder = data / "uploads" / job_id
+        try:
+            inputs, params = await _take_uploads(uploads, folder, req, cfg)
+            pipeline = state["pipe"].config
+            params |= {
+                "num_inference_steps": req.num_inference_steps or pipeline.num_inference_steps,
+                "guidance_scale": pipeline.guidance_scale
+                if req.guidance_scale is None
+                else req.guidance_scale,
+                "sampler": req.sampler or pipeline.sampler,
+                "fps": req.fps or pipeline.fps,
+                "seed": secrets.randbelow(2**31) if req.seed is None else req.seed,
+            }
+            job = store.add(job_id, params, inputs, cfg.max_queue)
+        except QueueFull:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise _queue_full(worker) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        worker.notify()
+        return {"id": job.id, "status": job.status}
+
+    @app.get("/v1/videos", dependencies=auth)
+    def list_videos(
+        limit: int = Query(20, ge=1, le=100),
+        cursor: str | None = Query(None, pattern=r"^\d+$", description="next_cursor of a page"),
+    ) -> dict:
+        jobs = state["store"].history(limit + 1, int(cursor) if cursor else None)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return {
+            "object": "list",
+            "data": [j.public() for j in jobs],
+            "next_cursor": str(jobs[-1].seq) if more else None,
+        }
+
+    @app.get("/v1/videos/{job_id}", dependencies=auth)
+    def get_video(job_id: str) -> dict:
+        return job_or_404(job_id).public()
+
+    @app.get(
+        "/v1/videos/{job_id}/content",
+        dependencies=auth,
+        response_class=FileResponse,
+        responses={200: {"content": {"video/mp4": {}}}},
+    )
+    def get_content(job_id: str):
+        job = job_or_404(job_id)
+        if job.status != "succeeded":
+            raise HTTPException(409, f"video '{job_id}' is {job.status}: no content")
+        path = data / "videos" / f"{job_id}.mp4"
+        if not path.is_file():
+            raise HTTPException(404, f"the file of video '{job_id}' is gone")
+        return FileResponse(
+            path,
+            media_type="video/mp4",
+            filename=f"{job_id}.mp4",
+            content_disposition_type="inline",
+        )
+
+    @app.delete("/v1/videos/{job_id}", dependencies=auth)
+    def delete_video(job_id: str) -> dict:
+        store, worker = state["store"], state["worker"]
+        job_or_404(job_id)
+        if store.cancel(job_id):
+            worker.cancel(job_id)
+            return {"id": job_id, "status": "canceled", "deleted": False}
+        if not store.delete(job_id):  # went active again meanwhile? (cannot: ids are new)
+            raise HTTPException(409, f"video '{job_id}' could not be deleted; try again")
+        (data / "videos" / f"{job_id}.mp4").unlink(missing_ok=True)
+        shutil.rmtree(data / "uploads" / job_id, ignore_errors=True)
+        return {"id": job_id, "status": "deleted", "deleted": True}
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
+    return app
+
+
+def _queue_full(worker: Worker) -> HTTPException:
+    seconds = max(1, math.ceil(worker.seconds_per_job))
+    return HTTPException(
+        429,
+        "the queue is full: retry later (see Retry-After) or raise --max-queue",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+async def _take_uploads(
+    uploads: dict[str, UploadFile], folder: Path, req: VideoRequest, cfg: ServeConfig
+) -> tuple[dict, dict]:
+    """Check and store the uploaded files; the job's params with the video's length."""
+    params = req.model_dump(exclude={"seed", "sampler", "fps"}, exclude_none=True)
+    params.setdefault("negative_prompt", None)
+    inputs = {}
+    if uploads:
+        folder.mkdir(parents=True)
+    for field, upload in uploads.items():
+        content = await upload.read(cfg.max_upload_bytes + 1)
+        if len(content) > cfg.max_upload_bytes:
+            raise HTTPException(413, f"{field}: upload over {cfg.max_upload_mb:g} MB")
+        if field == "video":
+            _claimed(upload, field, "video")
+            name, frames = await run_in_threadpool(
+                save_video, content, field, folder, cfg.max_frames
+            )
+            total = frames + (req.extend or 0)
+            if total > cfg.max_frames:
+                raise RequestValidationError(
+                    [_error("extend", f"video + extend = {total} frames > {cfg.max_frames}")]
+                )
+            if req.strength is not None:  # an edit keeps the video's length
+                params["num_frames"] = frames
+        else:
+            _claimed(upload, field, "image")
+            name = await run_in_threadpool(save_image, content, field, folder)
+        inputs[field] = name
+    return inputs, params
