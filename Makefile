@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_PROMPT ?= a large red circle bouncing on a navy background
 
-.PHONY: demo test test-slow lint bench bench-quick detector-accuracy clean
+.PHONY: demo test test-slow test-browser lint bench bench-quick detector-accuracy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,18 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not browser"
+
+$(VENV)/.installed-browser: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,browser]'
+	touch $@
+
+# The web page in Debian's Chromium (installed here when missing; Playwright's own
+# browser download is not used).
+test-browser: $(VENV)/.installed-browser
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	$(BIN)/pytest -q -m browser
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -m slow

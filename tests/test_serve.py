@@ -254,6 +254,7 @@ def test_kill_9_and_restart_lose_nothing(model, tmp_path):
         assert c.get(f"/v1/videos/{done}/content").content == before
         assert wait_for(c, interrupted, until=("running",))["status"] == "running"
     second.kill(signal.SIGINT)  # a clean stop also puts the running job back
+    assert "Traceback" not in second.log() and "Application shutdown complete" in second.log()
 
     with Server(model, tmp_path) as third, third.client() as c:
         assert c.get(f"/v1/videos/{interrupted}").json()["status"] in ("queued", "running")

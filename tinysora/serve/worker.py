@@ -53,7 +53,7 @@ class Worker(threading.Thread):
         super().__init__(name="tinysora-worker", daemon=True)
         self.store, self.pipe, self.data_dir = store, pipe, Path(data_dir)
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._current: str | None = None
         self._interrupt = threading.Event()
         self._lock = threading.Lock()
@@ -73,7 +73,7 @@ class Worker(threading.Thread):
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the current sampling step; a running job goes back to the queue."""
-        self._stop.set()
+        self._stopping.set()
         self._interrupt.set()
         self._wake.set()
         self.join(timeout)
@@ -84,7 +84,7 @@ class Worker(threading.Thread):
 
     # the thread
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             job = self.store.claim()
             if job is None:
                 self._wake.wait(1.0)
@@ -141,7 +141,7 @@ class Worker(threading.Thread):
             export_to_video(video.frames, path, fps=p["fps"])
             del video
         except _Interrupted:
-            if self._stop.is_set():  # shutdown, not cancel: run it again next time
+            if self._stopping.is_set():  # shutdown, not cancel: run it again next time
                 self.store.requeue_interrupted()
             return
         except Exception as exc:  # noqa: BLE001 - a job fails alone, the server goes on

@@ -1,0 +1,85 @@
+"""The web page in a real browser: Playwright drives Debian's Chromium (``make
+test-browser`` installs it) against a real ``tinysora serve`` process on loopback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from serving import Server
+from tiny import save_tiny_model
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model = save_tiny_model(tmp_path_factory.mktemp("model"))
+    with Server(model, tmp_path_factory.mktemp("serve")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if CHROMIUM is None:
+        pytest.fail("no chromium on PATH: run `make test-browser` (it installs Debian's)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.base + "/")
+        yield page
+        browser.close()
+        assert errors == [], errors
+
+
+def test_generate_plays_in_the_page_with_the_requested_duration(page):
+    page.fill("#prompt", "a small red circle moving left on a black background")
+    page.select_option("#num_frames", "25")
+    page.fill("#fps", "10")
+    page.fill("#seed", "7")
+    page.click("#generate")
+    # the video element plays the result: it has advanced past its start
+    page.wait_for_function(
+        "() => { const v = document.getElementById('player');"
+        " return !v.hidden && v.readyState >= 2 && !v.paused && v.currentTime > 0; }",
+        timeout=60_000,
+    )
+    duration = page.eval_on_selector("#player", "v => v.duration")
+    assert duration == pytest.approx(25 / 10, abs=1 / 10)  # 25 frames at 10 fps
+    assert page.eval_on_selector("#player", "v => [v.videoWidth, v.videoHeight]") == [64, 64]
+    assert "seed 7" in page.inner_text("#status-line")
+    assert page.inner_text("#history li:first-child .prompt").startswith("a small red circle")
+
+
+def test_a_bad_request_shows_the_servers_reason(page):
+    page.fill("#prompt", "x" * 600)
+    page.click("#generate")
+    page.wait_for_function("() => document.getElementById('form-error').textContent !== ''")
+    assert "prompt" in page.inner_text("#form-error")
+
+
+def test_cancel_and_delete_from_the_history(page):
+    page.fill("#prompt", "a big blue square moving up")
+    page.select_option("#num_frames", "65")
+    page.select_option("#width", "256")
+    page.select_option("#height", "256")
+    page.fill("#num_inference_steps", "100")
+    page.click("#generate")
+    page.wait_for_function(
+        "() => /running/.test(document.getElementById('status-line').textContent)"
+    )
+    page.click("#cancel")
+    page.wait_for_function(
+        "() => /canceled/.test(document.getElementById('status-line').textContent)"
+    )
+    first = page.locator("#history li").first
+    first.wait_for()
+    assert "canceled" in first.inner_text()
+    count = page.locator("#history li").count()
+    first.get_by_role("button", name="Delete").click()
+    page.wait_for_function(f"() => document.querySelectorAll('#history li').length === {count - 1}")
