@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_PROMPT ?= a large red circle bouncing on a navy background
 
-.PHONY: demo test test-slow test-browser lint bench bench-quick detector-accuracy clean
+.PHONY: demo test test-slow test-browser lint bench bench-quick bench-serve detector-accuracy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench: $(VENV)/.installed-bench
 
 bench-quick: $(VENV)/.installed-bench
 	$(BIN)/tinysora bench --quick
+
+# `tinysora serve` under load: status requests/s, submit -> first progress, memory over
+# 100 jobs -> bench/results/<date>-serve.json (a few minutes).
+bench-serve: $(VENV)/.installed-dev
+	$(BIN)/python -m tinysora.bench.serve
 
 detector-accuracy: $(VENV)/.installed
 	$(BIN)/python scripts/detector_accuracy.py --json outputs/detector_accuracy.json

@@ -6,8 +6,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from serving import Server
 from tiny import save_tiny_model
+
+from tinysora.serve.process import ServerProcess as Server
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -14,10 +14,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving import Server, submit, wait_for
 from tiny import save_tiny_model
 
 from tinysora.io.video import read_video, write_video
+from tinysora.serve.process import ServerProcess as Server
+from tinysora.serve.process import submit, wait_for
 
 LONG = {"num_frames": 65, "height": 256, "width": 256, "num_inference_steps": 100}
 QUICK = {"num_frames": 9}
