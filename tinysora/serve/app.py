@@ -235,6 +235,8 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
         summary="Text-to-video jobs over a queue that survives restarts",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: the page fetches nothing
+        redoc_url=None,
     )
     auth = [Depends(_auth(cfg))]
 
