@@ -66,8 +66,8 @@ class VideoRequest(BaseModel):
     prompt: str = Field(min_length=1, description="what to generate")
     negative_prompt: str | None = Field(None, description="what to steer away from")
     num_frames: int = Field(17, ge=1, description="1 + 4k frames")
-    height: int = Field(64, ge=MIN_SIDE, description="a multiple of 16")
-    width: int = Field(64, ge=MIN_SIDE, description="a multiple of 16")
+    height: int = Field(64, ge=MIN_SIDE, description="a multiple of 16 (patch 2)")
+    width: int = Field(64, ge=MIN_SIDE, description="a multiple of 16 (patch 2)")
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0, le=30)
     sampler: Literal[tuple(SAMPLERS)] | None = None  # type: ignore[valid-type]
@@ -87,8 +87,9 @@ def _error(field: str, msg: str, value=None) -> dict:
     return {"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}
 
 
-def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str]) -> list[dict]:
-    """The server's caps and the legal sizes: one error per bad field."""
+def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str], multiple: int) -> list[dict]:
+    """The server's caps and the legal sizes (sides: multiples of ``multiple``, the VAE's
+    factor times the DiT's patch): one error per bad field."""
     errors = []
     if len(req.prompt) > cfg.max_prompt_chars:
         errors.append(_error("prompt", f"at most {cfg.max_prompt_chars} characters"))
@@ -100,7 +101,6 @@ def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str]) -> list[dic
                 req.num_frames,
             )
         )
-    multiple = 2 * SPACE_FACTOR
     for side in ("height", "width"):
         value = getattr(req, side)
         if value % multiple or value > cfg.max_side:
@@ -129,14 +129,14 @@ def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str]) -> list[dic
     return errors
 
 
-def parse_request(data: dict, cfg: ServeConfig, files: set[str]) -> VideoRequest:
+def parse_request(data: dict, cfg: ServeConfig, files: set[str], multiple: int) -> VideoRequest:
     try:
         req = VideoRequest.model_validate(data)
     except ValidationError as e:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         ) from None
-    errors = check_caps(req, cfg, files)
+    errors = check_caps(req, cfg, files, multiple)
     if errors:
         raise RequestValidationError(errors)
     return req
@@ -259,6 +259,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
             "limits": {
                 "max_frames": cfg.max_frames,
                 "max_side": cfg.max_side,
+                "side_multiple": SPACE_FACTOR * pipeline.dit.config.patch[1],
                 "max_steps": cfg.max_steps,
                 "max_prompt_chars": cfg.max_prompt_chars,
                 "max_upload_mb": cfg.max_upload_mb,
@@ -322,7 +323,8 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
             raise HTTPException(
                 415, "send application/json, or multipart/form-data with image/video files"
             )
-        req = parse_request(fields, cfg, set(uploads))
+        multiple = SPACE_FACTOR * state["pipe"].dit.config.patch[1]
+        req = parse_request(fields, cfg, set(uploads), multiple)
         store, worker = state["store"], state["worker"]
         if store.counts()["queued"] >= cfg.max_queue:
             raise _queue_full(worker)

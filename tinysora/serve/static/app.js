@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 let apiKey = localStorage.getItem("tinysora-key") || "";
 let current = null;   // id of the job shown in the "current" card
 let cursor = null;    // history paging
-let limits = { max_frames: 65, max_side: 256, max_steps: 100 };
+let limits = { max_frames: 65, max_side: 256, max_steps: 100, side_multiple: 16 };
 
 function headers(extra = {}) {
   return apiKey ? { ...extra, Authorization: "Bearer " + apiKey } : extra;
@@ -42,7 +42,8 @@ function fillSelect(select, values, chosen) {
 
 function fillControls() {
   const sides = [];
-  for (let s = 32; s <= limits.max_side; s += 16) sides.push(s);
+  const step = limits.side_multiple;
+  for (let s = Math.ceil(32 / step) * step; s <= limits.max_side; s += step) sides.push(s);
   const frames = [];
   for (let f = 1; f <= limits.max_frames; f += 4) frames.push(f);
   fillSelect($("width"), sides, 64);
