@@ -152,6 +152,32 @@ def test_uploads_are_checked_to_be_what_they_claim(server, tmp_path):
         assert frames.shape == (9, 64, 64, 3)
 
 
+def test_keyframes_and_a_loop_from_uploads(server, tmp_path):
+    with server.client() as c:
+        keyframes = c.post(
+            "/v1/videos",
+            data={"prompt": "a red square", "num_frames": "9"},
+            files={
+                "first_image": ("a.png", png((255, 0, 0)), "image/png"),
+                "last_image": ("b.png", png((0, 0, 255), (80, 48)), "image/png"),
+            },
+        )
+        looped = c.post(
+            "/v1/videos",
+            data={"prompt": "a red square", "num_frames": "9", "loop": "true"},
+            files={"image": ("a.png", png(), "image/png")},
+        )
+        for response in (keyframes, looped):
+            assert response.status_code == 202, response.text
+            assert wait_for(c, response.json()["id"])["status"] == "succeeded"
+        clash = c.post(
+            "/v1/videos",
+            data={"prompt": "x", "loop": "true"},
+            files={"last_image": ("b.png", png(), "image/png")},
+        )
+        assert clash.status_code == 422 and clash.json()["detail"][0]["loc"][-1] == "loop"
+
+
 def test_a_video_edit_keeps_the_uploaded_length(server, tmp_path):
     source = np.zeros((13, 64, 64, 3), np.uint8)
     source[:, 16:48, 16:48] = (0, 200, 0)
