@@ -4,7 +4,7 @@ Floors, lowest first; a module may import its own floor's modules of the same
 top-level package and anything below, never a peer package on its floor or a floor
 above:
 
-    core:     errors, config, device, perf, io, nn, dit, vae, text, diffusion, worlds
+    core:     errors, config, device, perf, io, nn, dit, vae, text, diffusion, worlds, bridge
     products: pipeline, voice, data      (peers: none imports another)
     users:    train, eval, serve         (peers)
     bench
@@ -28,7 +28,20 @@ import tinysora
 
 PACKAGE = Path(tinysora.__file__).parent
 FLOORS = [
-    {"errors", "config", "device", "perf", "io", "nn", "dit", "vae", "text", "diffusion", "worlds"},
+    {
+        "errors",
+        "config",
+        "device",
+        "perf",
+        "io",
+        "nn",
+        "dit",
+        "vae",
+        "text",
+        "diffusion",
+        "worlds",
+        "bridge",
+    },
     {"pipeline", "voice", "data"},
     {"train", "eval", "serve"},
     {"bench"},

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "TextToVideoPipeline": "tinysora.pipeline",
     "PipelineConfig": "tinysora.pipeline",
-    "VideoOutput": "tinysora.pipeline",
+    "VideoOutput": "tinysora.io.frames",
     "export_to_video": "tinysora.pipeline",
     "read_video": "tinysora.io.video",
     "write_video": "tinysora.io.video",

@@ -41,6 +41,7 @@ from tinysora.dit.patchify import grid_size
 from tinysora.errors import UserError
 from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
 from tinysora.io.frames import (
+    VideoOutput,
     fit_image,
     fit_video,
     frames_to_tensor,
@@ -95,11 +96,6 @@ class PipelineConfig(Config):
     def with_shift_of(self, flow: FlowConfig) -> PipelineConfig:
         """This config with the time shift that ``flow`` trained with."""
         return dataclasses.replace(self, **{k: getattr(flow, k) for k in SHIFT_KEYS})
-
-
-@dataclass
-class VideoOutput:
-    frames: np.ndarray | list | torch.Tensor  # np: uint8 (T, H, W, 3); pil: list; latent
 
 
 def legal_size(num_frames: int, height: int, width: int, multiple: int) -> tuple[int, int, int]:
@@ -180,10 +176,22 @@ class TextToVideoPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike | None = None, text_encoder: TextEncoder | None = None
+        cls,
+        directory: str | os.PathLike | None = None,
+        text_encoder: TextEncoder | None = None,
+        allow_pickle: bool = False,
     ) -> TextToVideoPipeline:
-        """Load ``directory`` (default: ``TINYSORA_MODEL``, else the bundled model)."""
+        """Load ``directory`` (default: ``TINYSORA_MODEL``, else the bundled model).
+
+        A diffusers-format directory (``model_index.json``, e.g. ModelScope's
+        text-to-video-ms-1.7b) loads as a ``bridge.diffusers_video.DiffusersVideoPipeline``
+        with the same call; ``allow_pickle`` lets it read ``.bin`` weights (weights_only).
+        """
         root = resolve_model_dir(directory)
+        from tinysora.bridge.diffusers_video import DiffusersVideoPipeline, is_diffusers_dir
+
+        if is_diffusers_dir(root):
+            return DiffusersVideoPipeline.from_pretrained(root, allow_pickle=allow_pickle)
         if not (root / "dit" / "config.json").is_file():
             raise PipelineError(
                 f"no text-to-video model in '{root}' (expected dit/, vae/ and pipeline.json); "
@@ -209,6 +217,11 @@ class TextToVideoPipeline:
     @property
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (the VAE's factor x the patch)."""
+        return SPACE_FACTOR * self.dit.config.patch[1]
 
     def load_lora(self, directory: str | os.PathLike, scale: float = 1.0) -> TextToVideoPipeline:
         """Add a LoRA adapter (``tinysora train lora``) to the DiT, its update times ``scale``."""
@@ -244,7 +257,7 @@ class TextToVideoPipeline:
         return run
 
     def _legal_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        multiple = SPACE_FACTOR * self.dit.config.patch[1]
+        multiple = self.size_multiple
         legal = legal_size(num_frames, height, width, multiple)
         if legal != (num_frames, height, width):
             warnings.warn(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +34,15 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
     """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
     x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
     return x.permute(1, 2, 3, 0).to(torch.uint8).cpu().numpy()
+
+
+@dataclass
+class VideoOutput:
+    """What a pipeline call returns (diffusers' ``...PipelineOutput``): ``frames`` are uint8
+    (T, H, W, 3) for ``output_type="np"`` (a list of them for a list of prompts), lists of
+    PIL images for ``"pil"``, and latents (B, C, t, h, w) for ``"latent"``."""
+
+    frames: np.ndarray | list | torch.Tensor
 
 
 class ConditioningError(UserError, ValueError):

@@ -50,7 +50,7 @@ from tinysora.pipeline import MIN_SIDE, TextToVideoPipeline
 from tinysora.serve.config import ServeConfig
 from tinysora.serve.store import JobStore, QueueFull, new_job_id
 from tinysora.serve.worker import CONTEXT_FRAMES, Worker
-from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR
+from tinysora.vae.model import TIME_FACTOR
 
 STATIC = Path(__file__).parent / "static"
 FILE_FIELDS = ("image", "first_image", "last_image", "video")
@@ -259,7 +259,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
             "limits": {
                 "max_frames": cfg.max_frames,
                 "max_side": cfg.max_side,
-                "side_multiple": SPACE_FACTOR * pipeline.dit.config.patch[1],
+                "side_multiple": pipeline.size_multiple,
                 "max_steps": cfg.max_steps,
                 "max_prompt_chars": cfg.max_prompt_chars,
                 "max_upload_mb": cfg.max_upload_mb,
@@ -323,7 +323,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
             raise HTTPException(
                 415, "send application/json, or multipart/form-data with image/video files"
             )
-        multiple = SPACE_FACTOR * state["pipe"].dit.config.patch[1]
+        multiple = state["pipe"].size_multiple
         req = parse_request(fields, cfg, set(uploads), multiple)
         store, worker = state["store"], state["worker"]
         if store.counts()["queued"] >= cfg.max_queue:

@@ -1,0 +1,105 @@
+"""Diffusers-format text-to-video models through tinysora's pipeline call, proven on a
+tiny random ModelScope-layout model saved by diffusers itself (tests/tiny_diffusers.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from tiny_diffusers import save_tiny_modelscope
+
+from tinysora.bridge.diffusers_video import BridgeError, DiffusersVideoPipeline
+from tinysora.pipeline import TextToVideoPipeline
+
+SIZE = {"num_frames": 4, "height": 32, "width": 32, "num_inference_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def modelscope(tmp_path_factory):
+    return save_tiny_modelscope(tmp_path_factory.mktemp("ms"))
+
+
+@pytest.fixture(scope="module")
+def pipe(modelscope):
+    return TextToVideoPipeline.from_pretrained(modelscope)
+
+
+def test_the_same_frames_as_diffusers_pipeline(modelscope, pipe):
+    from diffusers import TextToVideoSDPipeline
+
+    assert isinstance(pipe, DiffusersVideoPipeline)
+    reference = TextToVideoSDPipeline.from_pretrained(modelscope)
+    reference.set_progress_bar_config(disable=True)
+    prompts = ["a red circle moving left", "a blue square"]
+    for guidance in (1.0, 7.5):  # without and with classifier-free guidance
+        args = {**SIZE, "guidance_scale": guidance, "negative_prompt": ["blurry", ""]}
+        theirs = reference(
+            prompts, generator=torch.Generator().manual_seed(3), output_type="np", **args
+        ).frames
+        ours = pipe(
+            prompts,
+            generator=torch.Generator().manual_seed(3),
+            output_type="pt",
+            progress=False,
+            **args,
+        ).frames
+        assert len(ours) == 2
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.shape == b.shape == (4, 32, 32, 3)
+            np.testing.assert_allclose(a.numpy(), b, rtol=0, atol=1e-3)
+        assert np.abs(ours[0].numpy() - ours[1].numpy()).max() > 1e-2  # the prompts differ
+
+
+def test_uint8_frames_sdedit_and_what_needs_task_training(pipe):
+    video = pipe("a red circle", generator=torch.Generator().manual_seed(0), progress=False, **SIZE)
+    frames = video.frames
+    assert frames.dtype == np.uint8 and frames.shape == (4, 32, 32, 3)
+    steps = []
+    edit = pipe(
+        "a blue circle",
+        video=frames,
+        strength=0.6,
+        generator=torch.Generator().manual_seed(1),
+        callback=steps.append,
+        progress=False,
+        **SIZE,
+    ).frames
+    assert edit.shape == frames.shape and len(steps) == 1  # int(3 steps x 0.6)
+    with pytest.raises(BridgeError, match="trained with the conditioning tasks"):
+        pipe("a red circle", image=frames[0], **SIZE)
+    assert pipe.size_multiple == 4  # the tiny VAE's x2, then the UNet's one down
+    with pytest.raises(BridgeError, match="multiples of 4"):
+        pipe("a red circle", num_frames=4, height=34, width=32)
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_directories_get_a_one_line_error(modelscope, tmp_path):
+    other = _copy(modelscope, tmp_path / "other")
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "FooPipeline"}))
+    with pytest.raises(BridgeError, match="'FooPipeline' is not supported; supported: TextToV"):
+        TextToVideoPipeline.from_pretrained(other)
+
+    missing = _copy(modelscope, tmp_path / "missing")
+    shutil.rmtree(missing / "unet")
+    with pytest.raises(BridgeError, match="unet' is missing"):
+        TextToVideoPipeline.from_pretrained(missing)
+
+    pickled = _copy(modelscope, tmp_path / "pickled")
+    from safetensors.torch import load_file
+
+    weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), pickled / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(BridgeError, match="pickle checkpoint, not loaded by default") as e:
+        TextToVideoPipeline.from_pretrained(pickled)
+    assert "st.save_file(torch.load(" in str(e.value) and "\n" not in str(e.value)
+    loaded = TextToVideoPipeline.from_pretrained(pickled, allow_pickle=True)
+    assert isinstance(loaded, DiffusersVideoPipeline)
