@@ -103,3 +103,28 @@ def test_bad_directories_get_a_one_line_error(modelscope, tmp_path):
     assert "st.save_file(torch.load(" in str(e.value) and "\n" not in str(e.value)
     loaded = TextToVideoPipeline.from_pretrained(pickled, allow_pickle=True)
     assert isinstance(loaded, DiffusersVideoPipeline)
+
+
+@pytest.mark.slow  # each command imports diffusers (~8 s)
+def test_generate_eval_and_serve_take_a_diffusers_directory(modelscope, tmp_path):
+    import subprocess
+    import sys
+
+    from tinysora.io.video import read_video
+    from tinysora.serve.process import ServerProcess, submit, wait_for
+
+    cli = [sys.executable, "-m", "tinysora.cli"]
+    size = ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2"]
+    out = tmp_path / "out.mp4"
+    gen = [*cli, "generate", "a red circle", "--model", str(modelscope), *size, "-o", str(out)]
+    subprocess.run(gen, check=True, capture_output=True)
+    assert read_video(out)[0].shape == (5, 32, 32, 3)
+    report = tmp_path / "adherence.json"
+    ev = [*cli, "eval", "adherence", "--model", str(modelscope), *size, "--n", "2"]
+    subprocess.run([*ev, "--groups", "single", "--json", str(report)], check=True)
+    assert json.loads(report.read_text())["single"]["prompts"] == 2
+    with ServerProcess(modelscope, tmp_path / "serve") as server, server.client() as c:
+        job = wait_for(c, submit(c, num_frames=5, height=32, width=32, num_inference_steps=2))
+        assert job["status"] == "succeeded" and job["params"]["sampler"] == "DDIMScheduler"
+        (tmp_path / "served.mp4").write_bytes(c.get(f"/v1/videos/{job['id']}/content").content)
+        assert read_video(tmp_path / "served.mp4")[0].shape == (5, 32, 32, 3)

@@ -12,6 +12,7 @@ from tinysora.errors import UserError
 
 EXIT_USAGE = 2
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is a GPU, else cpu)"
+ALLOW_PICKLE_HELP = "diffusers-format models: also load .bin / .pt weights (weights_only)"
 
 
 class CliError(UserError):
@@ -165,7 +166,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
     out = args.output or f"outputs/generate_{args.seed}.mp4"
     check_output_path(out)  # a bad name fails now, not after sampling
-    pipe = TextToVideoPipeline.from_pretrained(args.model)
+    pipe = TextToVideoPipeline.from_pretrained(args.model, allow_pickle=args.allow_pickle)
     if args.lora:
         pipe.load_lora(args.lora, args.lora_scale)
     pipe.to(args.device)
@@ -212,6 +213,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         model=args.model,
         data_dir=args.data_dir,
         device=args.device,
+        allow_pickle=args.allow_pickle,
         api_key=args.api_key,
         max_queue=args.max_queue,
         max_frames=args.max_frames,
@@ -242,6 +244,7 @@ def _add_serve_parser(sub) -> None:
         "--data-dir", default=defaults.data_dir, help="jobs.sqlite3, videos/, uploads/"
     )
     serve.add_argument("--device", help=DEVICE_HELP)
+    serve.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     serve.add_argument(
         "--api-key",
         default=os.environ.get("TINYSORA_API_KEY"),
@@ -287,6 +290,7 @@ def _add_eval_parsers(sub) -> None:
             p.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
             p.add_argument("--lora", help="a LoRA adapter to load into the model")
             p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength")
+            p.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
         return p
 
     p = command("adherence", "prompt adherence of generations, judged by the detector", True)
@@ -364,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="model directory (default: bundled weights/)")
     gen.add_argument("--lora", help="a LoRA adapter directory (`tinysora train lora`)")
     gen.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (1)")
+    gen.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     gen.add_argument("--image", help="image-to-video: this image is frame 0")
     gen.add_argument("--first", help="keyframe: the first frame (with --last: interpolation)")
     gen.add_argument("--last", help="keyframe: the last frame")

@@ -172,6 +172,17 @@ class DiffusersVideoPipeline:
             parts[module].eval().requires_grad_(False)
         return cls(**parts)
 
+    def set_sampling(self, guidance_scale: float | None = None, sampler: str | None = None):
+        """Change the default guidance scale (the sampler is the directory's scheduler)."""
+        if sampler not in (None, self.config.sampler):
+            raise BridgeError(f"this model samples with its {self.config.sampler} only")
+        if guidance_scale is not None:
+            self.config.guidance_scale = float(guidance_scale)
+        return self
+
+    def load_lora(self, directory, scale: float = 1.0):
+        raise BridgeError("LoRA adapters (tinysora train lora) are for tinysora DiT models")
+
     # ----------------------------------------------------------------- building blocks
 
     def _embed(self, prompts: list[str]) -> torch.Tensor:
@@ -245,8 +256,7 @@ class DiffusersVideoPipeline:
                 f"{', '.join(given)} needs a tinysora model trained with the conditioning "
                 "tasks; a diffusers model does text-to-video and SDEdit (video + strength)"
             )
-        if sampler not in (None, self.config.sampler):
-            raise BridgeError(f"this model samples with its {self.config.sampler} only")
+        self.set_sampling(sampler=sampler)
         if output_type not in OUTPUT_TYPES:
             raise BridgeError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}")
         if (video is None) != (strength is None) or not (strength is None or 0 < strength <= 1):

@@ -56,7 +56,8 @@ def group_prompts(group: str, n: int) -> list[tuple[Scene, str]]:
 def load_pipe(args: argparse.Namespace, model=None) -> TextToVideoPipeline:
     """The pipeline an eval command measures: ``--model`` (or ``model``), its ``--lora``
     adapter if given, the ``--guidance`` / ``--sampler`` overrides, on ``--device``."""
-    pipe = TextToVideoPipeline.from_pretrained(model or args.model)
+    allow_pickle = getattr(args, "allow_pickle", False)
+    pipe = TextToVideoPipeline.from_pretrained(model or args.model, allow_pickle=allow_pickle)
     if getattr(args, "lora", None):
         pipe.load_lora(args.lora, args.lora_scale)
     pipe.to(getattr(args, "device", None))

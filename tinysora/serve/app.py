@@ -220,7 +220,9 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
         (data / "uploads").mkdir(parents=True, exist_ok=True)
         store = JobStore(data / "jobs.sqlite3")
         store.requeue_interrupted()
-        pipeline = pipe or TextToVideoPipeline.from_pretrained(cfg.model)
+        pipeline = pipe or TextToVideoPipeline.from_pretrained(
+            cfg.model, allow_pickle=cfg.allow_pickle
+        )
         if cfg.device:
             pipeline.to(cfg.device)
         worker = Worker(store, pipeline, data)

@@ -14,6 +14,7 @@ class ServeConfig:
     model: str | None = None  # model directory (default: the bundled one)
     data_dir: str = "serve-data"  # jobs.sqlite3, videos/, uploads/
     device: str | None = None
+    allow_pickle: bool = False  # diffusers-format models: .bin weights too (weights_only)
     api_key: str | None = None
     max_queue: int = 32  # waiting jobs; more get 429
     max_frames: int = 65
