@@ -128,3 +128,23 @@ def test_generate_eval_and_serve_take_a_diffusers_directory(modelscope, tmp_path
         assert job["status"] == "succeeded" and job["params"]["sampler"] == "DDIMScheduler"
         (tmp_path / "served.mp4").write_bytes(c.get(f"/v1/videos/{job['id']}/content").content)
         assert read_video(tmp_path / "served.mp4")[0].shape == (5, 32, 32, 3)
+
+
+def test_the_modelscope_call_shape(modelscope, tmp_path):
+    from tinysora.io.video import read_video
+    from tinysora.modelscope import ModelScopeError, pipeline
+
+    p = pipeline("text-to-video-synthesis", model=modelscope)
+    text = {"text": "a red circle moving left", "num_frames": 4, "height": 32, "width": 32}
+    out = p({**text, "num_inference_steps": 2}, output_video=str(tmp_path / "ms.mp4"))
+    assert out["output_video"].endswith("ms.mp4")
+    assert read_video(out["output_video"])[0].shape == (4, 32, 32, 3)
+    bundled = pipeline("text-to-video-synthesis")  # no model: the bundled tinysora model
+    path = bundled({"text": "a red circle", "num_frames": 5, "num_inference_steps": 2})
+    assert read_video(path["output_video"])[0].shape == (5, 64, 64, 3)
+    with pytest.raises(ModelScopeError, match="supported: text-to-video-synthesis"):
+        pipeline("image-captioning")
+    with pytest.raises(ModelScopeError, match="not a directory"):
+        pipeline("text-to-video-synthesis", model=tmp_path / "nope")
+    with pytest.raises(ModelScopeError, match="'text'"):
+        p({"prompt": "x"})

@@ -6,7 +6,7 @@ above:
 
     core:     errors, config, device, perf, io, nn, dit, vae, text, diffusion, worlds, bridge
     products: pipeline, voice, data      (peers: none imports another)
-    users:    train, eval, serve         (peers)
+    users:    train, eval, serve, modelscope   (peers)
     bench
     cli
     __main__ (python -m tinysora)
@@ -43,7 +43,7 @@ FLOORS = [
         "bridge",
     },
     {"pipeline", "voice", "data"},
-    {"train", "eval", "serve"},
+    {"train", "eval", "serve", "modelscope"},
     {"bench"},
     {"cli"},
     {"__main__"},  # python -m tinysora
