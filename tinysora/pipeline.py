@@ -194,7 +194,8 @@ class TextToVideoPipeline:
             return DiffusersVideoPipeline.from_pretrained(root, allow_pickle=allow_pickle)
         if not (root / "dit" / "config.json").is_file():
             raise PipelineError(
-                f"no text-to-video model in '{root}' (expected dit/, vae/ and pipeline.json); "
+                f"no text-to-video model in '{root}' (expected dit/, vae/ and pipeline.json, "
+                "or a diffusers model_index.json); "
                 "train one with `tinysora train dit` or pass --model DIR"
             )
         config = PipelineConfig.load(root / "pipeline.json")
