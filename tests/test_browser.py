@@ -38,12 +38,19 @@ def page(server):
         assert errors == [], errors
 
 
-def test_generate_plays_in_the_page_with_the_requested_duration(page):
-    page.fill("#prompt", "a small red circle moving left on a black background")
-    page.select_option("#num_frames", "25")
-    page.fill("#fps", "10")
-    page.fill("#seed", "7")
+def generate(page, prompt: str, selects: dict, fills: dict) -> None:
+    """Type a prompt, set the controls, press Generate."""
+    page.fill("#prompt", prompt)
+    for control, value in selects.items():
+        page.select_option(f"#{control}", value)
+    for control, value in fills.items():
+        page.fill(f"#{control}", value)
     page.click("#generate")
+
+
+def test_generate_plays_in_the_page_with_the_requested_duration(page):
+    prompt = "a small red circle moving left on a black background"
+    generate(page, prompt, {"num_frames": "25"}, {"fps": "10", "seed": "7"})
     # the video element plays the result: it has advanced past its start
     page.wait_for_function(
         "() => { const v = document.getElementById('player');"
@@ -65,12 +72,8 @@ def test_a_bad_request_shows_the_servers_reason(page):
 
 
 def test_cancel_and_delete_from_the_history(page):
-    page.fill("#prompt", "a big blue square moving up")
-    page.select_option("#num_frames", "65")
-    page.select_option("#width", "256")
-    page.select_option("#height", "256")
-    page.fill("#num_inference_steps", "100")
-    page.click("#generate")
+    big = {"num_frames": "65", "width": "256", "height": "256"}
+    generate(page, "a big blue square moving up", big, {"num_inference_steps": "100"})
     page.wait_for_function(
         "() => /running/.test(document.getElementById('status-line').textContent)"
     )

@@ -48,6 +48,12 @@ def png(color=(255, 0, 0), size=(64, 64)) -> bytes:
     return buf.getvalue()
 
 
+def post_video(client, path, **fields):
+    """POST a multipart job with ``path`` as its video file."""
+    files = {"video": (path.name, path.read_bytes(), "video/mp4")}
+    return client.post("/v1/videos", data={"prompt": "a shape", **fields}, files=files)
+
+
 def test_submit_poll_download_and_seek(server, tmp_path):
     with server.client() as c:
         job_id = submit(c, num_frames=9, height=48, width=80, fps=6, seed=3)
@@ -183,11 +189,7 @@ def test_a_video_edit_keeps_the_uploaded_length(server, tmp_path):
     source[:, 16:48, 16:48] = (0, 200, 0)
     write_video(tmp_path / "in.mp4", source, fps=8)
     with server.client() as c:
-        response = c.post(
-            "/v1/videos",
-            data={"prompt": "a green square", "strength": "0.6"},
-            files={"video": ("in.mp4", (tmp_path / "in.mp4").read_bytes(), "video/mp4")},
-        )
+        response = post_video(c, tmp_path / "in.mp4", strength="0.6")
         assert response.status_code == 202, response.text
         job = wait_for(c, response.json()["id"])
         assert job["status"] == "succeeded", job
@@ -198,11 +200,7 @@ def test_a_video_edit_keeps_the_uploaded_length(server, tmp_path):
 def test_a_failing_job_fails_alone_with_its_message(server, tmp_path):
     write_video(tmp_path / "short.mp4", np.zeros((3, 64, 64, 3), np.uint8), fps=8)
     with server.client() as c:
-        response = c.post(
-            "/v1/videos",
-            data={"prompt": "a red circle", "extend": "8"},
-            files={"video": ("short.mp4", (tmp_path / "short.mp4").read_bytes(), "video/mp4")},
-        )
+        response = post_video(c, tmp_path / "short.mp4", extend="8")
         assert response.status_code == 202, response.text
         failed = wait_for(c, response.json()["id"])
         assert failed["status"] == "failed"
