@@ -219,3 +219,24 @@ def test_flow_config_json_round_trip(tmp_path):
     with pytest.raises(ConfigError, match="uniform_fraction"):
         FlowConfig(uniform_fraction=1.5)
     assert math.isfinite(timestep_shift(1, cfg))
+
+
+def test_videofusion_noise_shares_a_base_across_frames():
+    from tinysora.diffusion.flow import FlowConfig, draw_noise
+    from tinysora.pipeline import PipelineConfig
+
+    shape = (64, 4, 5, 8, 8)
+    plain = draw_noise(shape, torch.Generator().manual_seed(1))
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    noise = draw_noise(shape, torch.Generator().manual_seed(1), shared=0.8)
+    assert abs(float(noise.std()) - 1) < 0.02  # still unit variance per element
+    frames = noise.permute(2, 0, 1, 3, 4).reshape(5, -1)  # (T, everything else)
+    corr = torch.corrcoef(frames)
+    off = corr[~torch.eye(5, dtype=bool)]
+    assert abs(float(off.mean()) - 0.8) < 0.02  # frames share 80% of their noise
+    clips = noise[:, :, 0].reshape(64, -1)
+    assert abs(float(torch.corrcoef(clips[:2])[0, 1])) < 0.15  # clips do not
+    flow = FlowConfig(shared_noise=0.5)
+    assert PipelineConfig().with_shift_of(flow).shared_noise == 0.5
+    with pytest.raises(ConfigError, match="shared_noise"):
+        FlowConfig(shared_noise=1.0)

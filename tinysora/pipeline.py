@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from tinysora.config import Config
 from tinysora.device import autocast, resolve_device
-from tinysora.diffusion.flow import FlowConfig, timestep_shift
+from tinysora.diffusion.flow import FlowConfig, draw_noise, timestep_shift
 from tinysora.diffusion.samplers import cfg_denoiser, flow_times, get_sampler
 from tinysora.dit.model import DiT
 from tinysora.dit.patchify import grid_size
@@ -56,7 +56,7 @@ from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR, VideoVAE, latent_frame
 MIN_SIDE, MAX_SIDE = 32, 512
 OUTPUT_TYPES = ("np", "pil", "latent")
 CONTEXT_LATENTS = 2  # latent frames an extension window is given (= the last 5 frames)
-SHIFT_KEYS = ("shift_base_tokens", "base_shift", "max_shift")  # shared with FlowConfig
+FLOW_KEYS = ("shift_base_tokens", "base_shift", "max_shift", "shared_noise")  # FlowConfig's
 
 
 class PipelineError(UserError, ValueError):
@@ -82,6 +82,7 @@ class PipelineConfig(Config):
     shift_base_tokens: int = 80
     base_shift: float = 1.0
     max_shift: float = 4.0
+    shared_noise: float = 0.0  # VideoFusion noise, as the model trained (diffusion.flow)
 
     @classmethod
     def from_dict(cls, data, *, where: str = "") -> PipelineConfig:
@@ -90,12 +91,12 @@ class PipelineConfig(Config):
         if isinstance(data, dict) and isinstance(data.get("flow"), dict):
             data = dict(data)
             flow = data.pop("flow")
-            data.update({k: flow[k] for k in SHIFT_KEYS if k in flow})
+            data.update({k: flow[k] for k in FLOW_KEYS if k in flow})
         return super().from_dict(data, where=where)
 
     def with_shift_of(self, flow: FlowConfig) -> PipelineConfig:
         """This config with the time shift that ``flow`` trained with."""
-        return dataclasses.replace(self, **{k: getattr(flow, k) for k in SHIFT_KEYS})
+        return dataclasses.replace(self, **{k: getattr(flow, k) for k in FLOW_KEYS})
 
 
 def legal_size(num_frames: int, height: int, width: int, multiple: int) -> tuple[int, int, int]:
@@ -109,16 +110,19 @@ def legal_size(num_frames: int, height: int, width: int, multiple: int) -> tuple
 
 
 def initial_noise(
-    shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    shared: float = 0.0,
 ) -> torch.Tensor:
     """Gaussian latents (on the generator's device); with one generator per sample, sample
-    i depends only on its own."""
+    i depends only on its own. ``shared``: VideoFusion noise (``diffusion.flow``)."""
     if not isinstance(generator, list):
         device = generator.device if generator is not None else "cpu"
-        return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+        return draw_noise(shape, generator, shared, device)
     if len(generator) != shape[0]:
         raise PipelineError(f"got {len(generator)} generators for {shape[0]} prompts")
-    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator])
+    one = (1, *shape[1:])
+    return torch.cat([draw_noise(one, g, shared, g.device) for g in generator])
 
 
 def export_to_video(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
@@ -311,7 +315,7 @@ class TextToVideoPipeline:
     ) -> torch.Tensor:
         """Latents (B, C, t, h, w): the flow ODE from noise (or from ``start`` noised to
         ``strength``), with ``given`` latents (B or 1, 1, t, h, w) held at ``clean``."""
-        x = initial_noise(shape, generator).to(self.device)
+        x = initial_noise(shape, generator, self.config.shared_noise).to(self.device)
         tokens = int(np.prod(grid_size(shape[2:], self.dit.config.patch)))
         times = flow_times(run.steps, timestep_shift(tokens, self.config))
         if start is not None:

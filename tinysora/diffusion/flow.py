@@ -26,6 +26,11 @@ starts) are visited too. Then the whole distribution is *shifted* towards noise 
 factor that grows with the number of latent tokens (:func:`timestep_shift`): more
 tokens carry more redundant signal, so the same ``t`` destroys less information and
 training (and sampling) must spend more time at high noise.
+
+Noise is i.i.d. Gaussian by default. With ``shared_noise = l > 0`` (VideoFusion's
+decomposed noise) it is ``sqrt(l) * base + sqrt(1 - l) * residual``: ``base`` one
+(B, C, 1, h, w) draw shared by every latent frame of a clip, ``residual`` drawn per
+frame (:func:`draw_noise`); still N(0, 1) per element, but correlated across time.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ __all__ = [
     "FlowConfig",
     "add_noise",
     "apply_shift",
+    "draw_noise",
     "drop_captions",
     "expand_t",
     "flow_loss",
@@ -50,6 +56,24 @@ __all__ = [
     "timestep_shift",
     "velocity_target",
 ]
+
+
+def draw_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    shared: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Gaussian noise of ``shape`` (B, C, T, h, w); with ``shared > 0`` a share of it is
+    one draw common to all T frames (VideoFusion). ``shared = 0`` draws exactly what
+    ``torch.randn(shape, generator=generator)`` does."""
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+    if shared == 0.0:
+        return noise
+    base = torch.randn(
+        (*shape[:2], 1, *shape[3:]), generator=generator, dtype=torch.float32, device=device
+    )
+    return math.sqrt(shared) * base + math.sqrt(1.0 - shared) * noise
 
 
 @dataclass
@@ -69,9 +93,11 @@ class FlowConfig(Config):
     base_shift: float = 1.0
     max_shift: float = 4.0
     caption_dropout: float = 0.1
+    shared_noise: float = 0.0  # VideoFusion: the share of noise common to all frames
 
     def __post_init__(self) -> None:
         checks = [
+            (0.0 <= self.shared_noise < 1.0, "shared_noise must be in [0, 1)"),
             (self.logit_std > 0, "logit_std must be > 0"),
             (0.0 <= self.uniform_fraction <= 1.0, "uniform_fraction must be in [0, 1]"),
             (self.shift_base_tokens > 0, "shift_base_tokens must be > 0"),

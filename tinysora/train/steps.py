@@ -26,6 +26,7 @@ from tinysora.data.cache import CacheError, LatentCache
 from tinysora.data.packing import Packed, pack, plan_row
 from tinysora.diffusion.flow import (
     add_noise,
+    draw_noise,
     drop_captions,
     flow_loss,
     given_times,
@@ -73,7 +74,7 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Ste
         captions = drop_captions(captions, recipe.flow.caption_dropout, g)
         x0 = latents[idx].float()
         t = sample_timesteps(len(idx), tokens, recipe.flow, g)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = draw_noise(x0.shape, g, recipe.flow.shared_noise)
         text, mask = encoder(captions)
         given = sample_given(recipe.tasks, grid, len(idx), g)[0] if conditioned else None
         return x0, noise, t, text, mask, given
@@ -104,7 +105,7 @@ def cached_steps(recipe: DiTRecipe, cache: LatentCache) -> Steps:
         x0 = _posterior_sample(cache, mean, std, g)
         text, mask = _cached_captions(cache, clips, recipe.flow.caption_dropout, g)
         t = sample_timesteps(b, tokens, recipe.flow, g)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = draw_noise(x0.shape, g, recipe.flow.shared_noise)
         given = sample_given(recipe.tasks, grid, b, g)[0] if recipe.tasks.conditioned else None
         return x0, noise, t, text, mask, given
 
@@ -242,7 +243,7 @@ def _pack_clips(recipe: DiTRecipe, clips, text, mask, rows, g: torch.Generator) 
     t = sample_timesteps(len(clips), counts, recipe.flow, g)
     noisy, targets, positions, times, given, kept = [], [], [], [], [], []
     for x0, grid, ti in zip(clips, grids, t, strict=True):
-        noise = torch.randn(x0.shape, generator=g)
+        noise = draw_noise(x0.shape, g, recipe.flow.shared_noise)
         keep = _kept_tokens(grid, pk.token_drop, g)
         clean, eps = patchify(x0, patch)[0][0][keep], patchify(noise, patch)[0][0][keep]
         # conditioning tasks: given tokens enter clean at t = 0 and carry no loss

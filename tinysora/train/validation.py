@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from tinysora.device import autocast
-from tinysora.diffusion.flow import add_noise, flow_loss, velocity_target
+from tinysora.diffusion.flow import add_noise, draw_noise, flow_loss, velocity_target
 from tinysora.dit.model import DiT
 from tinysora.dit.patchify import patchify
 from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
@@ -47,7 +47,8 @@ def val_loss_fn(recipe: DiTRecipe, device: torch.device) -> Callable[[DiT], dict
     ).to(device)
     text, mask = encoder([s.caption for s in scenes])
     g = torch.Generator().manual_seed(0)
-    noise = torch.randn((VAL_TIMES, *x0.shape), generator=g).to(device)
+    shape = (VAL_TIMES * len(x0), *x0.shape[1:])  # shared_noise 0: as randn((T, *x0.shape))
+    noise = draw_noise(shape, g, recipe.flow.shared_noise).view(VAL_TIMES, *x0.shape).to(device)
     times = (torch.arange(VAL_TIMES) + 0.5) / VAL_TIMES
     patch = recipe.model.patch
 
