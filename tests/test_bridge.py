@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tiny_diffusers import save_tiny_modelscope
+from tiny_diffusers import save_tiny_ltx, save_tiny_modelscope
 
 from tinysora.bridge.diffusers_video import BridgeError, DiffusersVideoPipeline
 from tinysora.pipeline import TextToVideoPipeline
@@ -51,6 +51,35 @@ def test_the_same_frames_as_diffusers_pipeline(modelscope, pipe):
             assert a.shape == b.shape == (4, 32, 32, 3)
             np.testing.assert_allclose(a.numpy(), b, rtol=0, atol=1e-3)
         assert np.abs(ours[0].numpy() - ours[1].numpy()).max() > 1e-2  # the prompts differ
+
+
+def test_a_transformer_model_ltx_video_gives_diffusers_frames_too(tmp_path):
+    from diffusers import LTXPipeline
+
+    root = save_tiny_ltx(tmp_path / "ltx")
+    pipe = TextToVideoPipeline.from_pretrained(root)
+    assert type(pipe).__name__ == "LTXVideoPipeline" and pipe.frames_rule == (1, 4)
+    reference = LTXPipeline.from_pretrained(root)
+    reference.set_progress_bar_config(disable=True)
+    size = {"num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 3}
+    for guidance in (1.0, 3.0):
+        args = {**size, "guidance_scale": guidance, "negative_prompt": "blurry"}
+        gen = torch.Generator().manual_seed(5)
+        theirs = reference("a red circle moving left", generator=gen, output_type="np", **args)
+        ours = pipe(
+            "a red circle moving left",
+            generator=torch.Generator().manual_seed(5),
+            output_type="pt",
+            progress=False,
+            **args,
+        ).frames
+        assert ours.shape == (9, 32, 32, 3)
+        np.testing.assert_allclose(ours.numpy(), theirs.frames[0], rtol=0, atol=1e-3)
+    edit = pipe("a blue square", video=(ours.numpy() * 255).astype(np.uint8), strength=0.5,
+                generator=torch.Generator().manual_seed(1), progress=False, **size)  # fmt: skip
+    assert edit.frames.shape == (9, 32, 32, 3)
+    with pytest.raises(BridgeError, match="takes 1 \\+ 4k frames"):
+        pipe("a red circle", num_frames=8, height=32, width=32)
 
 
 def test_uint8_frames_sdedit_and_what_needs_task_training(pipe):

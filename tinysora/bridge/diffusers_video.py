@@ -21,6 +21,7 @@ SDEdit (``video`` + ``strength``) works with any model.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -38,10 +39,6 @@ from tinysora.errors import UserError
 from tinysora.io.frames import VideoOutput, fit_video, load_video
 
 OUTPUT_TYPES = ("np", "pil", "latent", "pt")
-# model_index.json "_class_name" -> the components this loop needs
-LAYOUTS = {
-    "TextToVideoSDPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-}
 LIBRARIES = ("diffusers", "transformers")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 NEEDS_TASK_TRAINING = ("image", "first_image", "last_image", "extend", "window", "loop")
@@ -117,40 +114,32 @@ def _import_libraries() -> None:
 class SamplingDefaults:
     """The defaults a call falls back to (the fields ``PipelineConfig`` shares)."""
 
-    num_inference_steps: int = 50  # TextToVideoSDPipeline's defaults
+    num_inference_steps: int = 50
     guidance_scale: float = 9.0
     sampler: str = "scheduler"  # the directory's scheduler class
     fps: float = 8.0
 
 
 class DiffusersVideoPipeline:
-    """A diffusers text-to-video model with ``TextToVideoPipeline``'s call."""
+    """A diffusers text-to-video model with ``TextToVideoPipeline``'s call: the call's
+    checks and outputs here, each model family's denoising loop in a subclass
+    (``_generate``: latents from noise or from a clip; ``_decode``: frames in [0, 1])."""
 
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler):
-        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
-        self.tokenizer, self.scheduler = tokenizer, scheduler
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.config = SamplingDefaults(sampler=type(scheduler).__name__)
+    components: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()  # the torch modules among them
+    defaults = SamplingDefaults()
+    frames_rule = (1, 1)  # num_frames = a + b k
 
-    @property
-    def size_multiple(self) -> int:
-        """Height and width must be multiples of this (the VAE, then the UNet's downs)."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    def to(self, device: str | torch.device) -> DiffusersVideoPipeline:
-        device = resolve_device(device)
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device)
-        return self
+    def __init__(self, **parts):
+        for name in self.components:
+            setattr(self, name, parts[name])
+        self.config = dataclasses.replace(self.defaults, sampler=type(self.scheduler).__name__)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, allow_pickle: bool = False
     ) -> DiffusersVideoPipeline:
+        """The pipeline of the family ``model_index.json`` names, its parts loaded."""
         root = Path(directory)
         _import_libraries()
         try:
@@ -158,19 +147,30 @@ class DiffusersVideoPipeline:
         except (OSError, ValueError) as e:
             raise BridgeError(f"'{root}/model_index.json' cannot be read ({e})") from None
         kind = index.get("_class_name")
-        if kind not in LAYOUTS:
+        family = LAYOUTS.get(kind)
+        if family is None:
             raise BridgeError(
                 f"'{root}': a diffusers '{kind}' is not supported; supported: "
                 f"{', '.join(LAYOUTS)} (or a tinysora model: dit/, vae/, pipeline.json)"
             )
         parts = {}
-        for name in LAYOUTS[kind]:
+        for name in family.components:
             if name not in index:
                 raise BridgeError(f"'{root}/model_index.json' lists no '{name}'")
             parts[name] = _component(root, name, index[name], allow_pickle)
-        for module in ("unet", "vae", "text_encoder"):
-            parts[module].eval().requires_grad_(False)
-        return cls(**parts)
+        for name in family.modules:
+            parts[name].eval().requires_grad_(False)
+        return family(**parts)
+
+    @property
+    def device(self) -> torch.device:
+        return next(getattr(self, self.modules[0]).parameters()).device
+
+    def to(self, device: str | torch.device) -> DiffusersVideoPipeline:
+        device = resolve_device(device)
+        for name in self.modules:
+            getattr(self, name).to(device)
+        return self
 
     def set_sampling(self, guidance_scale: float | None = None, sampler: str | None = None):
         """Change the default guidance scale (the sampler is the directory's scheduler)."""
@@ -183,7 +183,123 @@ class DiffusersVideoPipeline:
     def load_lora(self, directory, scale: float = 1.0):
         raise BridgeError("LoRA adapters (tinysora train lora) are for tinysora DiT models")
 
-    # ----------------------------------------------------------------- building blocks
+    # ----------------------------------------------------------------- the call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int = 17,
+        height: int = 256,
+        width: int = 256,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+        sampler: str | None = None,
+        callback: Callable[[dict], None] | None = None,
+        progress: bool = True,
+        video=None,
+        strength: float | None = None,
+        **conditioning,
+    ) -> VideoOutput:
+        """Generate as the diffusers pipeline of this family does (the same noise from the
+        same generator); ``video`` + ``strength`` re-generates a clip from its latents
+        noised that far (SDEdit)."""
+        unknown = set(conditioning) - set(NEEDS_TASK_TRAINING)
+        if unknown:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+        given = [k for k in NEEDS_TASK_TRAINING if _is_set(conditioning.get(k))]
+        if given:
+            raise BridgeError(
+                f"{', '.join(given)} needs a tinysora model trained with the conditioning "
+                "tasks; a diffusers model does text-to-video and SDEdit (video + strength)"
+            )
+        self.set_sampling(sampler=sampler)
+        if output_type not in OUTPUT_TYPES:
+            raise BridgeError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}")
+        if (video is None) != (strength is None) or not (strength is None or 0 < strength <= 1):
+            raise BridgeError("SDEdit takes video and strength in (0, 1] together")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = negative_prompt if negative_prompt is not None else ""
+        negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
+        if height % self.size_multiple or width % self.size_multiple:
+            raise BridgeError(f"height and width must be multiples of {self.size_multiple}")
+        clip = None
+        if video is not None:
+            clip = load_video(video)
+            num_frames = len(clip)
+            clip = fit_video(clip, num_frames, height, width)
+        a, b = self.frames_rule
+        if num_frames < a or (num_frames - a) % b:
+            raise BridgeError(f"this model takes {a} + {b}k frames, got {num_frames}")
+        steps = num_inference_steps or self.config.num_inference_steps
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+
+        def report(i: int, n: int, x: torch.Tensor) -> None:
+            if callback is not None:  # flow-time-like fractions left, as our samplers say
+                callback({"i": i, "t": (n - i) / n, "t_next": (n - i - 1) / n, "x_next": x})
+
+        run = _Run(prompts, negatives, num_frames, height, width, steps, scale, generator)
+        bar = tqdm(total=steps, desc="sampling", unit="step", disable=not progress)
+        latents = self._generate(run, report, bar, clip, strength)
+        bar.close()
+        if output_type == "latent":
+            return VideoOutput(latents)
+        frames = self._decode(latents, run).cpu()  # (B, T, H, W, 3) in [0, 1]
+        if output_type == "pt":
+            clips = list(frames)
+        else:
+            clips = [(f * 255).round().to(torch.uint8).numpy() for f in frames]
+            if output_type == "pil":
+                from PIL import Image
+
+                clips = [[Image.fromarray(im) for im in clip] for clip in clips]
+        return VideoOutput(clips[0] if isinstance(prompt, str) else clips)
+
+
+@dataclass
+class _Run:
+    """One call's request, as the family loops read it."""
+
+    prompts: list[str]
+    negatives: list[str]
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    scale: float
+    generator: torch.Generator | list[torch.Generator] | None
+
+    @property
+    def guided(self) -> bool:  # diffusers' pipelines guide only above 1
+        return self.scale > 1.0
+
+
+def _guide(eps: torch.Tensor, run: _Run) -> torch.Tensor:
+    if not run.guided:
+        return eps
+    uncond, cond = eps.chunk(2)
+    return uncond + run.scale * (cond - uncond)
+
+
+class UNet3DVideoPipeline(DiffusersVideoPipeline):
+    """ModelScope text-to-video (``TextToVideoSDPipeline``): a UNet3D predicting noise in
+    the latents of a 2D SD VAE, CLIP text, a DDPM-family scheduler."""
+
+    components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    modules = ("unet", "vae", "text_encoder")
+    defaults = SamplingDefaults(num_inference_steps=50, guidance_scale=9.0)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (the VAE, then the UNet's downs)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
     def _embed(self, prompts: list[str]) -> torch.Tensor:
         """CLIP token states (B, L, D), padded to the tokenizer's length, as diffusers does."""
@@ -207,7 +323,7 @@ class DiffusersVideoPipeline:
         z = z * self.vae.config.scaling_factor  # (T, C, h, w)
         return z.permute(1, 0, 2, 3)[None].float()
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, run: _Run) -> torch.Tensor:
         """(B, C, T, h, w) latents -> float (B, T, H, W, 3) in [0, 1], as diffusers' pipeline
         decodes and post-processes them."""
         b, c, t, h, w = latents.shape
@@ -216,107 +332,163 @@ class DiffusersVideoPipeline:
         video = image.reshape(b, t, *image.shape[1:]).permute(0, 1, 3, 4, 2)
         return (video / 2 + 0.5).clamp(0, 1)
 
-    def _step(self, x: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        """One scheduler step on (B, C, T, h, w), frames folded into the batch (diffusers
-        steps 4-D samples)."""
-        b, c, f, h, w = x.shape
-        fold = "b c f h w -> (b f) c h w"
-        out = self.scheduler.step(rearrange(noise, fold), t, rearrange(x, fold)).prev_sample
-        return rearrange(out, "(b f) c h w -> b c f h w", b=b, f=f)
-
-    # ----------------------------------------------------------------- the call
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        num_frames: int = 16,
-        height: int = 256,
-        width: int = 256,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "np",
-        sampler: str | None = None,
-        callback: Callable[[dict], None] | None = None,
-        progress: bool = True,
-        video=None,
-        strength: float | None = None,
-        **conditioning,
-    ) -> VideoOutput:
-        """Generate as ``TextToVideoSDPipeline`` does (same noise from the same generator);
-        ``video`` + ``strength`` re-generates a clip from its latents noised that far."""
-        given = [k for k in NEEDS_TASK_TRAINING if _is_set(conditioning.get(k))]
-        unknown = set(conditioning) - set(NEEDS_TASK_TRAINING)
-        if unknown:
-            raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
-        if given:
-            raise BridgeError(
-                f"{', '.join(given)} needs a tinysora model trained with the conditioning "
-                "tasks; a diffusers model does text-to-video and SDEdit (video + strength)"
-            )
-        self.set_sampling(sampler=sampler)
-        if output_type not in OUTPUT_TYPES:
-            raise BridgeError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}")
-        if (video is None) != (strength is None) or not (strength is None or 0 < strength <= 1):
-            raise BridgeError("SDEdit takes video and strength in (0, 1] together")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = negative_prompt if negative_prompt is not None else ""
-        negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
-        multiple = self.size_multiple
-        if height % multiple or width % multiple:
-            raise BridgeError(f"height and width must be multiples of {multiple}")
-        steps = num_inference_steps or self.config.num_inference_steps
-        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        guided = scale > 1.0
-        text = self._embed(prompts)
-        if guided:
-            text = torch.cat([self._embed(negatives), text])
-        self.scheduler.set_timesteps(steps, device=self.device)
+    def _generate(self, run: _Run, report, bar, clip, strength) -> torch.Tensor:
+        text = self._embed(run.prompts)
+        if run.guided:
+            text = torch.cat([self._embed(run.negatives), text])
+        self.scheduler.set_timesteps(run.steps, device=self.device)
         timesteps = self.scheduler.timesteps
-        if video is not None:
-            clip = load_video(video)
-            clip = fit_video(clip, len(clip), height, width)
-            num_frames = len(clip)
         shape = (
-            len(prompts),
+            len(run.prompts),
             self.unet.config.in_channels,
-            num_frames,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
+            run.num_frames,
+            run.height // self.vae_scale_factor,
+            run.width // self.vae_scale_factor,
         )
-        noise = _randn(shape, generator, text.dtype).to(self.device)
-        if video is None:
+        noise = _randn(shape, run.generator, text.dtype).to(self.device)
+        if clip is None:
             x = noise * self.scheduler.init_noise_sigma
         else:  # SDEdit: start part-way, from the clip's latents noised to that step
-            keep = min(int(steps * strength), steps)
-            timesteps = timesteps[steps - keep :]
-            start = self._encode(clip).expand(len(prompts), -1, -1, -1, -1)
-            x = self.scheduler.add_noise(start, noise, timesteps[:1].repeat(len(prompts)))
-        for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
-            inp = torch.cat([x] * 2) if guided else x
-            inp = self.scheduler.scale_model_input(inp, t)
-            eps = self.unet(inp, t, encoder_hidden_states=text, return_dict=False)[0]
-            if guided:
-                uncond, cond = eps.chunk(2)
-                eps = uncond + scale * (cond - uncond)
-            x = self._step(x, eps, t)
-            if callback is not None:
-                n = len(timesteps)
-                callback({"i": i, "t": (n - i) / n, "t_next": (n - i - 1) / n, "x_next": x})
-        if output_type == "latent":
-            return VideoOutput(x)
-        frames = self._decode(x).cpu()  # (B, T, H, W, 3) in [0, 1]
-        if output_type == "pt":
-            clips = list(frames)
-        else:
-            clips = [(f * 255).round().to(torch.uint8).numpy() for f in frames]
-            if output_type == "pil":
-                from PIL import Image
+            keep = min(int(run.steps * strength), run.steps)
+            timesteps = timesteps[run.steps - keep :]
+            start = self._encode(clip).expand(len(run.prompts), -1, -1, -1, -1)
+            x = self.scheduler.add_noise(start, noise, timesteps[:1].repeat(len(run.prompts)))
+        fold = "b c f h w -> (b f) c h w"  # the scheduler steps 4-D samples
+        for i, t in enumerate(timesteps):
+            inp = self.scheduler.scale_model_input(torch.cat([x] * 2) if run.guided else x, t)
+            eps = _guide(self.unet(inp, t, encoder_hidden_states=text, return_dict=False)[0], run)
+            out = self.scheduler.step(rearrange(eps, fold), t, rearrange(x, fold)).prev_sample
+            x = rearrange(out, "(b f) c h w -> b c f h w", b=shape[0])
+            report(i, len(timesteps), x)
+            bar.update()
+        return x
 
-                clips = [[Image.fromarray(im) for im in clip] for clip in clips]
-        return VideoOutput(clips[0] if isinstance(prompt, str) else clips)
+
+class LTXVideoPipeline(DiffusersVideoPipeline):
+    """LTX-Video (``LTXPipeline``): a transformer over packed tokens of a causal video VAE's
+    latents, T5 text, rectified flow with a resolution-dependent shift."""
+
+    components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    modules = ("transformer", "vae", "text_encoder")
+    defaults = SamplingDefaults(num_inference_steps=50, guidance_scale=3.0, fps=25.0)
+    max_sequence_length = 128  # LTXPipeline's
+    frame_rate = 25  # what its RoPE is scaled for by default
+
+    @property
+    def frames_rule(self) -> tuple[int, int]:
+        return 1, self.vae.temporal_compression_ratio * self.transformer.config.patch_size_t
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae.spatial_compression_ratio * self.transformer.config.patch_size
+
+    def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        states = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return states.to(self.text_encoder.dtype), tokens.attention_mask.bool().to(self.device)
+
+    def _grid(self, run: _Run) -> tuple[int, int, int]:
+        """Latent (frames, height, width) of the request."""
+        t = (run.num_frames - 1) // self.vae.temporal_compression_ratio + 1
+        s = self.vae.spatial_compression_ratio
+        return t, run.height // s, run.width // s
+
+    def _pack(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, H, W) -> tokens (B, N, C p_t p p) in the transformer's order."""
+        p, pt = self.transformer.config.patch_size, self.transformer.config.patch_size_t
+        return rearrange(z, "b c (f pt) (h p) (w q) -> b (f h w) (c pt p q)", pt=pt, p=p, q=p)
+
+    def _unpack(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+        p, pt = self.transformer.config.patch_size, self.transformer.config.patch_size_t
+        f, h, w = self._grid(run)
+        return rearrange(
+            x,
+            "b (f h w) (c pt p q) -> b c (f pt) (h p) (w q)",
+            f=f // pt, h=h // p, w=w // p, pt=pt, p=p, q=p,
+        )  # fmt: skip
+
+    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
+        return mean, std, self.vae.config.scaling_factor
+
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> normalized latents (1, C, t, h, w)."""
+        x = torch.tensor(frames, dtype=torch.float32).permute(3, 0, 1, 2)[None] / 127.5 - 1
+        z = self.vae.encode(x.to(self.device, self.vae.dtype)).latent_dist.mean.float()
+        mean, std, scale = self._stats(z)
+        return (z - mean) * scale / std
+
+    def _decode(self, latents: torch.Tensor, run: _Run) -> torch.Tensor:
+        z = self._unpack(latents, run)
+        mean, std, scale = self._stats(z)
+        z = (z * std / scale + mean).to(self.vae.dtype)
+        timestep = None  # LTXPipeline's default decode_timestep 0 adds no noise
+        if self.vae.config.timestep_conditioning:
+            timestep = torch.zeros(len(z), device=z.device, dtype=z.dtype)
+        video = self.vae.decode(z, timestep, return_dict=False)[0].float()  # (B, 3, T, H, W)
+        return (video.permute(0, 2, 3, 4, 1) / 2 + 0.5).clamp(0, 1)
+
+    def _generate(self, run: _Run, report, bar, clip, strength) -> torch.Tensor:
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+        text, mask = self._embed(run.prompts)
+        if run.guided:
+            neg_text, neg_mask = self._embed(run.negatives)
+            text, mask = torch.cat([neg_text, text]), torch.cat([neg_mask, mask])
+        f, h, w = self._grid(run)
+        shape = (len(run.prompts), self.transformer.config.in_channels, f, h, w)
+        noise = self._pack(_randn(shape, run.generator, torch.float32)).to(self.device)
+        cfg = self.scheduler.config
+        mu = calculate_shift(
+            f * h * w,
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1 / run.steps, run.steps)
+        self.scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
+        timesteps = self.scheduler.timesteps
+        x = noise
+        if clip is not None:  # SDEdit: the clip's latents noised to the first kept step
+            begin = run.steps - min(int(run.steps * strength), run.steps)
+            timesteps = timesteps[begin:]
+            self.scheduler.set_begin_index(begin)
+            start = self._pack(self._encode(clip)).expand(len(run.prompts), -1, -1)
+            x = self.scheduler.scale_noise(start, timesteps[:1], noise)
+        ratio = self.vae.spatial_compression_ratio
+        rope = (self.vae.temporal_compression_ratio / self.frame_rate, ratio, ratio)
+        for i, t in enumerate(timesteps):
+            inp = torch.cat([x] * 2) if run.guided else x
+            eps = self.transformer(
+                hidden_states=inp.to(text.dtype),
+                encoder_hidden_states=text,
+                timestep=t.expand(len(inp)),
+                encoder_attention_mask=mask,
+                num_frames=f,
+                height=h,
+                width=w,
+                rope_interpolation_scale=rope,
+                return_dict=False,
+            )[0].float()
+            x = self.scheduler.step(_guide(eps, run), t, x, return_dict=False)[0]
+            report(i, len(timesteps), x)
+            bar.update()
+        return x
+
+
+LAYOUTS: dict[str, type[DiffusersVideoPipeline]] = {
+    "TextToVideoSDPipeline": UNet3DVideoPipeline,
+    "LTXPipeline": LTXVideoPipeline,
+}
 
 
 def _is_set(value) -> bool:
