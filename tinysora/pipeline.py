@@ -228,6 +228,11 @@ class TextToVideoPipeline:
         """Height and width must be multiples of this (the VAE's factor x the patch)."""
         return SPACE_FACTOR * self.dit.config.patch[1]
 
+    @property
+    def frames_rule(self) -> tuple[int, int]:
+        """Legal frame counts are a + b k: the causal VAE's first frame, then its x4."""
+        return 1, TIME_FACTOR
+
     def load_lora(self, directory: str | os.PathLike, scale: float = 1.0) -> TextToVideoPipeline:
         """Add a LoRA adapter (``tinysora train lora``) to the DiT, its update times ``scale``."""
         from tinysora.dit.lora import load_lora  # peft loads accelerate: only when asked

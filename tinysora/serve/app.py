@@ -50,7 +50,6 @@ from tinysora.pipeline import MIN_SIDE, TextToVideoPipeline
 from tinysora.serve.config import ServeConfig
 from tinysora.serve.store import JobStore, QueueFull, new_job_id
 from tinysora.serve.worker import CONTEXT_FRAMES, Worker
-from tinysora.vae.model import TIME_FACTOR
 
 STATIC = Path(__file__).parent / "static"
 FILE_FIELDS = ("image", "first_image", "last_image", "video")
@@ -65,7 +64,7 @@ class VideoRequest(BaseModel):
 
     prompt: str = Field(min_length=1, description="what to generate")
     negative_prompt: str | None = Field(None, description="what to steer away from")
-    num_frames: int = Field(17, ge=1, description="1 + 4k frames")
+    num_frames: int = Field(17, ge=1, description="1 + 4k frames (the model's frames_rule)")
     height: int = Field(64, ge=MIN_SIDE, description="a multiple of 16 (patch 2)")
     width: int = Field(64, ge=MIN_SIDE, description="a multiple of 16 (patch 2)")
     num_inference_steps: int | None = Field(None, ge=1)
@@ -87,20 +86,16 @@ def _error(field: str, msg: str, value=None) -> dict:
     return {"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}
 
 
-def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str], multiple: int) -> list[dict]:
-    """The server's caps and the legal sizes (sides: multiples of ``multiple``, the VAE's
-    factor times the DiT's patch): one error per bad field."""
+def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str], pipe) -> list[dict]:
+    """The server's caps and the model's legal sizes (``pipe.size_multiple``,
+    ``pipe.frames_rule``): one error per bad field."""
+    multiple, (a, b) = pipe.size_multiple, pipe.frames_rule
     errors = []
     if len(req.prompt) > cfg.max_prompt_chars:
         errors.append(_error("prompt", f"at most {cfg.max_prompt_chars} characters"))
-    if (req.num_frames - 1) % TIME_FACTOR or req.num_frames > cfg.max_frames:
-        errors.append(
-            _error(
-                "num_frames",
-                f"must be 1 + {TIME_FACTOR}k and at most {cfg.max_frames}",
-                req.num_frames,
-            )
-        )
+    if (req.num_frames - a) % b or req.num_frames > cfg.max_frames:
+        legal = f"must be {a} + {b}k and at most {cfg.max_frames}"
+        errors.append(_error("num_frames", legal, req.num_frames))
     for side in ("height", "width"):
         value = getattr(req, side)
         if value % multiple or value > cfg.max_side:
@@ -124,19 +119,19 @@ def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str], multiple: i
         errors.append(_error("loop", "a loop pins the last frame to frame 0: no last_image/video"))
     if req.extend is not None and files - {"video"}:
         errors.append(_error("extend", "an extension takes a video only (no images)"))
-    if "last_image" in files and req.num_frames < 1 + TIME_FACTOR:
-        errors.append(_error("num_frames", f"last_image needs >= {1 + TIME_FACTOR} frames"))
+    if "last_image" in files and req.num_frames < a + b:
+        errors.append(_error("num_frames", f"last_image needs >= {a + b} frames"))
     return errors
 
 
-def parse_request(data: dict, cfg: ServeConfig, files: set[str], multiple: int) -> VideoRequest:
+def parse_request(data: dict, cfg: ServeConfig, files: set[str], pipe) -> VideoRequest:
     try:
         req = VideoRequest.model_validate(data)
     except ValidationError as e:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         ) from None
-    errors = check_caps(req, cfg, files, multiple)
+    errors = check_caps(req, cfg, files, pipe)
     if errors:
         raise RequestValidationError(errors)
     return req
@@ -262,6 +257,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
                 "max_frames": cfg.max_frames,
                 "max_side": cfg.max_side,
                 "side_multiple": pipeline.size_multiple,
+                "frames_rule": list(pipeline.frames_rule),
                 "max_steps": cfg.max_steps,
                 "max_prompt_chars": cfg.max_prompt_chars,
                 "max_upload_mb": cfg.max_upload_mb,
@@ -325,8 +321,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
             raise HTTPException(
                 415, "send application/json, or multipart/form-data with image/video files"
             )
-        multiple = state["pipe"].size_multiple
-        req = parse_request(fields, cfg, set(uploads), multiple)
+        req = parse_request(fields, cfg, set(uploads), state["pipe"])
         store, worker = state["store"], state["worker"]
         if store.counts()["queued"] >= cfg.max_queue:
             raise _queue_full(worker)

@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 let apiKey = localStorage.getItem("tinysora-key") || "";
 let current = null;   // id of the job shown in the "current" card
 let cursor = null;    // history paging
-let limits = { max_frames: 65, max_side: 256, max_steps: 100, side_multiple: 16 };
+let limits = { max_frames: 65, max_side: 256, max_steps: 100, side_multiple: 16, frames_rule: [1, 4] };
 
 function headers(extra = {}) {
   return apiKey ? { ...extra, Authorization: "Bearer " + apiKey } : extra;
@@ -45,7 +45,8 @@ function fillControls() {
   const step = limits.side_multiple;
   for (let s = Math.ceil(32 / step) * step; s <= limits.max_side; s += step) sides.push(s);
   const frames = [];
-  for (let f = 1; f <= limits.max_frames; f += 4) frames.push(f);
+  const [first, every] = limits.frames_rule;
+  for (let f = first; f <= limits.max_frames; f += every) frames.push(f);
   fillSelect($("width"), sides, 64);
   fillSelect($("height"), sides, 64);
   fillSelect($("num_frames"), frames, 17);
