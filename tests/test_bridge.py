@@ -49,7 +49,7 @@ def test_the_same_frames_as_diffusers_pipeline(modelscope, pipe):
         assert len(ours) == 2
         for a, b in zip(ours, theirs, strict=True):
             assert a.shape == b.shape == (4, 32, 32, 3)
-            np.testing.assert_allclose(a.numpy(), b, rtol=0, atol=1e-3)
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-3)
         assert np.abs(ours[0].numpy() - ours[1].numpy()).max() > 1e-2  # the prompts differ
 
 
@@ -74,7 +74,7 @@ def test_a_transformer_model_ltx_video_gives_diffusers_frames_too(tmp_path):
             **args,
         ).frames
         assert ours.shape == (9, 32, 32, 3)
-        np.testing.assert_allclose(ours.numpy(), theirs.frames[0], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(ours.numpy(), theirs.frames[0], rtol=1e-5, atol=1e-3)
     edit = pipe("a blue square", video=(ours.numpy() * 255).astype(np.uint8), strength=0.5,
                 generator=torch.Generator().manual_seed(1), progress=False, **size)  # fmt: skip
     assert edit.frames.shape == (9, 32, 32, 3)

@@ -92,9 +92,7 @@ def _component(root: Path, name: str, spec, allow_pickle: bool):
     cls = getattr(importlib.import_module(library), class_name, None)
     if cls is None:
         raise BridgeError(f"'{root}': {library} has no class '{class_name}' (for '{name}')")
-    if name == "scheduler":
-        return cls.from_pretrained(folder)
-    if name == "tokenizer":
+    if name in ("scheduler", "tokenizer"):  # configs and vocabularies, no weights
         return cls.from_pretrained(folder)
     safe = _check_weights(folder, allow_pickle)
     return cls.from_pretrained(folder, use_safetensors=safe)
