@@ -1,7 +1,8 @@
 """UNet3D vs DiT at equal training FLOPs (issue 17): diffusers' ``UNet3DConditionModel``
 (ModelScope's denoiser family) trained as a velocity predictor on our latents, with our
 flow objective, text encoder, data and recipe, against our DiT run of the same budget
-from the scaling study (``scripts/scaling_study.py``, ``runs/scaling/XS2``).
+from the scaling study (``scripts/scaling_study.py``, its reported curves in
+``bench/results/2026-12-02-scaling-study.json``).
 
     python scripts/unet3d_vs_dit.py train --flops 2e14 [--resume]    # runs/unet3d
     python scripts/unet3d_vs_dit.py evaluate --n 50                   # both models
@@ -34,7 +35,6 @@ from scaling_study import (  # noqa: E402 - the study's recipe, budget rule and 
     GROUPS,
     MILESTONES,
     RESULTS,
-    RUNS,
     SHARED_CACHE,
     latent_grid,
     run_curves,
@@ -45,6 +45,7 @@ from tinysora.train.recipe import DiTRecipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "unet3d"
+STUDY = ROOT / "bench" / "results" / "2026-12-02-scaling-study.json"  # the DiT side
 UNET_LR = 2e-4  # a UNet's usual AdamW rate (the DiT's 5e-4 is tuned for transformers)
 
 
@@ -177,31 +178,46 @@ def sampling_seconds(pipe, repeats: int = 3) -> float:
     return sorted(times[1:])[repeats // 2]  # the first is warm-up
 
 
+def study_dit() -> dict:
+    """The scaling study's XS/2 run (curves + adherence at its milestones), as reported."""
+    study = json.loads(STUDY.read_text())
+    return next(r for r in study["runs"] if r["preset"] == "XS/2")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """UNet: adherence of its final EMA weights. Both: sampling time at the recipe's
+    steps (the DiT's is an XS/2 of the study's recipe: time does not depend on weights;
+    its adherence is the study's, measured the same way)."""
     from safetensors.torch import load_file
 
+    from tinysora.dit.model import DiT
     from tinysora.eval.adherence import evaluate
-    from tinysora.pipeline import TextToVideoPipeline
-    from tinysora.train.dit import export_checkpoint
 
-    dit_run = RUNS / "XS2"
-    steps = sorted(int(p.name.split("_")[1]) for p in (dit_run / "checkpoints").glob("step_*"))
-    dit_dir = export_checkpoint(dit_run, dit_run / "snapshots" / f"step_{steps[-1]:08d}", steps[-1])
-    dit_pipe = TextToVideoPipeline.from_pretrained(dit_dir).to(args.device)
     out = Path(args.out)
     recipe = DiTRecipe.load(out / "study_recipe.json")
     unet = load_unet(out)
     unet.load_state_dict(load_file(out / "ema.safetensors"))
     unet_pipe = _pipeline(unet, recipe, args.device)
-    results = {}
-    for name, pipe in (("DiT XS/2", dit_pipe), ("UNet3D", unet_pipe)):
-        report = evaluate(pipe, args.n, groups=GROUPS)
-        results[name] = {
+    report = evaluate(unet_pipe, args.n, groups=GROUPS)
+    dit_recipe = study_recipe("XS/2", 2e14)
+    dit_recipe.model.in_channels = unet.config.in_channels
+    torch.manual_seed(0)
+    dit_pipe = _pipeline(DiT(dit_recipe.model), dit_recipe, args.device)
+    dit = study_dit()["adherence"][-1]
+    results = {
+        "DiT XS/2": {
+            "n": dit["n"],
+            "sample_s": sampling_seconds(dit_pipe),
+            **{g: dit[g] for g in GROUPS},
+        },
+        "UNet3D": {
             "n": args.n,
-            "sample_s": sampling_seconds(pipe),
+            "sample_s": sampling_seconds(unet_pipe),
             **{g: report[g]["all_right"] for g in GROUPS},
-        }
-        print(name, results[name])
+        },
+    }
+    for name, row in results.items():
+        print(name, row)
     (out / "evaluation.json").write_text(json.dumps(results, indent=1))
 
 
@@ -212,7 +228,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     out = Path(args.out)
-    dit = run_curves(RUNS / "XS2")
+    dit = study_dit()
     unet = run_curves(out)  # its FLOPs and size are the UNet's, not the recipe's DiT's
     per_sample = json.loads((out / "unet_config.json").read_text())["flops_per_sample"]
     per_step = per_sample * DiTRecipe.load(out / "study_recipe.json").batch_size
