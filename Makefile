@@ -25,7 +25,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/tinysora generate "$(DEMO_PROMPT)" -o outputs/demo.mp4
 
+# The voice tests synthesize speech with espeak-ng and flite (installed when missing).
+VOICE_APT := espeak-ng flite
 test: $(VENV)/.installed-dev
+	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(VOICE_APT); }
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not slow and not browser"
 

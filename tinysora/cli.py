@@ -443,7 +443,37 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
     rt.add_argument("--device", help=DEVICE_HELP)
     rt.set_defaults(func=_cmd_vae_roundtrip)
+
+    voice = sub.add_parser("voice", help="speech tools (GPT-SoVITS-style voice)")
+    voice_sub = voice.add_subparsers(dest="voice_command", metavar="COMMAND", required=True)
+    corpus = voice_sub.add_parser(
+        "corpus",
+        help="make a speech corpus offline with espeak-ng, flite and festival",
+        description="Needs: apt-get install espeak-ng flite festival festvox-kallpc16k "
+        "festvox-kdlpc16k festvox-us-slt-hts. Resumes an interrupted run in the same --out.",
+    )
+    corpus.add_argument("--out", required=True, help="corpus directory")
+    corpus.add_argument("--hours", type=float, default=3.0, help="hours of training speech")
+    corpus.add_argument("--engines", default="espeak,flite,festival", help="comma-separated")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--jobs", type=int, default=2, help="synthesizer processes at once")
+    corpus.set_defaults(func=_cmd_voice_corpus)
     return parser
+
+
+def _cmd_voice_corpus(args: argparse.Namespace) -> None:
+    from tinysora.voice.corpus import build_corpus
+
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    if args.jobs < 1:
+        raise CliError(f"--jobs must be >= 1, got {args.jobs}")
+    summary = build_corpus(args.out, args.hours, engines, args.seed, args.jobs)
+    hours = summary["hours"]
+    print(
+        f"{args.out}: {summary['voices']['train']} train voices + {summary['voices']['unseen']} "
+        f"unseen; {hours['train']:.2f} h train, {hours['test_seen']:.2f} h held-out sentences, "
+        f"{hours['test_unseen']:.2f} h unseen voices; {summary['failed']} failed"
+    )
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

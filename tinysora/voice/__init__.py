@@ -1,0 +1,1 @@
+"""GPT-SoVITS-style speech, trained here: corpus, content codes, the SoVITS generator."""
