@@ -43,7 +43,7 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    if args.model == "vae" and (args.data or args.init):
+    if args.model in ("vae", "voice-content") and (args.data or args.init):
         raise CliError("--data and --init are for `tinysora train dit` and `train lora`")
     if args.model == "lora" and not (args.data and args.init):
         raise CliError("train lora needs --init MODEL_DIR and --data CACHE")
@@ -56,6 +56,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
             train_lora(
                 args.init, args.data, args.out, args.rank, args.config, args.resume, args.device
             )
+        elif args.model == "voice-content":
+            from tinysora.train.voice_content import train_voice_content
+
+            train_voice_content(args.config, args.out, resume=args.resume)
         elif args.model == "vae":
             from tinysora.train.vae import train_vae
 
@@ -385,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")
-    train.add_argument("model", choices=["vae", "dit", "lora"], help="what to train")
+    train.add_argument(
+        "model", choices=["vae", "dit", "lora", "voice-content"], help="what to train"
+    )
     train.add_argument("--config", help="recipe, e.g. configs/vae_shapes.toml (lora: optional)")
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

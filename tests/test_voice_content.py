@@ -1,0 +1,170 @@
+"""The content encoder, k-means, the residual VQ and the staged training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from numerics import assert_close_fp32
+
+from tinysora.io.checkpoint import load_pretrained
+from tinysora.voice.content import (
+    CodecConfig,
+    ContentConfig,
+    ContentEncoder,
+    ContentModel,
+    SemanticCodec,
+    VectorQuantizer,
+    kmeans,
+    mfcc,
+    nearest,
+    perplexity,
+    span_mask,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_RECIPE = """
+mfcc_units = 20
+feature_units = 30
+codec_steps = {codec_steps}
+probe_utterances = 40
+probe_steps = 60
+[data]
+corpus = "{corpus}"
+crop_frames = 100
+batch_size = 4
+kmeans_frames = 3000
+[model]
+dim = 64
+layers = 2
+heads = 2
+feature_layer = 2
+[codec]
+dim = 64
+code_dim = 32
+codebook_size = 64
+[train]
+steps = {steps}
+warmup_steps = 5
+checkpoint_every = 5
+log_every = 5
+tensorboard = false
+"""
+
+
+def test_kmeans_finds_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = torch.cat([c + 0.3 * torch.randn(200, 2, generator=g) for c in centres])
+    found = kmeans(x, 4, generator=torch.Generator().manual_seed(1))
+    dist = torch.cdist(found, centres).min(dim=1).values
+    assert (dist < 0.2).all()
+    assign, _ = nearest(x, found)
+    assert len(set(assign.view(4, 200).mode(dim=1).values.tolist())) == 4
+
+
+def test_span_mask_rate_and_determinism():
+    a = span_mask((8, 500), 0.065, 10, torch.Generator().manual_seed(3))
+    b = span_mask((8, 500), 0.065, 10, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert 0.3 < a.float().mean() < 0.7  # HuBERT's setting masks about half the frames
+
+
+def test_encoder_ignores_padding_and_mfcc_shape():
+    torch.manual_seed(0)
+    model = ContentEncoder(ContentConfig(dim=32, layers=2, heads=2, n_units=10)).eval()
+    mel = torch.randn(1, 80, 40)
+    alone, logits = model(mel)
+    assert alone.shape == (1, 40, 32) and logits.shape == (1, 40, 10)
+    padded = torch.cat([mel, torch.randn(1, 80, 15)], dim=2)
+    batch = torch.cat([padded, torch.randn(1, 80, 55)])
+    together, _ = model(batch, torch.tensor([40, 55]))
+    assert_close_fp32(together[0, :40], alone[0])
+    assert mfcc(mel).shape == (1, 39, 40)
+
+
+def test_vq_ema_moves_codes_and_restarts_dead_ones():
+    g = torch.Generator().manual_seed(0)
+    vq = VectorQuantizer(size=8, dim=4, decay=0.9, dead_threshold=0.03)
+    data = torch.randn(256, 4, generator=g)
+    vq.init_from(data, g)
+    before = vq.codebook.clone()
+    vq.train()
+    shifted = data + 5.0  # a new distribution far from every code
+    for _ in range(60):
+        q, codes = vq(shifted, g)
+    assert q.shape == shifted.shape and codes.shape == (256,)
+    err_before = nearest(shifted, before)[1].mean()
+    err_after = nearest(shifted, vq.codebook)[1].mean()
+    assert err_after < 0.5 * err_before
+    assert perplexity(torch.arange(8).repeat(10), 8) == pytest.approx(8.0, rel=1e-5)
+
+
+def test_codec_shapes_and_straight_through():
+    codec = SemanticCodec(CodecConfig(dim=16, code_dim=8, codebook_size=16, n_quantizers=2))
+    x = torch.randn(2, 21, 16, requires_grad=True)
+    for vq in codec.quantizers:
+        vq.init_from(torch.randn(100, 8), torch.Generator().manual_seed(0))
+    recon, codes, commit = codec(x)
+    assert recon.shape == (2, 20, 16) and codes.shape == (2, 2, 10)
+    assert codec.embed(codes).shape == (2, 10, 8)
+    (recon.sum() + commit).backward()
+    assert x.grad is not None and codec.down.weight.grad.abs().sum() > 0
+
+
+def _write_recipe(tmp: Path, corpus: Path, steps: int, codec_steps: int) -> Path:
+    path = tmp / "recipe.toml"
+    path.write_text(TINY_RECIPE.format(corpus=corpus, steps=steps, codec_steps=codec_steps))
+    return path
+
+
+def test_train_voice_content_end_to_end(tiny_corpus, tmp_path):
+    from tinysora.train.voice_content import train_voice_content
+
+    recipe = _write_recipe(tmp_path, tiny_corpus, steps=20, codec_steps=20)
+    out = tmp_path / "run"
+    model_dir = train_voice_content(recipe, out)
+    probes = json.loads((out / "probes.json").read_text())
+    assert 0 <= probes["phone_accuracy"] <= 1 and probes["codebook_size"] == 64
+    assert probes["voices"] >= 40 and probes["chance"] == pytest.approx(1 / probes["voices"])
+    assert 1 <= probes["perplexity"] <= 64
+    model = load_pretrained(ContentModel, model_dir)
+    mel = torch.randn(1, 80, 60)
+    codes = model.codes(mel)
+    assert codes.shape == (1, 1, 30) and codes.max() < 64
+    # a finished run resumes as a no-op: no stage is redone
+    stamp = (out / "units2.safetensors").stat().st_mtime_ns
+    train_voice_content(recipe, out, resume=True)
+    assert (out / "units2.safetensors").stat().st_mtime_ns == stamp
+    assert torch.equal(load_pretrained(ContentModel, model_dir).codes(mel), codes)
+
+
+def test_train_voice_content_resumes_after_kill(tiny_corpus, tmp_path):
+    """kill -9 a real training process in iteration 1, then --resume finishes the run."""
+    recipe = _write_recipe(tmp_path, tiny_corpus, steps=80, codec_steps=10)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tinysora", "train", "voice-content", "--config", str(recipe),
+           "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "iter1" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "no checkpoint before the kill"
+    step = int(latest.read_text().strip().split("_")[1])
+    assert 0 < step < 80
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "content" / "model.safetensors").is_file()
+    assert f"resumed from step {step}" in done.stdout
