@@ -27,3 +27,49 @@ def tiny_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     build_corpus(out, hours=0.012, engines=("espeak", "flite"), test_per_voice=(1, 1))
     return out
+
+
+TINY_CONTENT_RECIPE = """
+mfcc_units = 20
+feature_units = 30
+codec_steps = {codec_steps}
+probe_utterances = 40
+probe_steps = 60
+[data]
+corpus = "{corpus}"
+crop_frames = 100
+batch_size = 4
+kmeans_frames = 3000
+[model]
+dim = 64
+layers = 2
+heads = 2
+feature_layer = 2
+[codec]
+dim = 64
+code_dim = 32
+codebook_size = 64
+[train]
+steps = {steps}
+warmup_steps = 5
+checkpoint_every = 5
+log_every = 5
+tensorboard = false
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_content(tiny_corpus, tmp_path_factory):
+    """A content model trained for a few steps on ``tiny_corpus``: its run directory."""
+    from tinysora.train.voice_content import train_voice_content
+
+    run = tmp_path_factory.mktemp("content")
+    recipe = run / "recipe.toml"
+    recipe.write_text(TINY_CONTENT_RECIPE.format(corpus=tiny_corpus, steps=20, codec_steps=20))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_voice_content(recipe, run / "run")
+    finally:
+        torch.set_num_threads(before)
+    return run / "run"

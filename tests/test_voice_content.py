@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CONTENT_RECIPE
 from numerics import assert_close_fp32
 
 from tinysora.io.checkpoint import load_pretrained
@@ -30,34 +31,6 @@ from tinysora.voice.content import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_RECIPE = """
-mfcc_units = 20
-feature_units = 30
-codec_steps = {codec_steps}
-probe_utterances = 40
-probe_steps = 60
-[data]
-corpus = "{corpus}"
-crop_frames = 100
-batch_size = 4
-kmeans_frames = 3000
-[model]
-dim = 64
-layers = 2
-heads = 2
-feature_layer = 2
-[codec]
-dim = 64
-code_dim = 32
-codebook_size = 64
-[train]
-steps = {steps}
-warmup_steps = 5
-checkpoint_every = 5
-log_every = 5
-tensorboard = false
-"""
 
 
 def test_kmeans_finds_separated_clusters():
@@ -122,16 +95,16 @@ def test_codec_shapes_and_straight_through():
 
 def _write_recipe(tmp: Path, corpus: Path, steps: int, codec_steps: int) -> Path:
     path = tmp / "recipe.toml"
-    path.write_text(TINY_RECIPE.format(corpus=corpus, steps=steps, codec_steps=codec_steps))
+    path.write_text(TINY_CONTENT_RECIPE.format(corpus=corpus, steps=steps, codec_steps=codec_steps))
     return path
 
 
-def test_train_voice_content_end_to_end(tiny_corpus, tmp_path):
+def test_train_voice_content_end_to_end(tiny_content):
     from tinysora.train.voice_content import train_voice_content
 
-    recipe = _write_recipe(tmp_path, tiny_corpus, steps=20, codec_steps=20)
-    out = tmp_path / "run"
-    model_dir = train_voice_content(recipe, out)
+    out = tiny_content
+    recipe = out.parent / "recipe.toml"
+    model_dir = out / "content"
     probes = json.loads((out / "probes.json").read_text())
     assert 0 <= probes["phone_accuracy"] <= 1 and probes["codebook_size"] == 64
     assert probes["voices"] >= 40 and probes["chance"] == pytest.approx(1 / probes["voices"])
@@ -149,7 +122,7 @@ def test_train_voice_content_end_to_end(tiny_corpus, tmp_path):
 
 def test_train_voice_content_resumes_after_kill(tiny_corpus, tmp_path):
     """kill -9 a real training process in iteration 1, then --resume finishes the run."""
-    recipe = _write_recipe(tmp_path, tiny_corpus, steps=80, codec_steps=10)
+    recipe = _write_recipe(tmp_path, tiny_corpus, steps=40, codec_steps=10)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "tinysora", "train", "voice-content", "--config", str(recipe),
            "--out", str(out)]  # fmt: skip
@@ -163,7 +136,7 @@ def test_train_voice_content_resumes_after_kill(tiny_corpus, tmp_path):
     proc.wait()
     assert latest.exists(), "no checkpoint before the kill"
     step = int(latest.read_text().strip().split("_")[1])
-    assert 0 < step < 80
+    assert 0 < step < 40
     done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "content" / "model.safetensors").is_file()

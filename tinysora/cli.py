@@ -43,7 +43,7 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    if args.model in ("vae", "voice-content") and (args.data or args.init):
+    if args.model in ("vae", "voice", "voice-content") and (args.data or args.init):
         raise CliError("--data and --init are for `tinysora train dit` and `train lora`")
     if args.model == "lora" and not (args.data and args.init):
         raise CliError("train lora needs --init MODEL_DIR and --data CACHE")
@@ -56,6 +56,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
             train_lora(
                 args.init, args.data, args.out, args.rank, args.config, args.resume, args.device
             )
+        elif args.model == "voice":
+            from tinysora.train.voice import train_voice
+
+            train_voice(args.config, args.out, resume=args.resume)
         elif args.model == "voice-content":
             from tinysora.train.voice_content import train_voice_content
 
@@ -390,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")
     train.add_argument(
-        "model", choices=["vae", "dit", "lora", "voice-content"], help="what to train"
+        "model", choices=["vae", "dit", "lora", "voice", "voice-content"], help="what to train"
     )
     train.add_argument("--config", help="recipe, e.g. configs/vae_shapes.toml (lora: optional)")
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
@@ -464,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--seed", type=int, default=0)
     corpus.add_argument("--jobs", type=int, default=2, help="synthesizer processes at once")
     corpus.set_defaults(func=_cmd_voice_corpus)
+    conv = voice_sub.add_parser("convert", help="say SOURCE's words in REF's voice")
+    conv.add_argument("source", help="speech to convert (any audio file)")
+    conv.add_argument("--ref", required=True, help="3-10 s clip of the target voice")
+    conv.add_argument("-o", "--output", required=True, help="output .wav / .flac / .ogg")
+    conv.add_argument("--model", help="voice model directory (default: bundled weights/voice)")
+    conv.add_argument("--text", help="SOURCE's transcript (optional: helps the words)")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.set_defaults(func=_cmd_voice_convert)
     return parser
 
 
@@ -480,6 +492,17 @@ def _cmd_voice_corpus(args: argparse.Namespace) -> None:
         f"unseen; {hours['train']:.2f} h train, {hours['test_seen']:.2f} h held-out sentences, "
         f"{hours['test_unseen']:.2f} h unseen voices; {summary['failed']} failed"
     )
+
+
+def _cmd_voice_convert(args: argparse.Namespace) -> None:
+    from tinysora.voice.convert import VoiceConverter
+
+    if not args.output:
+        raise CliError("-o/--output is empty; give a file name such as out.wav")
+    vc = VoiceConverter.from_pretrained(args.model)
+    wav = vc(args.source, args.ref, text=args.text, seed=args.seed)
+    path = vc.save(wav, args.output)
+    print(f"wrote {path.resolve()} ({len(wav) / vc.sample_rate:.2f} s, {vc.sample_rate} Hz)")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

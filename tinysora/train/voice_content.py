@@ -48,7 +48,7 @@ SPLITS = ("train", "test_seen", "test_unseen")
 @dataclass
 class ContentDataConfig(Config):
     corpus: str = "runs/voice/corpus"
-    crop_frames: int = 250  # 5 s windows
+    crop_frames: int = 200  # 4 s windows
     batch_size: int = 16
     kmeans_frames: int = 60_000  # frames sampled for each k-means
 

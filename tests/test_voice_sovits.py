@@ -1,0 +1,187 @@
+"""The SoVITS generator: its parts, the GAN training run (resume exact, kill -9 safe) and
+voice conversion through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numerics import assert_close_fp32
+
+from tinysora.voice.sovits import (
+    Flow,
+    Generator,
+    MultiDiscriminator,
+    SoVITSConfig,
+    discriminator_loss,
+    kl_loss,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_MODEL = dict(hidden=32, inter=16, gin=16, posterior_layers=2, flow_couplings=2,
+                  flow_wn_layers=2, code_layers=1, phone_layers=1, post_layers=1,
+                  dec_initial=32, segment_frames=8, disc_channels=4)  # fmt: skip
+VOICE_RECIPE = """
+val_utterances = 2
+[data]
+corpus = "{corpus}"
+content = "{content}"
+batch_size = 2
+max_frames = 100
+[model]
+{model}
+[train]
+steps = {steps}
+warmup_steps = 2
+lr = 2e-4
+betas = [0.8, 0.99]
+checkpoint_every = {every}
+eval_every = {every}
+log_every = 2
+tensorboard = false
+"""
+
+
+def voice_recipe(path: Path, corpus: Path, content: Path, steps: int, every: int) -> Path:
+    model = "\n".join(f"{k} = {v}" for k, v in TINY_MODEL.items())
+    path.write_text(VOICE_RECIPE.format(corpus=corpus, content=content, model=model,
+                                        steps=steps, every=every))  # fmt: skip
+    return path
+
+
+def test_flow_is_identity_fresh_and_inverts():
+    c = SoVITSConfig(**TINY_MODEL)
+    flow = Flow(c)
+    z, mask, g = torch.randn(2, 16, 30), torch.ones(2, 1, 30), torch.randn(2, 16, 1)
+    mask[1, :, 20:] = 0
+    z = z * mask
+    assert_close_fp32(flow(z, mask, g), _flips(z, c.flow_couplings))  # fresh: only the flips
+    for coupling in flow.couplings:  # a trained flow: the reverse pass undoes the forward
+        torch.nn.init.normal_(coupling.post.weight, std=0.3)
+    z_p = flow(z, mask, g)
+    assert (z_p - _flips(z, c.flow_couplings)).abs().max() > 0.01
+    assert_close_fp32(flow(z_p, mask, g, reverse=True), z, rtol=1e-4)
+
+
+def _flips(z: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.flip(z, [1]) if n % 2 else z
+
+
+def test_generator_length_and_rate_check():
+    c = SoVITSConfig(**TINY_MODEL)
+    wav = Generator(c)(torch.randn(2, c.inter, 7), torch.randn(2, c.gin, 1))
+    assert wav.shape == (2, 1, 7 * c.hop) and wav.abs().max() <= 1
+    with pytest.raises(ValueError, match="multiply to 160, not the hop 320"):
+        Generator(SoVITSConfig(**{**TINY_MODEL, "dec_rates": (10, 8, 2)}))
+
+
+def test_losses():
+    d = MultiDiscriminator(4)
+    real, fake = d(torch.randn(2, 1, 2560), torch.randn(2, 1, 2560))[:2]
+    assert len(real) == 6  # one scale + five periods
+    ones = [torch.ones(3, 5)] * 2
+    assert discriminator_loss(ones, [torch.zeros(3, 5)] * 2) == 0
+    g = torch.Generator().manual_seed(0)
+    m, logs = torch.randn(1, 8, 4000, generator=g), 0.3 * torch.randn(1, 8, 4000, generator=g)
+    z = m + torch.randn(1, 8, 4000, generator=g) * logs.exp()  # a sample of q = p
+    assert abs(float(kl_loss(z, logs, m, logs, torch.ones(1, 1, 4000)))) < 0.15  # 5 sigma
+    assert float(kl_loss(z, logs, m + 2.0, logs, torch.ones(1, 1, 4000))) > 1.0
+
+
+def test_train_voice_resume_is_exact_and_exports(tiny_corpus, tiny_content, tmp_path):
+    from tinysora.io.checkpoint import load_tensors
+    from tinysora.train.voice import train_voice
+
+    content = tiny_content / "content"
+    recipe = voice_recipe(tmp_path / "r.toml", tiny_corpus, content, steps=6, every=3)
+    whole = train_voice(recipe, tmp_path / "whole")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_voice(recipe, tmp_path / "whole")
+    train_voice(recipe, tmp_path / "halves", stop_at=3)
+    train_voice(recipe, tmp_path / "halves", resume=True)
+    a = load_tensors(whole / "sovits" / "model.safetensors")
+    b = load_tensors(tmp_path / "halves" / "model" / "sovits" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(x) for x in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert any("eval" in r for r in log) and all(np.isfinite(r.get("loss", 0)) for r in log)
+    assert sorted((tmp_path / "whole" / "samples").glob("step_*/*.wav"))
+    assert (whole / "content" / "config.json").is_file() and (whole / "phonemes.txt").is_file()
+
+
+def test_train_voice_survives_kill_9(tiny_corpus, tiny_content, tmp_path):
+    recipe = voice_recipe(tmp_path / "r.toml", tiny_corpus, tiny_content / "content",
+                          steps=60, every=2)  # fmt: skip
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tinysora", "train", "voice", "--config", str(recipe),
+           "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "no checkpoint before the kill"
+    step = int(latest.read_text().split("_")[1])
+    assert 0 < step < 60
+    recipe.write_text(recipe.read_text().replace("steps = 60", f"steps = {step + 2}"))
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from step {step}" in done.stdout
+    assert (out / "model" / "sovits" / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def voice_model(tiny_corpus, tiny_content, tmp_path_factory):
+    from tinysora.train.voice import train_voice
+
+    tmp = tmp_path_factory.mktemp("voice")
+    recipe = voice_recipe(tmp / "r.toml", tiny_corpus, tiny_content / "content", 2, 2)
+    return train_voice(recipe, tmp / "run")
+
+
+def test_voice_convert_cli_and_api(tiny_corpus, voice_model, tmp_path):
+    import soundfile
+
+    from tinysora.voice.audio import AudioError
+    from tinysora.voice.convert import VoiceConverter
+    from tinysora.voice.corpus import read_list
+
+    rows = read_list(tiny_corpus / "test_seen.list")
+    source = rows[0][0]
+    ref_wav = np.concatenate([soundfile.read(str(r[0]), dtype="float32")[0] for r in rows[1:4]])
+    ref = tmp_path / "ref.wav"
+    soundfile.write(str(ref), ref_wav[: 6 * 16000], 16000)
+    out = tmp_path / "out.wav"
+    cli = [sys.executable, "-m", "tinysora", "voice", "convert"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [str(source), "-o", str(out), "--model", str(voice_model), "--ref"]
+    done = subprocess.run(cli + args + [str(ref)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    info, src = soundfile.info(str(out)), soundfile.info(str(source))
+    assert info.samplerate == 16000 and abs(info.duration - src.duration) < 0.05
+    vc = VoiceConverter.from_pretrained(voice_model)
+    a = vc(source, ref, text=rows[0][2], seed=1)
+    assert np.array_equal(a, vc(source, ref, text=rows[0][2], seed=1))  # seeded
+    short = tmp_path / "short.wav"
+    soundfile.write(str(short), ref_wav[: 2 * 16000], 16000)
+    silent = tmp_path / "silent.wav"
+    soundfile.write(str(silent), np.zeros(5 * 16000, np.float32), 16000)
+    junk = tmp_path / "junk.wav"
+    junk.write_text("not audio")
+    for bad_ref, message in ((short, "give a clip of 3-10 s"), (silent, "is silent"),
+                             (junk, "not audio")):  # fmt: skip
+        with pytest.raises(AudioError, match=message):
+            vc(source, bad_ref)
+    bad = subprocess.run(cli + args + [str(short)], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "3-10 s" in bad.stderr

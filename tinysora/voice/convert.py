@@ -1,0 +1,95 @@
+"""Voice conversion, the SoVITS stage on its own: SOURCE's words in REF's voice.
+
+    from tinysora.voice.convert import VoiceConverter
+    vc = VoiceConverter.from_pretrained()          # weights/voice, or a trained run's model/
+    wav = vc("source.wav", ref="reference.wav")    # float32 at vc.sample_rate
+    vc.save(wav, "out.wav")
+
+SOURCE's content codes (the frozen content encoder + codec) and REF's style vector (the
+generator's style encoder on REF's log-mel) drive the generator; with ``text`` the
+phonemes of SOURCE's words join the prior as in training, without it the prior runs on
+the codes alone (the generator trains that way on a share of its examples). REF must be
+a 3-10 s clip of speech (GPT-SoVITS's rule).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tinysora.errors import UserError
+from tinysora.io.checkpoint import load_pretrained
+from tinysora.voice.audio import (
+    AudioError,
+    SpectrogramConfig,
+    check_reference,
+    load_audio,
+    mel_spectrogram,
+    save_audio,
+)
+from tinysora.voice.content import ContentModel
+from tinysora.voice.sovits import SynthesizerTrn
+from tinysora.voice.text import PhonemeVocab, phonemize
+
+BUNDLED = Path(__file__).resolve().parents[2] / "weights" / "voice"
+MIN_SOURCE_S = 0.3
+
+
+class VoiceConverter:
+    def __init__(self, content: ContentModel, sovits: SynthesizerTrn, vocab: PhonemeVocab):
+        self.content, self.sovits, self.vocab = content.eval(), sovits.eval(), vocab
+        c = sovits.config
+        self.spec = SpectrogramConfig(sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop,
+                                      win=c.n_fft, n_mels=c.n_mels)  # fmt: skip
+
+    @property
+    def sample_rate(self) -> int:
+        return self.spec.sample_rate
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path | None = None) -> VoiceConverter:
+        """A directory with ``content/``, ``sovits/`` and ``phonemes.txt`` (the bundled
+        ``weights/voice`` by default, or ``tinysora train voice``'s ``OUT/model``)."""
+        root = Path(directory) if directory is not None else BUNDLED
+        missing = [n for n in ("content", "sovits", "phonemes.txt") if not (root / n).exists()]
+        if missing:
+            raise UserError(f"'{root}' is not a voice model directory (missing "
+                            f"{', '.join(missing)}); train one: tinysora train voice")  # fmt: skip
+        return cls(load_pretrained(ContentModel, root / "content"),
+                   load_pretrained(SynthesizerTrn, root / "sovits"),
+                   PhonemeVocab(root / "phonemes.txt"))  # fmt: skip
+
+    def _audio(self, x: str | Path | np.ndarray, name: str) -> np.ndarray:
+        if isinstance(x, np.ndarray):
+            return x.astype(np.float32).reshape(-1)
+        return load_audio(x, self.sample_rate)
+
+    def _mel(self, wav: np.ndarray) -> torch.Tensor:
+        n = len(wav) // self.spec.hop * self.spec.hop
+        return mel_spectrogram(torch.from_numpy(wav[:n])[None], self.spec)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        source: str | Path | np.ndarray,
+        ref: str | Path | np.ndarray,
+        text: str | None = None,
+        noise_scale: float = 0.5,
+        seed: int = 0,
+    ) -> np.ndarray:
+        src = self._audio(source, "source")
+        if len(src) < MIN_SOURCE_S * self.sample_rate:
+            raise AudioError(f"source is {len(src) / self.sample_rate:.2f} s long; give at "
+                             f"least {MIN_SOURCE_S:g} s of speech")  # fmt: skip
+        ref_wav = check_reference(self._audio(ref, "reference"), self.sample_rate)
+        codes = self.content.codes(self._mel(src))  # (1, n_q, T')
+        ids = self.vocab.encode(phonemize([text])[0]) if text else []
+        ids = ids or [self.vocab.bos]  # no text: the prior runs on the codes alone
+        wav = self.sovits.infer(codes, torch.tensor([ids]), self._mel(ref_wav),
+                                noise_scale, torch.Generator().manual_seed(seed))  # fmt: skip
+        return wav.float().numpy()
+
+    def save(self, wav: np.ndarray, path: str | Path) -> Path:
+        return save_audio(path, wav, self.sample_rate)
