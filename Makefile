@@ -44,7 +44,14 @@ test-browser: $(VENV)/.installed-browser
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	$(BIN)/pytest -q -m browser
 
-test-slow: $(VENV)/.installed-dev
+$(VENV)/.installed-voice-eval: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,voice-eval]'
+	touch $@
+
+# Slow tests: long runs, two-node torchrun, `tinysora eval voice` with its offline judges.
+test-slow: $(VENV)/.installed-voice-eval
+	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(VOICE_APT); }
 	$(BIN)/pytest -q -m slow
 
 lint: $(VENV)/.installed-dev

@@ -73,3 +73,50 @@ def tiny_content(tiny_corpus, tmp_path_factory):
     finally:
         torch.set_num_threads(before)
     return run / "run"
+
+
+TINY_MODEL = dict(hidden=32, inter=16, gin=16, posterior_layers=2, flow_couplings=2,
+                  flow_wn_layers=2, code_layers=1, phone_layers=1, post_layers=1,
+                  dec_initial=32, segment_frames=8, disc_channels=4)  # fmt: skip
+VOICE_RECIPE = """
+val_utterances = 2
+[data]
+corpus = "{corpus}"
+content = "{content}"
+batch_size = 2
+max_frames = 100
+[model]
+{model}
+[train]
+steps = {steps}
+warmup_steps = 2
+lr = 2e-4
+betas = [0.8, 0.99]
+checkpoint_every = {every}
+eval_every = {every}
+log_every = 2
+tensorboard = false
+"""
+
+
+def voice_recipe(path, corpus, content, steps: int, every: int):
+    """A tiny SoVITS recipe (``TINY_MODEL``) written to ``path``."""
+    model = "\n".join(f"{k} = {v}" for k, v in TINY_MODEL.items())
+    path.write_text(VOICE_RECIPE.format(corpus=corpus, content=content, model=model,
+                                        steps=steps, every=every))  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_voice_model(tiny_corpus, tiny_content, tmp_path_factory):
+    """A tiny SoVITS model trained for two steps: its model directory."""
+    from tinysora.train.voice import train_voice
+
+    tmp = tmp_path_factory.mktemp("voice")
+    recipe = voice_recipe(tmp / "r.toml", tiny_corpus, tiny_content / "content", 2, 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_voice(recipe, tmp / "run")
+    finally:
+        torch.set_num_threads(before)

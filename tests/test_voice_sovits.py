@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, voice_recipe
 from numerics import assert_close_fp32
 
 from tinysora.voice.sovits import (
@@ -26,36 +26,6 @@ from tinysora.voice.sovits import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_MODEL = dict(hidden=32, inter=16, gin=16, posterior_layers=2, flow_couplings=2,
-                  flow_wn_layers=2, code_layers=1, phone_layers=1, post_layers=1,
-                  dec_initial=32, segment_frames=8, disc_channels=4)  # fmt: skip
-VOICE_RECIPE = """
-val_utterances = 2
-[data]
-corpus = "{corpus}"
-content = "{content}"
-batch_size = 2
-max_frames = 100
-[model]
-{model}
-[train]
-steps = {steps}
-warmup_steps = 2
-lr = 2e-4
-betas = [0.8, 0.99]
-checkpoint_every = {every}
-eval_every = {every}
-log_every = 2
-tensorboard = false
-"""
-
-
-def voice_recipe(path: Path, corpus: Path, content: Path, steps: int, every: int) -> Path:
-    model = "\n".join(f"{k} = {v}" for k, v in TINY_MODEL.items())
-    path.write_text(VOICE_RECIPE.format(corpus=corpus, content=content, model=model,
-                                        steps=steps, every=every))  # fmt: skip
-    return path
 
 
 def test_flow_is_identity_fresh_and_inverts():
@@ -141,16 +111,7 @@ def test_train_voice_survives_kill_9(tiny_corpus, tiny_content, tmp_path):
     assert (out / "model" / "sovits" / "model.safetensors").is_file()
 
 
-@pytest.fixture(scope="module")
-def voice_model(tiny_corpus, tiny_content, tmp_path_factory):
-    from tinysora.train.voice import train_voice
-
-    tmp = tmp_path_factory.mktemp("voice")
-    recipe = voice_recipe(tmp / "r.toml", tiny_corpus, tiny_content / "content", 2, 2)
-    return train_voice(recipe, tmp / "run")
-
-
-def test_voice_convert_cli_and_api(tiny_corpus, voice_model, tmp_path):
+def test_voice_convert_cli_and_api(tiny_corpus, tiny_voice_model, tmp_path):
     import soundfile
 
     from tinysora.voice.audio import AudioError
@@ -165,12 +126,12 @@ def test_voice_convert_cli_and_api(tiny_corpus, voice_model, tmp_path):
     out = tmp_path / "out.wav"
     cli = [sys.executable, "-m", "tinysora", "voice", "convert"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [str(source), "-o", str(out), "--model", str(voice_model), "--ref"]
+    args = [str(source), "-o", str(out), "--model", str(tiny_voice_model), "--ref"]
     done = subprocess.run(cli + args + [str(ref)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     info, src = soundfile.info(str(out)), soundfile.info(str(source))
     assert info.samplerate == 16000 and abs(info.duration - src.duration) < 0.05
-    vc = VoiceConverter.from_pretrained(voice_model)
+    vc = VoiceConverter.from_pretrained(tiny_voice_model)
     a = vc(source, ref, text=rows[0][2], seed=1)
     assert np.array_equal(a, vc(source, ref, text=rows[0][2], seed=1))  # seeded
     short = tmp_path / "short.wav"
