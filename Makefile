@@ -49,9 +49,11 @@ $(VENV)/.installed-voice-eval: $(VENV)/.installed-dev
 	touch $@
 
 # Slow tests: long runs, two-node torchrun, `tinysora eval voice` with its offline judges.
+VOICE_APT_ALL := $(VOICE_APT) festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 test-slow: $(VENV)/.installed-voice-eval
-	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(VOICE_APT); }
+	@command -v espeak-ng >/dev/null && command -v flite >/dev/null && command -v text2wave \
+		>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
+		-y -qq --no-install-recommends $(VOICE_APT_ALL); }
 	$(BIN)/pytest -q -m slow
 
 lint: $(VENV)/.installed-dev

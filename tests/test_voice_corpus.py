@@ -218,3 +218,18 @@ def test_missing_engine_names_the_package(tmp_path):
     assert done.returncode == 2
     assert "apt-get install -y flite festival festvox-kallpc16k" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_corpus_with_festival(tmp_path):
+    """Festival's three voices (make test-slow installs them) in a small corpus."""
+    if shutil.which("text2wave") is None:
+        pytest.skip("make test-slow installs festival and its voices")
+    summary = build_corpus(tmp_path, hours=0.002, engines=("festival",), test_per_voice=(1, 1))
+    assert summary["failed"] == 0 and summary["voices"] == {"train": 4, "unseen": 2}
+    rows = read_list(tmp_path / "train.list") + read_list(tmp_path / "test_unseen.list")
+    bases = {r[1].rsplit("-", 1)[0].removeprefix("festival-") for r in rows}
+    assert bases == {"kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"}
+    import soundfile
+
+    assert all(soundfile.info(str(r[0])).samplerate == RATE for r in rows)
