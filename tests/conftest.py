@@ -33,8 +33,8 @@ TINY_CONTENT_RECIPE = """
 mfcc_units = 20
 feature_units = 30
 codec_steps = {codec_steps}
-probe_utterances = 40
-probe_steps = 60
+probe_utterances = 20
+probe_steps = 10
 [data]
 corpus = "{corpus}"
 crop_frames = 100

@@ -471,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--engines", default="espeak,flite,festival", help="comma-separated")
     corpus.add_argument("--seed", type=int, default=0)
     corpus.add_argument("--jobs", type=int, default=2, help="synthesizer processes at once")
+    corpus.add_argument(
+        "--test-per-voice",
+        type=int,
+        nargs=2,
+        default=[4, 24],
+        metavar=("SEEN", "UNSEEN"),
+        help="held-out sentences per train voice and per unseen voice (default 4 24)",
+    )
     corpus.set_defaults(func=_cmd_voice_corpus)
     conv = voice_sub.add_parser("convert", help="say SOURCE's words in REF's voice")
     conv.add_argument("source", help="speech to convert (any audio file)")
@@ -489,7 +497,11 @@ def _cmd_voice_corpus(args: argparse.Namespace) -> None:
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     if args.jobs < 1:
         raise CliError(f"--jobs must be >= 1, got {args.jobs}")
-    summary = build_corpus(args.out, args.hours, engines, args.seed, args.jobs)
+    if min(args.test_per_voice) < 0:
+        raise CliError(f"--test-per-voice must be >= 0, got {args.test_per_voice}")
+    summary = build_corpus(
+        args.out, args.hours, engines, args.seed, args.jobs, tuple(args.test_per_voice)
+    )
     hours = summary["hours"]
     print(
         f"{args.out}: {summary['voices']['train']} train voices + {summary['voices']['unseen']} "
