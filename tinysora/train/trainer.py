@@ -87,6 +87,27 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def latest_checkpoint(root: Path) -> tuple[Path, dict] | None:
+    """(directory, state.json) of ``root/latest``; None when there is no checkpoint."""
+    latest = root / "latest"
+    if not latest.is_file():
+        return None
+    path = root / latest.read_text().strip()
+    try:
+        return path, json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot resume from '{path}': {e}") from None
+
+
+def point_latest(root: Path, final: Path, keep: int) -> None:
+    """Switch ``root/latest`` to the complete checkpoint ``final`` atomically; keep the
+    newest ``keep`` checkpoint directories."""
+    atomic_write_text(root / "latest", final.name + "\n")
+    old = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for p in old[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def check_run_dir(out: Path, resume: bool) -> None:
     """Refuse to start a new run on top of an old one unless resuming."""
     if not resume and (Path(out) / "checkpoints" / "latest").exists():
@@ -174,22 +195,15 @@ class Trainer:
             save_tensors(opt_tensors, tmp / "optimizer.safetensors")
             state = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
             atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
-        atomic_write_text(self.ckpt_root / "latest", final.name + "\n")
-        old = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
-        for p in old[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(p, ignore_errors=True)
+        point_latest(self.ckpt_root, final, self.cfg.keep_checkpoints)
         return final
 
     def load_checkpoint(self) -> bool:
         """Resume from ``<out>/checkpoints/latest``; False if there is none."""
-        latest = self.ckpt_root / "latest"
-        if not latest.is_file():
+        found = latest_checkpoint(self.ckpt_root)
+        if found is None:
             return False
-        path = self.ckpt_root / latest.read_text().strip()
-        try:
-            state = json.loads((path / "state.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot resume from '{path}': {e}") from None
+        path, state = found
         weights = load_tensors(path / "model.safetensors")
         check_state(self.model.state_dict(), weights, str(path))  # (global shapes under FSDP)
         distributed.load_full_state(self.model, weights)

@@ -34,7 +34,6 @@ from tqdm import tqdm
 from tinysora.config import Config
 from tinysora.io.atomic import atomic_dir, atomic_write_text
 from tinysora.io.checkpoint import (
-    CheckpointError,
     load_pretrained,
     load_tensors,
     save_pretrained,
@@ -46,7 +45,9 @@ from tinysora.train.trainer import (
     _flatten_optimizer,
     _unflatten_optimizer,
     check_run_dir,
+    latest_checkpoint,
     lr_at,
+    point_latest,
     step_generator,
 )
 from tinysora.voice.audio import SpectrogramConfig, linear_spectrogram, mel_matrix, save_audio
@@ -207,20 +208,13 @@ class VoiceTrainer:
                 save_tensors(tensors, tmp / f"{name}.safetensors")
             state = {"step": self.step, **meta}
             atomic_write_text(tmp / "state.json", json.dumps(state))
-        atomic_write_text(self.ckpt_root / "latest", final.name + "\n")
-        old = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
-        for p in old[: -self.recipe.train.keep_checkpoints]:
-            shutil.rmtree(p, ignore_errors=True)
+        point_latest(self.ckpt_root, final, self.recipe.train.keep_checkpoints)
 
     def load_checkpoint(self) -> bool:
-        latest = self.ckpt_root / "latest"
-        if not latest.is_file():
+        found = latest_checkpoint(self.ckpt_root)
+        if found is None:
             return False
-        path = self.ckpt_root / latest.read_text().strip()
-        try:
-            state = json.loads((path / "state.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot resume from '{path}': {e}") from None
+        path, state = found
         self.gen.load_state_dict(load_tensors(path / "generator.safetensors"))
         self.disc.load_state_dict(load_tensors(path / "discriminator.safetensors"))
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):

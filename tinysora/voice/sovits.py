@@ -354,6 +354,17 @@ def slice_segments(x: torch.Tensor, starts: torch.Tensor, size: int) -> torch.Te
 # --------------------------------------------------------------------------- discriminators
 
 
+def _scores(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor):
+    """A discriminator's (flattened scores, every layer's activations)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        features.append(x)
+    x = post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """Folds the waveform into (T / p, p) and runs 2-D convs along time."""
 
@@ -373,14 +384,7 @@ class PeriodDiscriminator(nn.Module):
         b, c, t = x.shape
         if t % self.period:
             x = F.pad(x, (0, self.period - t % self.period), mode="reflect")
-        x = x.view(b, c, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scores(self.convs, self.post, x.view(b, c, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -396,13 +400,7 @@ class ScaleDiscriminator(nn.Module):
         self.post = weight_norm(nn.Conv1d(8 * ch, 1, 3, padding=1))
 
     def forward(self, x):
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scores(self.convs, self.post, x)
 
 
 class MultiDiscriminator(nn.Module):
