@@ -59,7 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         elif args.model == "voice":
             from tinysora.train.voice import train_voice
 
-            train_voice(args.config, args.out, resume=args.resume)
+            train_voice(args.config, args.out, resume=args.resume, device=args.device)
         elif args.model == "voice-content":
             from tinysora.train.voice_content import train_voice_content
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tinysora.config import Config
+from tinysora.device import resolve_device, to_device
 from tinysora.io.atomic import atomic_dir, atomic_write_text
 from tinysora.io.checkpoint import (
     load_pretrained,
@@ -176,14 +177,15 @@ def make_batch(split: Split, recipe: VoiceRecipe, ids: list[int], g: torch.Gener
 class VoiceTrainer:
     """Generator + discriminators, their AdamW optimizers, checkpoints and the loop."""
 
-    def __init__(self, recipe: VoiceRecipe, out: Path, train: Split, val: Split, vocab):
+    def __init__(self, recipe: VoiceRecipe, out: Path, train: Split, val: Split, vocab, device):
         self.recipe, self.out, self.train, self.val = recipe, out, train, val
+        self.device = device
         cfg = recipe.train
         self.spec = spec_config(recipe.model)
-        self.mel_fb = mel_matrix(self.spec)
+        self.mel_fb = mel_matrix(self.spec).to(device)
         torch.manual_seed(cfg.seed)
-        self.gen = SynthesizerTrn(recipe.model)
-        self.disc = MultiDiscriminator(recipe.model.disc_channels)
+        self.gen = SynthesizerTrn(recipe.model).to(device)
+        self.disc = MultiDiscriminator(recipe.model.disc_channels).to(device)
         make = lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],  # noqa: E731
                                            lr=cfg.lr, betas=cfg.betas, eps=1e-9)  # fmt: skip
         self.opt_g, self.opt_d = make(self.gen), make(self.disc)
@@ -235,6 +237,7 @@ class VoiceTrainer:
         ids = torch.randint(len(self.train.data), (self.recipe.data.batch_size,), generator=g)
         batch = make_batch(self.train, self.recipe, ids.tolist(), g, self.bos,
                            self.recipe.data.no_text)  # fmt: skip
+        batch = to_device(batch, self.device)
         batch["spec"] = linear_spectrogram(batch["wav"], self.spec)
         return batch, g
 
@@ -277,11 +280,12 @@ class VoiceTrainer:
         for i in range(n):
             batch = make_batch(self.val, self.recipe, [i], torch.Generator().manual_seed(i),
                                self.bos, 0.0)  # fmt: skip
+            batch = to_device(batch, self.device)
             wav = self.gen.infer(batch["codes"], batch["phonemes"], batch["ref_mel"],
                                  generator=torch.Generator().manual_seed(i))  # fmt: skip
             real = batch["wav"][0, : len(wav)]
             losses.append(float(F.l1_loss(self.mel(wav[None]), self.mel(real[None]))))
-            save_audio(folder / f"{i:02d}.wav", wav, self.spec.sample_rate)
+            save_audio(folder / f"{i:02d}.wav", wav.cpu(), self.spec.sample_rate)
         self.gen.train()
         return {"val_mel_l1": sum(losses) / len(losses)}
 
@@ -331,11 +335,16 @@ class VoiceTrainer:
 
 
 def train_voice(
-    config_path: str | Path, out: str | Path, resume: bool = False, stop_at: int | None = None
+    config_path: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    stop_at: int | None = None,
+    device: str | None = None,
 ) -> Path:
     recipe = VoiceRecipe.load(config_path)
     out = Path(out)
     check_run_dir(out, resume)
+    device = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -348,7 +357,7 @@ def train_voice(
     recipe.save(out / "recipe.json")
     train = load_split(recipe, out, "train", content)
     val = load_split(recipe, out, "test_seen", content, train.data.speakers)
-    trainer = VoiceTrainer(recipe, out, train, val, vocab)
+    trainer = VoiceTrainer(recipe, out, train, val, vocab, device)
     with torch.no_grad():  # the frozen codebooks, copied from the content model
         for book, vq in zip(trainer.gen.prior.codebooks, content.codec.quantizers, strict=True):
             book.weight.copy_(vq.codebook)
@@ -357,7 +366,7 @@ def train_voice(
     trainer.fit(stop_at)
     model_dir = out / "model"
     save_pretrained(content, content.config, model_dir / "content")
-    save_pretrained(trainer.gen.eval(), recipe.model, model_dir / "sovits")
+    save_pretrained(trainer.gen.eval().cpu(), recipe.model, model_dir / "sovits")
     shutil.copyfile(Path(recipe.data.corpus) / "phonemes.txt", model_dir / "phonemes.txt")
     print(f"saved {model_dir}")
     return model_dir

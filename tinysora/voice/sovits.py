@@ -117,7 +117,7 @@ class PosteriorEncoder(nn.Module):
         mask = sequence_mask(lengths, spec.shape[2]).to(spec.dtype)
         x = self.enc(self.pre(spec) * mask, mask, g)
         m, logs = self.proj(x).chunk(2, dim=1)
-        noise = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+        noise = torch.randn(m.shape, generator=generator).to(m.device, m.dtype)  # CPU draws
         z = (m + noise * torch.exp(logs)) * mask
         return z, m, logs, mask
 
@@ -332,7 +332,7 @@ class SynthesizerTrn(nn.Module):
         lengths = torch.tensor([2 * codes.shape[2]], device=dev)
         phone_lengths = torch.tensor([phonemes.shape[1]], device=dev)
         m_p, logs_p, mask = self.prior(codes, lengths, phonemes, phone_lengths, g)
-        noise = torch.randn(m_p.shape, generator=generator, device=dev, dtype=m_p.dtype)
+        noise = torch.randn(m_p.shape, generator=generator).to(dev, m_p.dtype)
         z_p = (m_p + noise * torch.exp(logs_p) * noise_scale) * mask
         z = self.flow(z_p, mask, g, reverse=True)
         return self.decoder(z * mask, g)[0, 0]
