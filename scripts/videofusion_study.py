@@ -100,7 +100,11 @@ def _row(e: dict) -> dict:
     return {
         "shared_noise": e["shared_noise"],
         **{f"{g}_all_right": e["adherence"][g]["all_right"] for g in GROUPS},
+        **{f"single_{k}": v for k, v in e["adherence"]["single"]["per_attribute"].items()},
+        "objects_found": d["all"]["found"] / d["all"]["objects"],
         "residual_px_median": d["all"]["smoothness"]["residual_px_median"],
+        "residual_px_median_crossing": d["two_crossing"]["smoothness"]["residual_px_median"],
+        "r2_median": d["all"]["smoothness"]["r2_median"],
         "smooth_fraction": d["all"]["smoothness"]["smooth_fraction"],
         "area_drift_mean": d["all"]["consistency"]["area_drift_mean"],
         "color_drift_mean": d["all"]["consistency"]["color_drift_mean"],
