@@ -141,3 +141,25 @@ def test_train_voice_content_resumes_after_kill(tiny_corpus, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "content" / "model.safetensors").is_file()
     assert f"resumed from step {step}" in done.stdout
+
+
+def test_codec_objectives_train():
+    """Every codec objective (features, units, units + speaker adversary) takes steps."""
+    from tinysora.train.voice_content import CodecObjective
+
+    g = torch.Generator().manual_seed(0)
+    for target, adversarial in (("features", 0.0), ("units", 0.0), ("units", 1.0)):
+        codec = SemanticCodec(CodecConfig(dim=16, code_dim=8, codebook_size=16))
+        codec.quantizers[0].init_from(torch.randn(64, 8, generator=g), g)
+        objective = CodecObjective(codec, n_units=10, n_speakers=3, target=target,
+                                   adversarial=adversarial)  # fmt: skip
+        x = torch.randn(2, 12, 16, generator=g)
+        units = torch.randint(10, (2, 12), generator=g)
+        units[1, 8:] = -100  # padding
+        loss, metrics = objective(x, units, torch.tensor([0, 2]), g)
+        loss.backward()
+        assert torch.isfinite(loss) and codec.down.weight.grad.abs().sum() > 0
+        assert ("unit_ce" in metrics) == (target == "units")
+        assert ("speaker_ce" in metrics) == (adversarial > 0)
+    with pytest.raises(ValueError, match="'units' or 'features'"):
+        CodecObjective(codec, 10, 3, "phones", 0.0)

@@ -63,6 +63,10 @@ class VoiceContentRecipe(Config):
     feature_units: int = 500
     codec_steps: int = 1500
     codec_lr: float = 1e-3
+    # what the codec learns from: "units" (predict iteration 2's units of both frames of a
+    # code: content) or "features" (reconstruct them: content and speaker)
+    codec_target: str = "features"
+    codec_speaker_adversarial: float = 0.0  # > 0: gradient-reversed speaker classifier
     probe_utterances: int = 1500  # train utterances the probes learn from
     probe_steps: int = 400
 
@@ -139,7 +143,72 @@ def train_iteration(recipe, data, labels, n_units: int, out: Path, resume: bool)
     return model.eval()
 
 
-def train_codec(recipe, features: torch.Tensor, offsets, out: Path, resume: bool) -> SemanticCodec:
+class GradReverse(torch.autograd.Function):
+    """Identity forward; the gradient times -scale backward (adversarial training)."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+class CodecObjective(torch.nn.Module):
+    """The codec with its training heads: it learns to predict the iteration's units of
+    both 50 Hz frames from each 25 Hz code (``target = "units"``) or to reconstruct the
+    features (``"features"``); with ``adversarial`` > 0 a per-frame speaker classifier
+    behind gradient reversal pushes the speaker out of the vectors before quantization."""
+
+    def __init__(self, codec: SemanticCodec, n_units: int, n_speakers: int, target: str,
+                 adversarial: float):  # fmt: skip
+        super().__init__()
+        if target not in ("units", "features"):
+            raise ValueError(f"codec_target must be 'units' or 'features', got {target!r}")
+        self.codec, self.target, self.adversarial = codec, target, adversarial
+        d = codec.config.code_dim
+        self.unit_head = torch.nn.Linear(d, 2 * n_units) if target == "units" else None
+        self.speaker_head = (
+            torch.nn.Sequential(
+                torch.nn.Linear(d, 256), torch.nn.GELU(), torch.nn.Linear(256, n_speakers)
+            )  # fmt: skip
+            if adversarial > 0
+            else None
+        )
+
+    def forward(self, x, units, speakers, generator):
+        """x (B, T, dim) features, units (B, T) labels (-100: padding), speakers (B,)."""
+        codec = self.codec
+        z = codec.project(x)  # (B, T', code_dim)
+        q, _ = codec.quantize(z, generator)
+        commit = codec.config.commitment * F.mse_loss(z, q.detach())
+        q = z + (q - z).detach()  # straight-through
+        valid = units[:, : 2 * z.shape[1]] >= 0  # (B, T)
+        metrics = {"commit": commit.detach()}
+        if self.unit_head is not None:
+            b, t, _ = q.shape
+            logits = self.unit_head(q).view(b, 2 * t, -1)  # two frames per code
+            main = F.cross_entropy(logits[valid].float(), units[:, : 2 * t][valid].long())
+            metrics["unit_ce"] = main.detach()
+        else:
+            recon = codec.up(q.transpose(1, 2)).transpose(1, 2)
+            main = F.mse_loss(recon.float(), x[:, : recon.shape[1]])
+            metrics["mse"] = main.detach()
+        loss = main + commit
+        if self.speaker_head is not None:
+            frames = valid[:, ::2]  # (B, T') codes over real frames
+            logits = self.speaker_head(GradReverse.apply(z, self.adversarial))[frames]
+            target = speakers[:, None].expand_as(frames)[frames]
+            adv = F.cross_entropy(logits.float(), target)
+            metrics["speaker_ce"] = adv.detach()
+            loss = loss + adv
+        return loss, metrics
+
+
+def train_codec(recipe, features: torch.Tensor, data: Utterances, units: torch.Tensor,
+                out: Path, resume: bool) -> SemanticCodec:  # fmt: skip
     done = out / "codec.safetensors"
     codec = SemanticCodec(recipe.codec)
     if done.is_file():
@@ -156,29 +225,31 @@ def train_codec(recipe, features: torch.Tensor, offsets, out: Path, resume: bool
         for vq in codec.quantizers:
             vq.init_from(residual, g)
             residual = residual - vq.codebook[nearest(residual, vq.codebook)[0]]
-    lengths = offsets[1:] - offsets[:-1]
+    offsets, lengths = data.offsets, data.lengths()
+    objective = CodecObjective(codec, recipe.feature_units, len(data.speakers),
+                               recipe.codec_target, recipe.codec_speaker_adversarial)  # fmt: skip
 
     def batch_fn(step: int):
         g = step_generator(recipe.train.seed, step)
         ids = torch.randint(len(lengths), (recipe.data.batch_size,), generator=g)
-        out = torch.zeros(len(ids), frames, features.shape[1])
+        x = torch.zeros(len(ids), frames, features.shape[1])
+        labels = torch.full((len(ids), frames), -100, dtype=torch.int64)
         for b, i in enumerate(ids.tolist()):
             n = int(lengths[i]) // 2 * 2
             start = int(torch.randint(max(1, (n - frames) // 2 + 1), (1,), generator=g)) * 2
             take = min(frames, n - start)
             first = int(offsets[i]) + start
-            out[b, :take] = features[first : first + take]
-        return out, step
+            x[b, :take] = features[first : first + take]
+            labels[b, :take] = units[first : first + take].long()
+        return x, labels, data.speaker[ids], step
 
     def loss_fn(model, batch):
-        x, step = batch
-        recon, codes, commit = model(x, step_generator(recipe.train.seed + 1, step))
-        mse = F.mse_loss(recon.float(), x)
-        return mse + commit, {"mse": mse.detach(), "commit": commit.detach()}
+        x, labels, speakers, step = batch
+        return model(x, labels, speakers, step_generator(recipe.train.seed + 1, step))
 
     train_cfg = TrainConfig(**{**recipe.train.to_dict(), "steps": recipe.codec_steps,
                                "lr": recipe.codec_lr, "ema_decay": 0.0, "bf16": False})  # fmt: skip
-    trainer = Trainer(codec, train_cfg, out, loss_fn, batch_fn)
+    trainer = Trainer(objective, train_cfg, out, loss_fn, batch_fn)
     if resume and trainer.load_checkpoint():
         print(f"codec: resumed from step {trainer.step}")
     trainer.fit()
@@ -207,7 +278,8 @@ def train_voice_content(config_path: str | Path, out: str | Path, resume: bool =
     iter2 = train_iteration(recipe, data, load_tensors(path2)["units"], recipe.feature_units,
                             out / "iter2", resume)  # fmt: skip
     feats = frame_features(iter2.features, data, desc="iteration 2 features")
-    codec = train_codec(recipe, feats, data.offsets, out / "codec", resume)
+    units2 = load_tensors(path2)["units"]
+    codec = train_codec(recipe, feats, data, units2, out / "codec", resume)
     config = ContentModelConfig(
         encoder=ContentConfig(**{**recipe.model.to_dict(), "n_units": recipe.feature_units}),
         codec=recipe.codec,
