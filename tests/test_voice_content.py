@@ -120,8 +120,11 @@ def test_train_voice_content_end_to_end(tiny_content):
     assert torch.equal(load_pretrained(ContentModel, model_dir).codes(mel), codes)
 
 
+@pytest.mark.slow
 def test_train_voice_content_resumes_after_kill(tiny_corpus, tmp_path):
-    """kill -9 a real training process in iteration 1, then --resume finishes the run."""
+    """kill -9 a real training process in iteration 1, then --resume finishes the run
+    (slow: the stages use the shared Trainer, whose kill -9 resume tests/test_resume.py
+    covers in make test)."""
     recipe = _write_recipe(tmp_path, tiny_corpus, steps=40, codec_steps=10)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "tinysora", "train", "voice-content", "--config", str(recipe),
