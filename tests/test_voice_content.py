@@ -166,3 +166,36 @@ def test_codec_objectives_train():
         assert ("speaker_ce" in metrics) == (adversarial > 0)
     with pytest.raises(ValueError, match="'units' or 'features'"):
         CodecObjective(codec, 10, 3, "phones", 0.0)
+
+
+def test_warp_mel_moves_frequencies_not_time():
+    import numpy as np
+
+    from tinysora.voice.audio import SpectrogramConfig, mel_matrix, mel_spectrogram
+    from tinysora.voice.content import warp_mel
+
+    cfg = SpectrogramConfig()
+    t = np.arange(16000) / 16000
+    x = torch.from_numpy((0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))[None]
+    mel = mel_spectrogram(x, cfg).repeat(3, 1, 1)
+    warped = warp_mel(mel, torch.tensor([1.0, 1.25, 0.8]))
+    assert warped.shape == mel.shape
+    assert_close_fp32(warped[0], mel[0], rtol=1e-4)  # factor 1: the same bands
+    centres = mel_matrix(cfg).argmax(dim=1).float() * cfg.sample_rate / cfg.n_fft
+    peaks = [centres[warped[b, :, 25].argmax()].item() for b in range(3)]
+    assert abs(peaks[1] - 1250) < 60 and abs(peaks[2] - 800) < 60
+    assert torch.equal(warped[1].argmax(dim=0), warped[1, :, :1].argmax(dim=0).expand(50))
+
+
+def test_warped_batches_keep_their_targets(tiny_content):
+    from tinysora.train.voice_content import VoiceContentRecipe, _labels_batch
+    from tinysora.voice.data import load_utterances
+
+    recipe = VoiceContentRecipe.load(tiny_content / "recipe.json")
+    data = load_utterances(tiny_content / "features" / "train.safetensors")
+    labels = torch.zeros(len(data.mel), dtype=torch.int16)
+    plain = _labels_batch(data, labels, recipe, step=3)
+    recipe.model.warp = 0.2
+    warped = _labels_batch(data, labels, recipe, step=3)
+    assert torch.equal(plain[2], warped[2]) and torch.equal(plain[3], warped[3])
+    assert not torch.equal(plain[0], warped[0])

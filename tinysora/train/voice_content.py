@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tinysora.voice.content import (
     mfcc,
     nearest,
     span_mask,
+    warp_mel,
 )
 from tinysora.voice.data import Utterances, build_utterances, crop_batch, load_utterances
 from tinysora.voice.probes import probe_codes
@@ -111,6 +113,10 @@ def _labels_batch(data: Utterances, labels: torch.Tensor, recipe, step: int):
         first = int(data.offsets[i]) + s
         target[b, :n] = labels[first : first + n].long()
     masked = span_mask(target.shape, recipe.model.mask_start, recipe.model.mask_span, g)
+    if recipe.model.warp > 0:  # the student hears another voice; the units are the clean one's
+        log_range = math.log(1 + recipe.model.warp)
+        factors = torch.exp((2 * torch.rand(len(mel), generator=g) - 1) * log_range)
+        mel = warp_mel(mel, factors)
     return mel, lengths, target, masked & (target >= 0)
 
 

@@ -37,6 +37,11 @@ class ContentConfig(Config):
     feature_layer: int = 4  # whose output the next iteration's k-means and the codec read
     mask_start: float = 0.065  # HuBERT: a frame starts a masked span with this probability
     mask_span: int = 10  # frames per span
+    # ContentVec-style voice perturbation of the training input (targets stay the clean
+    # audio's units): each clip's spectrum is scaled in frequency by a factor drawn from
+    # [1 / (1 + warp), 1 + warp] (pitch and formants together, like a smaller / larger
+    # speaker); 0 = off
+    warp: float = 0.0
 
 
 @dataclass
@@ -130,6 +135,25 @@ class ContentEncoder(nn.Module):
     def features(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) features of ``feature_layer`` (what the codec and k-means read)."""
         return self.forward(mel, lengths, upto=self.config.feature_layer)[0]
+
+
+def warp_mel(mel: torch.Tensor, factors: torch.Tensor, f_max: float = 8000.0) -> torch.Tensor:
+    """(B, n_mels, T) log-mel with each clip's frequency axis scaled by ``factors`` (B,):
+    band m takes the value of the band whose centre frequency is f_m / factor (linear
+    interpolation between bands; past the top band, the top band). Time is untouched,
+    so frame labels stay aligned."""
+    from tinysora.voice.audio import _hz_to_mel, _mel_to_hz
+
+    n = mel.shape[1]
+    edges = _mel_to_hz(torch.linspace(0, float(_hz_to_mel(f_max)), n + 2).numpy())
+    centres = torch.from_numpy(edges[1:-1]).float()  # (n_mels,) Hz
+    source_hz = centres[None] / factors[:, None]  # (B, n_mels)
+    pos = torch.from_numpy(_hz_to_mel(source_hz.numpy())).float()
+    pos = (pos / float(_hz_to_mel(f_max)) * (n + 1) - 1).clamp(0, n - 1)  # fractional band
+    lo = pos.floor().long().clamp(max=n - 2)
+    frac = (pos - lo)[..., None]  # (B, n_mels, 1)
+    take = lambda idx: torch.gather(mel, 1, idx[..., None].expand(-1, -1, mel.shape[2]))  # noqa: E731
+    return take(lo) * (1 - frac) + take(lo + 1) * frac
 
 
 def span_mask(
