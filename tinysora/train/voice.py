@@ -51,7 +51,7 @@ from tinysora.train.trainer import (
     point_latest,
     step_generator,
 )
-from tinysora.voice.audio import SpectrogramConfig, linear_spectrogram, mel_matrix, save_audio
+from tinysora.voice.audio import linear_spectrogram, mel_matrix, mel_spectrogram, save_audio
 from tinysora.voice.content import ContentModel
 from tinysora.voice.data import Utterances, build_utterances, load_utterances
 from tinysora.voice.sovits import (
@@ -63,6 +63,7 @@ from tinysora.voice.sovits import (
     generator_loss,
     kl_loss,
     slice_segments,
+    spectrogram_config,
 )
 from tinysora.voice.text import PhonemeVocab
 
@@ -105,14 +106,9 @@ class Split:
         return self.codes[:, self.code_offsets[i] : self.code_offsets[i + 1]]
 
 
-def spec_config(model: SoVITSConfig) -> SpectrogramConfig:
-    return SpectrogramConfig(sample_rate=model.sample_rate, n_fft=model.n_fft, hop=model.hop,
-                             win=model.n_fft, n_mels=model.n_mels)  # fmt: skip
-
-
 def load_split(recipe: VoiceRecipe, out: Path, split: str, content: ContentModel, speakers=None):
     """The split's features (with samples) and codes, computed once into OUT/features."""
-    spec = spec_config(recipe.model)
+    spec = spectrogram_config(recipe.model)
     path = out / "features" / f"{split}.safetensors"
     if not path.is_file():
         build_utterances(Path(recipe.data.corpus) / f"{split}.list", path, spec, speakers,
@@ -181,7 +177,7 @@ class VoiceTrainer:
         self.recipe, self.out, self.train, self.val = recipe, out, train, val
         self.device = device
         cfg = recipe.train
-        self.spec = spec_config(recipe.model)
+        self.spec = spectrogram_config(recipe.model)
         self.mel_fb = mel_matrix(self.spec).to(device)
         torch.manual_seed(cfg.seed)
         self.gen = SynthesizerTrn(recipe.model).to(device)
@@ -229,8 +225,7 @@ class VoiceTrainer:
 
     # ------------------------------------------------------------------ loop
     def mel(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = linear_spectrogram(wav, self.spec)
-        return torch.log(torch.clamp(self.mel_fb @ spec, min=1e-5))
+        return mel_spectrogram(wav, self.spec, self.mel_fb)
 
     def batch(self, step: int) -> tuple[dict, torch.Generator]:
         g = step_generator(self.recipe.train.seed, step)

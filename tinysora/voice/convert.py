@@ -23,14 +23,13 @@ from tinysora.errors import UserError
 from tinysora.io.checkpoint import load_pretrained
 from tinysora.voice.audio import (
     AudioError,
-    SpectrogramConfig,
     check_reference,
     load_audio,
     mel_spectrogram,
     save_audio,
 )
 from tinysora.voice.content import ContentModel
-from tinysora.voice.sovits import SynthesizerTrn
+from tinysora.voice.sovits import SynthesizerTrn, spectrogram_config
 from tinysora.voice.text import PhonemeVocab, phonemize
 
 BUNDLED = Path(__file__).resolve().parents[2] / "weights" / "voice"
@@ -40,9 +39,7 @@ MIN_SOURCE_S = 0.3
 class VoiceConverter:
     def __init__(self, content: ContentModel, sovits: SynthesizerTrn, vocab: PhonemeVocab):
         self.content, self.sovits, self.vocab = content.eval(), sovits.eval(), vocab
-        c = sovits.config
-        self.spec = SpectrogramConfig(sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop,
-                                      win=c.n_fft, n_mels=c.n_mels)  # fmt: skip
+        self.spec = spectrogram_config(sovits.config)
 
     @property
     def sample_rate(self) -> int:

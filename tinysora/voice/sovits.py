@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from tinysora.config import Config
+from tinysora.voice.audio import SpectrogramConfig
 from tinysora.voice.content import Block, key_mask
 
 
@@ -61,6 +62,12 @@ class SoVITSConfig(Config):
     @property
     def spec_channels(self) -> int:
         return self.n_fft // 2 + 1
+
+
+def spectrogram_config(c: SoVITSConfig) -> SpectrogramConfig:
+    """The front end a model was trained with (its rate, FFT, hop and mel bands)."""
+    return SpectrogramConfig(sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop, win=c.n_fft,
+                             n_mels=c.n_mels)  # fmt: skip
 
 
 def sequence_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
