@@ -35,6 +35,10 @@ feature_units = 30
 codec_steps = {codec_steps}
 probe_utterances = 20
 probe_steps = 10
+refine_steps = 5
+refine_crop_frames = 160
+phone_ctc = 1.0
+speaker_adversarial = 0.5
 [data]
 corpus = "{corpus}"
 crop_frames = 100

@@ -15,7 +15,7 @@ import torch
 from conftest import TINY_CONTENT_RECIPE
 from numerics import assert_close_fp32
 
-from tinysora.io.checkpoint import load_pretrained
+from tinysora.io.checkpoint import load_pretrained, load_tensors
 from tinysora.voice.content import (
     CodecConfig,
     ContentConfig,
@@ -113,6 +113,13 @@ def test_train_voice_content_end_to_end(tiny_content):
     mel = torch.randn(1, 80, 60)
     codes = model.codes(mel)
     assert codes.shape == (1, 1, 30) and codes.max() < 64
+    # stage 5b ran: the refined encoder is the one exported, and it moved from iteration 2
+    refined = load_tensors(out / "refine" / "encoder.safetensors")
+    iter2 = load_tensors(out / "iter2" / "encoder.safetensors")
+    assert torch.equal(model.encoder.state_dict()["inp.weight"], refined["inp.weight"])
+    assert not torch.equal(refined["inp.weight"], iter2["inp.weight"])
+    logged = [json.loads(line) for line in (out / "refine" / "log.jsonl").read_text().splitlines()]
+    assert any("ctc" in r and "speaker_acc" in r for r in logged)
     # a finished run resumes as a no-op: no stage is redone
     stamp = (out / "units2.safetensors").stat().st_mtime_ns
     train_voice_content(recipe, out, resume=True)
@@ -199,3 +206,40 @@ def test_warped_batches_keep_their_targets(tiny_content):
     warped = _labels_batch(data, labels, recipe, step=3)
     assert torch.equal(plain[2], warped[2]) and torch.equal(plain[3], warped[3])
     assert not torch.equal(plain[0], warped[0])
+
+
+def test_refine_objective_heads():
+    """Phone CTC only on crops holding a whole utterance; the speaker classifier's gradient
+    reaches the encoder reversed (the classifier learns to tell voices apart, the encoder
+    to hide them)."""
+    from tinysora.train.voice_content import GradReverse, RefineObjective
+    from tinysora.voice.content import ContentConfig, ContentEncoder
+
+    torch.manual_seed(0)
+    enc = ContentEncoder(ContentConfig(dim=32, layers=2, heads=2, feature_layer=1, n_units=7))
+    mel, lengths = torch.randn(3, 80, 40), torch.tensor([40, 30, 25])
+    target = torch.randint(7, (3, 40))
+    masked = torch.rand(3, 40) < 0.3
+    phones = [torch.tensor([1, 2, 3]), None, torch.tensor([4, 4, 2, 1])]
+    speakers = torch.tensor([0, 1, 2])
+
+    def grads(ctc, adversarial):
+        torch.manual_seed(1)
+        objective = RefineObjective(enc, n_phones=5, n_speakers=3, ctc=ctc,
+                                    adversarial=adversarial)  # fmt: skip
+        enc.zero_grad()
+        loss, metrics = objective(mel, lengths, target, masked, phones, speakers)
+        loss.backward()
+        return objective, metrics, enc.inp.weight.grad.clone()
+
+    _, plain, g0 = grads(0.0, 0.0)
+    assert set(plain) == {"unit_acc"}
+    objective, both, g1 = grads(1.0, 0.5)
+    assert {"ctc", "speaker_ce", "speaker_acc"} <= set(both) and torch.isfinite(both["ctc"])
+    assert objective.phone_head.weight.grad.abs().sum() > 0
+    assert not torch.allclose(g0, g1)
+    # gradient reversal: identity forward, the gradient times -scale backward
+    x = torch.randn(4, requires_grad=True)
+    y = GradReverse.apply(x, 0.5)
+    (grad,) = torch.autograd.grad((y * torch.arange(4.0)).sum(), x)
+    assert torch.equal(y, x) and torch.equal(grad, -0.5 * torch.arange(4.0))

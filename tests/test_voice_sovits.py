@@ -68,7 +68,7 @@ def test_losses():
 
 
 def test_train_voice_resume_is_exact_and_exports(tiny_corpus, tiny_content, tmp_path):
-    from tinysora.io.checkpoint import load_tensors
+    from tinysora.io.checkpoint import CheckpointError, load_tensors
     from tinysora.train.voice import train_voice
 
     content = tiny_content / "content"
@@ -85,6 +85,13 @@ def test_train_voice_resume_is_exact_and_exports(tiny_corpus, tiny_content, tmp_
     assert any("eval" in r for r in log) and all(np.isfinite(r.get("loss", 0)) for r in log)
     assert sorted((tmp_path / "whole" / "samples").glob("step_*/*.wav"))
     assert (whole / "content" / "config.json").is_file() and (whole / "phonemes.txt").is_file()
+    # --init: a new run starts from the other run's weights (step 0, fresh optimizers)
+    warm = train_voice(recipe, tmp_path / "warm", stop_at=0, init=tmp_path / "whole")
+    c = load_tensors(warm / "sovits" / "model.safetensors")
+    assert c.keys() == a.keys() and all(torch.equal(a[k], c[k]) for k in a)
+    assert not (tmp_path / "warm" / "checkpoints").exists()
+    with pytest.raises(CheckpointError, match="no checkpoints/latest"):
+        train_voice(recipe, tmp_path / "cold", stop_at=0, init=tmp_path / "halves" / "model")
 
 
 def test_train_voice_survives_kill_9(tiny_corpus, tiny_content, tmp_path):

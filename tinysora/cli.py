@@ -43,8 +43,10 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    if args.model in ("vae", "voice", "voice-content") and (args.data or args.init):
-        raise CliError("--data and --init are for `tinysora train dit` and `train lora`")
+    if args.model in ("vae", "voice", "voice-content") and args.data:
+        raise CliError("--data is for `tinysora train dit` and `train lora`")
+    if args.model in ("vae", "voice-content") and args.init:
+        raise CliError("--init is for `tinysora train dit`, `train lora` and `train voice`")
     if args.model == "lora" and not (args.data and args.init):
         raise CliError("train lora needs --init MODEL_DIR and --data CACHE")
     if args.model != "lora" and not args.config:
@@ -59,7 +61,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         elif args.model == "voice":
             from tinysora.train.voice import train_voice
 
-            train_voice(args.config, args.out, resume=args.resume, device=args.device)
+            train_voice(args.config, args.out, resume=args.resume, device=args.device,
+                        init=args.init)  # fmt: skip
         elif args.model == "voice-content":
             from tinysora.train.voice_content import train_voice_content
 
@@ -404,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--data", help="dit: a cache of your own clips (`tinysora prepare`)")
-    train.add_argument("--init", help="dit, lora: start from this model directory's DiT")
+    train.add_argument(
+        "--init",
+        help="dit, lora: start from this model directory's DiT; voice: from this run's "
+        "latest checkpoint (generator + discriminators; codebooks from --config's content)",
+    )
     train.add_argument("--rank", type=int, default=8, help="lora: adapter rank (default 8)")
     train.add_argument("--device", help=DEVICE_HELP + "; under torchrun: cuda:LOCAL_RANK")
     train.set_defaults(func=_cmd_train)

@@ -35,6 +35,8 @@ from tinysora.config import Config
 from tinysora.device import resolve_device, to_device
 from tinysora.io.atomic import atomic_dir, atomic_write_text
 from tinysora.io.checkpoint import (
+    CheckpointError,
+    check_state,
     load_pretrained,
     load_tensors,
     save_pretrained,
@@ -208,6 +210,26 @@ class VoiceTrainer:
             atomic_write_text(tmp / "state.json", json.dumps(state))
         point_latest(self.ckpt_root, final, self.recipe.train.keep_checkpoints)
 
+    def warm_start(self, run: Path) -> int:
+        """Fine-tune from another run: its latest generator and discriminator weights (not
+        its optimizers or step), except the prior's frozen codebooks, which stay this
+        recipe's content model's (the decoder, flow and posterior carry over to new codes).
+        Returns the step the weights come from."""
+        found = latest_checkpoint(Path(run) / "checkpoints")
+        if found is None:
+            raise CheckpointError(f"--init {run}: no checkpoints/latest there; point it at a "
+                                  "`tinysora train voice` run directory")  # fmt: skip
+        path, state = found
+        keep = lambda state: {k: v for k, v in state.items()  # noqa: E731
+                              if not k.startswith("prior.codebooks.")}  # fmt: skip
+        gen = keep(load_tensors(path / "generator.safetensors"))
+        check_state(keep(self.gen.state_dict()), gen, str(path))
+        self.gen.load_state_dict(gen, strict=False)
+        disc = load_tensors(path / "discriminator.safetensors")
+        check_state(self.disc.state_dict(), disc, str(path))
+        self.disc.load_state_dict(disc)
+        return int(state["step"])
+
     def load_checkpoint(self) -> bool:
         found = latest_checkpoint(self.ckpt_root)
         if found is None:
@@ -335,6 +357,7 @@ def train_voice(
     resume: bool = False,
     stop_at: int | None = None,
     device: str | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     recipe = VoiceRecipe.load(config_path)
     out = Path(out)
@@ -358,6 +381,8 @@ def train_voice(
             book.weight.copy_(vq.codebook)
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")
+    elif init is not None:
+        print(f"initialized from {init} (step {trainer.warm_start(Path(init))})")
     trainer.fit(stop_at)
     model_dir = out / "model"
     save_pretrained(content, content.config, model_dir / "content")

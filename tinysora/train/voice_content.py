@@ -6,7 +6,11 @@
 3. ``iter1/``: the encoder trained by masked prediction of those units;
 4. ``units2.safetensors``: k-means of iteration 1's features;
 5. ``iter2/``: a fresh encoder trained on them (HuBERT iteration 2);
-6. ``codec/``: stride-2 conv + residual VQ autoencoding iteration 2's features;
+5b. ``refine/`` (when ``refine_steps`` > 0): iteration 2's encoder fine-tuned on the same
+   units plus, on the features the codec reads, a CTC loss against the transcripts'
+   phones (``phone_ctc``) and a gradient-reversed per-frame speaker classifier
+   (``speaker_adversarial``): semi-supervised, since the corpus has transcripts anyway;
+6. ``codec/``: stride-2 conv + residual VQ on the final encoder's features;
 7. ``content/``: the frozen encoder + codec (config.json + model.safetensors), and
    ``probes.json``: what the codes carry (``tinysora.eval.voice_codes``).
 """
@@ -41,7 +45,7 @@ from tinysora.voice.content import (
     warp_mel,
 )
 from tinysora.voice.data import Utterances, build_utterances, crop_batch, load_utterances
-from tinysora.voice.probes import probe_codes
+from tinysora.voice.probes import phone_table, probe_codes
 from tinysora.voice.text import PhonemeVocab
 
 SPLITS = ("train", "test_seen", "test_unseen")
@@ -71,6 +75,12 @@ class VoiceContentRecipe(Config):
     codec_speaker_adversarial: float = 0.0  # > 0: gradient-reversed speaker classifier
     probe_utterances: int = 1500  # train utterances the probes learn from
     probe_steps: int = 400
+    # stage 5b: fine-tune iteration 2 (0 = off) with the phone CTC and speaker adversary
+    # weights below on the codec's input features; its crops should hold whole utterances
+    refine_steps: int = 0
+    refine_crop_frames: int = 360
+    phone_ctc: float = 0.0
+    speaker_adversarial: float = 0.0
 
 
 def split_features(recipe: VoiceContentRecipe, out: Path) -> dict[str, Utterances]:
@@ -103,9 +113,12 @@ def unit_labels(features: torch.Tensor, k: int, sample: int, seed: int) -> torch
     return nearest(features, centroids)[0].to(torch.int16)
 
 
-def _labels_batch(data: Utterances, labels: torch.Tensor, recipe, step: int):
+def _labels_batch(data: Utterances, labels: torch.Tensor, recipe, step: int,
+                  frames: int | None = None):  # fmt: skip
+    """(mel, lengths, unit targets, masked frames, utterance ids, crop starts)."""
     g = step_generator(recipe.train.seed, step)
-    mel, lengths, ids, starts = crop_batch(data, recipe.data.crop_frames, recipe.data.batch_size, g)
+    frames = frames or recipe.data.crop_frames
+    mel, lengths, ids, starts = crop_batch(data, frames, recipe.data.batch_size, g)
     target = torch.full(mel.shape[::2], -100, dtype=torch.int64)  # (B, T); -100 = ignore
     for b, (i, s, n) in enumerate(
         zip(ids.tolist(), starts.tolist(), lengths.tolist(), strict=True)
@@ -117,12 +130,12 @@ def _labels_batch(data: Utterances, labels: torch.Tensor, recipe, step: int):
         log_range = math.log(1 + recipe.model.warp)
         factors = torch.exp((2 * torch.rand(len(mel), generator=g) - 1) * log_range)
         mel = warp_mel(mel, factors)
-    return mel, lengths, target, masked & (target >= 0)
+    return mel, lengths, target, masked & (target >= 0), ids, starts
 
 
 def masked_prediction_loss(model, batch):
     """HuBERT's loss: cross-entropy of the units of the masked frames."""
-    mel, lengths, target, masked = batch
+    mel, lengths, target, masked = batch[:4]
     _, logits = model(mel, lengths, masked)
     loss = F.cross_entropy(logits[masked].float(), target[masked])
     acc = (logits[masked].argmax(-1) == target[masked]).float().mean()
@@ -160,6 +173,88 @@ class GradReverse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return -ctx.scale * grad, None
+
+
+class RefineObjective(torch.nn.Module):
+    """Iteration 2's encoder with two heads on its ``feature_layer`` output (what the codec
+    reads): a linear CTC phone classifier and, behind gradient reversal, a per-frame
+    speaker classifier. Loss = masked unit prediction + ``ctc`` x CTC + speaker CE."""
+
+    def __init__(self, encoder: ContentEncoder, n_phones: int, n_speakers: int, ctc: float,
+                 adversarial: float):  # fmt: skip
+        super().__init__()
+        self.encoder, self.ctc, self.adversarial = encoder, ctc, adversarial
+        d = encoder.config.dim
+        self.phone_head = torch.nn.Linear(d, n_phones + 1)  # + CTC blank (0)
+        self.speaker_head = torch.nn.Sequential(
+            torch.nn.Linear(d, 256), torch.nn.GELU(), torch.nn.Linear(256, n_speakers)
+        )
+
+    def forward(self, mel, lengths, target, masked, phones, speakers):
+        """``phones``: [(P_b,) phone classes or None where the crop cuts the utterance]."""
+        enc = self.encoder
+        feats, _ = enc(mel, lengths, masked, upto=enc.config.feature_layer)
+        logits = enc.finish(feats, lengths)
+        loss = F.cross_entropy(logits[masked].float(), target[masked])
+        metrics = {"unit_acc": (logits[masked].argmax(-1) == target[masked]).float().mean()}
+        whole = [b for b, p in enumerate(phones) if p is not None and len(p) > 0]
+        if self.ctc > 0:  # logged as 0 in the (rare) batch without a whole utterance
+            ctc = torch.zeros(())
+            if whole:
+                log_probs = self.phone_head(feats[whole]).float().log_softmax(-1).transpose(0, 1)
+                tgt = [phones[b] for b in whole]
+                ctc = F.ctc_loss(log_probs, torch.cat(tgt), lengths[whole],
+                                 torch.tensor([len(t) for t in tgt]), zero_infinity=True)  # fmt: skip
+                loss = loss + self.ctc * ctc
+            metrics["ctc"] = ctc
+        if self.adversarial > 0:
+            valid = torch.arange(feats.shape[1])[None] < lengths[:, None]
+            spk = self.speaker_head(GradReverse.apply(feats, self.adversarial))[valid]
+            who = speakers[:, None].expand_as(valid)[valid]
+            adv = F.cross_entropy(spk.float(), who)
+            loss = loss + adv
+            metrics["speaker_ce"] = adv
+            metrics["speaker_acc"] = (spk.argmax(-1) == who).float().mean()
+        return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def train_refine(recipe, data: Utterances, labels: torch.Tensor, iter2: ContentEncoder,
+                 out: Path, resume: bool) -> ContentEncoder:  # fmt: skip
+    """Stage 5b: iteration 2's encoder fine-tuned with ``RefineObjective``."""
+    done = out / "encoder.safetensors"
+    model = ContentEncoder(iter2.config)
+    if done.is_file():
+        model.load_state_dict(load_tensors(done))
+        return model.eval()
+    check_run_dir(out, resume)
+    torch.manual_seed(recipe.train.seed)
+    model.load_state_dict(iter2.state_dict())
+    table = phone_table(PhonemeVocab(Path(recipe.data.corpus) / "phonemes.txt"))
+    objective = RefineObjective(model.train(), len(table), len(data.speakers), recipe.phone_ctc,
+                                recipe.speaker_adversarial)  # fmt: skip
+    full = data.lengths()
+
+    def batch_fn(step: int):
+        mel, lengths, target, masked, ids, starts = _labels_batch(
+            data, labels, recipe, step, recipe.refine_crop_frames
+        )  # fmt: skip
+        phones = [
+            torch.tensor([table[p] for p in data.utterance_phonemes(i).tolist() if p in table])
+            if s == 0 and n == full[i] else None
+            for i, s, n in zip(ids.tolist(), starts.tolist(), lengths.tolist(), strict=True)
+        ]  # fmt: skip
+        return mel, lengths, target, masked, phones, data.speaker[ids]
+
+    train_cfg = TrainConfig(**{**recipe.train.to_dict(), "steps": recipe.refine_steps})
+    trainer = Trainer(objective, train_cfg, out, lambda m, b: m(*b), batch_fn)
+    if resume and trainer.load_checkpoint():
+        print(f"{out.name}: resumed from step {trainer.step}")
+    trainer.fit()
+    state = trainer.ema_state()
+    save_tensors({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")},
+                 done)  # fmt: skip
+    model.load_state_dict(load_tensors(done))
+    return model.eval()
 
 
 class CodecObjective(torch.nn.Module):
@@ -281,10 +376,11 @@ def train_voice_content(config_path: str | Path, out: str | Path, resume: bool =
     if not path2.is_file():
         feats = frame_features(iter1.features, data, desc="iteration 1 features")
         save_tensors({"units": unit_labels(feats, recipe.feature_units, sample, seed + 1)}, path2)
-    iter2 = train_iteration(recipe, data, load_tensors(path2)["units"], recipe.feature_units,
-                            out / "iter2", resume)  # fmt: skip
-    feats = frame_features(iter2.features, data, desc="iteration 2 features")
     units2 = load_tensors(path2)["units"]
+    iter2 = train_iteration(recipe, data, units2, recipe.feature_units, out / "iter2", resume)
+    if recipe.refine_steps > 0:
+        iter2 = train_refine(recipe, data, units2, iter2, out / "refine", resume)
+    feats = frame_features(iter2.features, data, desc="content features")
     codec = train_codec(recipe, feats, data, units2, out / "codec", resume)
     config = ContentModelConfig(
         encoder=ContentConfig(**{**recipe.model.to_dict(), "n_units": recipe.feature_units}),

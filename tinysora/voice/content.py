@@ -124,12 +124,23 @@ class ContentEncoder(nn.Module):
         if mask is not None:  # padded frames are zeros, as past the end of a lone clip
             x = x * mask[:, 0, 0, :, None]
         x = x + F.gelu(self.pos(x.transpose(1, 2))).transpose(1, 2)
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask)
-            if upto is not None and i + 1 == upto:
-                return x, None
+        x = self.run_blocks(x, mask, 0, len(self.blocks) if upto is None else upto)
+        if upto is not None:
+            return x, None
         x = self.norm(x)
         return x, self.head(x)
+
+    def run_blocks(self, x: torch.Tensor, mask, first: int, last: int) -> torch.Tensor:
+        """Blocks ``first`` .. ``last - 1`` on (B, T, D) hidden states."""
+        for block in self.blocks[first:last]:
+            x = block(x, mask)
+        return x
+
+    def finish(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """Unit logits from the features of ``feature_layer`` (what ``forward`` would give)."""
+        x = self.run_blocks(x, key_mask(lengths, x.shape[1]), self.config.feature_layer,
+                            len(self.blocks))  # fmt: skip
+        return self.head(self.norm(x))
 
     @torch.no_grad()
     def features(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
