@@ -203,8 +203,9 @@ class RefineObjective(torch.nn.Module):
             if whole:
                 log_probs = self.phone_head(feats[whole]).float().log_softmax(-1).transpose(0, 1)
                 tgt = [phones[b] for b in whole]
-                ctc = F.ctc_loss(log_probs, torch.cat(tgt), lengths[whole],
-                                 torch.tensor([len(t) for t in tgt]), zero_infinity=True)  # fmt: skip
+                n_tgt = torch.tensor([len(t) for t in tgt])
+                ctc = F.ctc_loss(log_probs, torch.cat(tgt), lengths[whole], n_tgt,
+                                 zero_infinity=True)  # fmt: skip
                 loss = loss + self.ctc * ctc
             metrics["ctc"] = ctc
         if self.adversarial > 0:
