@@ -153,3 +153,34 @@ def test_voice_convert_cli_and_api(tiny_corpus, tiny_voice_model, tmp_path):
             vc(source, bad_ref)
     bad = subprocess.run(cli + args + [str(short)], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "3-10 s" in bad.stderr
+
+
+def test_bundled_voice_says_the_source(tiny_corpus, tmp_path, one_thread):
+    """The bundled weights/voice converts with no --model: the output has the source's
+    length and follows its spectrum over time (its log-mel correlates with the source's
+    more than with another sentence of the same voice)."""
+    import soundfile
+
+    from tinysora.voice.audio import SpectrogramConfig, load_audio, mel_spectrogram
+    from tinysora.voice.convert import VoiceConverter
+    from tinysora.voice.corpus import read_list
+
+    rows = read_list(tiny_corpus / "test_seen.list")
+    voice = rows[0][1]
+    same = [r for r in rows if r[1] == voice]
+    source, other = same[0][0], same[1][0]
+    ref_wav = np.concatenate([soundfile.read(str(r[0]), dtype="float32")[0] for r in rows[1:5]])
+    ref = tmp_path / "ref.wav"
+    soundfile.write(str(ref), ref_wav[: 6 * 16000], 16000)
+    out = VoiceConverter.from_pretrained()(source, ref, seed=0)
+    src = load_audio(source, 16000)
+    assert abs(len(out) - len(src)) <= 320
+    spec = SpectrogramConfig()
+
+    def corr(a, b):
+        ma, mb = (mel_spectrogram(torch.from_numpy(x)[None], spec)[0] for x in (a, b))
+        n = min(ma.shape[1], mb.shape[1])
+        ea, eb = ma[:, :n].mean(0), mb[:, :n].mean(0)  # frame energy contours
+        return float(torch.corrcoef(torch.stack([ea, eb]))[0, 1])
+
+    assert corr(out, src) > 0.6 and corr(out, src) > corr(out, load_audio(other, 16000)) + 0.2
