@@ -47,6 +47,7 @@ def test_kernels_agree_in_float32(one_thread):
     assert (loop[..., ~valid, :] == 0).all()
 
 
+@pytest.mark.slow  # compiles flex attention (~11 s); make test-slow and make bench run it
 def test_kernels_section_agrees_and_has_its_keys(one_thread):
     out = packing.kernels(SMALL_MIX, 96, heads=2, head_dim=16, warmup=0, repeats=1)
     for key in ("forward", "fwd_bwd", "forward_vs_attend_mask", "fwd_bwd_vs_attend_mask"):
