@@ -137,9 +137,23 @@ def masked_prediction_loss(model, batch):
     """HuBERT's loss: cross-entropy of the units of the masked frames."""
     mel, lengths, target, masked = batch[:4]
     _, logits = model(mel, lengths, masked)
-    loss = F.cross_entropy(logits[masked].float(), target[masked])
-    acc = (logits[masked].argmax(-1) == target[masked]).float().mean()
+    loss, acc = unit_loss(logits, target, masked)
     return loss, {"unit_acc": acc.detach()}
+
+
+def unit_loss(logits, target, masked):
+    """(cross-entropy, accuracy) of the units of the masked frames."""
+    loss = F.cross_entropy(logits[masked].float(), target[masked])
+    return loss, (logits[masked].argmax(-1) == target[masked]).float().mean()
+
+
+def fit_stage(model, cfg: TrainConfig, out: Path, loss_fn, batch_fn, resume: bool) -> Trainer:
+    """Train one stage with the shared Trainer, continuing its checkpoint on ``resume``."""
+    trainer = Trainer(model, cfg, out, loss_fn, batch_fn)
+    if resume and trainer.load_checkpoint():
+        print(f"{out.name}: resumed from step {trainer.step}")
+    trainer.fit()
+    return trainer
 
 
 def train_iteration(recipe, data, labels, n_units: int, out: Path, resume: bool) -> ContentEncoder:
@@ -152,11 +166,8 @@ def train_iteration(recipe, data, labels, n_units: int, out: Path, resume: bool)
     check_run_dir(out, resume)
     torch.manual_seed(recipe.train.seed)
     model = ContentEncoder(cfg)
-    trainer = Trainer(model, recipe.train, out, masked_prediction_loss,
-                      lambda step: _labels_batch(data, labels, recipe, step))  # fmt: skip
-    if resume and trainer.load_checkpoint():
-        print(f"{out.name}: resumed from step {trainer.step}")
-    trainer.fit()
+    trainer = fit_stage(model, recipe.train, out, masked_prediction_loss,
+                        lambda step: _labels_batch(data, labels, recipe, step), resume)  # fmt: skip
     save_tensors(trainer.ema_state(), done)
     model.load_state_dict(load_tensors(done))
     return model.eval()
@@ -195,8 +206,8 @@ class RefineObjective(torch.nn.Module):
         enc = self.encoder
         feats, _ = enc(mel, lengths, masked, upto=enc.config.feature_layer)
         logits = enc.finish(feats, lengths)
-        loss = F.cross_entropy(logits[masked].float(), target[masked])
-        metrics = {"unit_acc": (logits[masked].argmax(-1) == target[masked]).float().mean()}
+        loss, acc = unit_loss(logits, target, masked)
+        metrics = {"unit_acc": acc}
         whole = [b for b, p in enumerate(phones) if p is not None and len(p) > 0]
         if self.ctc > 0:  # logged as 0 in the (rare) batch without a whole utterance
             ctc = torch.zeros(())
@@ -234,24 +245,21 @@ def train_refine(recipe, data: Utterances, labels: torch.Tensor, iter2: ContentE
     objective = RefineObjective(model.train(), len(table), len(data.speakers), recipe.phone_ctc,
                                 recipe.speaker_adversarial)  # fmt: skip
     full = data.lengths()
+    targets = [torch.tensor([table[p] for p in data.utterance_phonemes(i).tolist() if p in table])
+               for i in range(len(data))]  # fmt: skip
 
     def batch_fn(step: int):
         mel, lengths, target, masked, ids, starts = _labels_batch(
             data, labels, recipe, step, recipe.refine_crop_frames
         )  # fmt: skip
         phones = [
-            torch.tensor([table[p] for p in data.utterance_phonemes(i).tolist() if p in table])
-            if s == 0 and n == full[i] else None
+            targets[i] if s == 0 and n == full[i] else None
             for i, s, n in zip(ids.tolist(), starts.tolist(), lengths.tolist(), strict=True)
         ]  # fmt: skip
         return mel, lengths, target, masked, phones, data.speaker[ids]
 
     train_cfg = TrainConfig(**{**recipe.train.to_dict(), "steps": recipe.refine_steps})
-    trainer = Trainer(objective, train_cfg, out, lambda m, b: m(*b), batch_fn)
-    if resume and trainer.load_checkpoint():
-        print(f"{out.name}: resumed from step {trainer.step}")
-    trainer.fit()
-    state = trainer.ema_state()
+    state = fit_stage(objective, train_cfg, out, lambda m, b: m(*b), batch_fn, resume).ema_state()
     save_tensors({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")},
                  done)  # fmt: skip
     model.load_state_dict(load_tensors(done))
@@ -351,10 +359,7 @@ def train_codec(recipe, features: torch.Tensor, data: Utterances, units: torch.T
 
     train_cfg = TrainConfig(**{**recipe.train.to_dict(), "steps": recipe.codec_steps,
                                "lr": recipe.codec_lr, "ema_decay": 0.0, "bf16": False})  # fmt: skip
-    trainer = Trainer(objective, train_cfg, out, loss_fn, batch_fn)
-    if resume and trainer.load_checkpoint():
-        print(f"codec: resumed from step {trainer.step}")
-    trainer.fit()
+    fit_stage(objective, train_cfg, out, loss_fn, batch_fn, resume)
     save_tensors(codec.state_dict(), done)
     return codec.eval()
 
