@@ -26,12 +26,13 @@ demo: $(VENV)/.installed
 	$(BIN)/tinysora generate "$(DEMO_PROMPT)" -o outputs/demo.mp4
 
 # The voice tests synthesize speech with espeak-ng and flite (installed when missing).
+# Test files run in one process per core (pytest-xdist), each torch at one thread.
 VOICE_APT := espeak-ng flite
 test: $(VENV)/.installed-dev
 	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(VOICE_APT); }
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not slow and not browser"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto --dist loadfile -m "not slow and not browser"
 
 $(VENV)/.installed-browser: $(VENV)/.installed-dev
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,browser]'

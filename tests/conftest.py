@@ -124,3 +124,60 @@ def tiny_voice_model(tiny_corpus, tiny_content, tmp_path_factory):
         return train_voice(recipe, tmp / "run")
     finally:
         torch.set_num_threads(before)
+
+
+GPT_RECIPE = """
+val_batches = 1
+[data]
+corpus = "{corpus}"
+voice = "{voice}"
+batch_size = 2
+max_codes = 120
+[model]
+dim = 32
+layers = 2
+heads = 2
+dropout = 0.0
+[train]
+steps = {steps}
+warmup_steps = 1
+checkpoint_every = 2
+eval_every = 4
+log_every = 2
+tensorboard = false
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_tts(tiny_corpus, tiny_voice_model, tmp_path_factory):
+    """A tiny GPT stage trained for four steps on ``tiny_voice_model``'s codes: the run
+    directory (its model/ is a whole text-to-speech model)."""
+    from tinysora.train.voice_gpt import train_voice_gpt
+
+    tmp = tmp_path_factory.mktemp("gpt")
+    recipe = tmp / "gpt.toml"
+    recipe.write_text(GPT_RECIPE.format(corpus=tiny_corpus, voice=tiny_voice_model, steps=4))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_voice_gpt(recipe, tmp / "run")
+    finally:
+        torch.set_num_threads(before)
+    return tmp / "run"
+
+
+def reference_wav(corpus, path, seconds: float = 6.0):
+    """A ``seconds`` reference clip of one voice of a tiny corpus's held-out list, written
+    to ``path``: (path, the voice's name, the rows used)."""
+    import numpy as np
+    import soundfile
+
+    from tinysora.voice.corpus import read_list
+
+    rows = read_list(corpus / "test_seen.list")
+    voice = rows[0][1]
+    mine = [r for r in rows + read_list(corpus / "train.list") if r[1] == voice]
+    wav = np.concatenate([soundfile.read(str(r[0]), dtype="float32")[0] for r in mine[:8]])
+    assert len(wav) >= seconds * 16000, "the tiny corpus has too little speech of one voice"
+    soundfile.write(str(path), wav[: int(seconds * 16000)], 16000)
+    return path, voice, mine

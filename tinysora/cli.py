@@ -43,9 +43,9 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    if args.model in ("vae", "voice", "voice-content") and args.data:
+    if args.model in ("vae", "voice", "voice-content", "voice-gpt") and args.data:
         raise CliError("--data is for `tinysora train dit` and `train lora`")
-    if args.model in ("vae", "voice-content") and args.init:
+    if args.model in ("vae", "voice-content", "voice-gpt") and args.init:
         raise CliError("--init is for `tinysora train dit`, `train lora` and `train voice`")
     if args.model == "lora" and not (args.data and args.init):
         raise CliError("train lora needs --init MODEL_DIR and --data CACHE")
@@ -67,6 +67,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
             from tinysora.train.voice_content import train_voice_content
 
             train_voice_content(args.config, args.out, resume=args.resume)
+        elif args.model == "voice-gpt":
+            from tinysora.train.voice_gpt import train_voice_gpt
+
+            train_voice_gpt(args.config, args.out, resume=args.resume, device=args.device)
         elif args.model == "vae":
             from tinysora.train.vae import train_vae
 
@@ -401,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model from a recipe (TOML)")
     train.add_argument(
-        "model", choices=["vae", "dit", "lora", "voice", "voice-content"], help="what to train"
+        "model",
+        choices=["vae", "dit", "lora", "voice", "voice-content", "voice-gpt"],
+        help="what to train",
     )
     train.add_argument("--config", help="recipe, e.g. configs/vae_shapes.toml (lora: optional)")
     train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
@@ -495,6 +501,25 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--text", help="SOURCE's transcript (optional: helps the words)")
     conv.add_argument("--seed", type=int, default=0)
     conv.set_defaults(func=_cmd_voice_convert)
+
+    speak = sub.add_parser(
+        "speak",
+        help="say TEXT in the voice of a 3-10 s reference clip (zero-shot text-to-speech)",
+        description="Text -> phonemes -> GPT -> semantic codes -> SoVITS -> waveform, in REF's "
+        "voice. Long text is cut at sentence boundaries and joined with pauses.",
+    )
+    speak.add_argument("text", help="what to say (up to 2000 characters)")
+    speak.add_argument("--ref", required=True, help="3-10 s clip of the voice to speak in")
+    speak.add_argument("--ref-text", help="REF's transcript (optional: a better prompt)")
+    speak.add_argument("-o", "--output", required=True, help="output .wav / .flac / .ogg")
+    speak.add_argument("--model", help="speech model directory (default: bundled weights/voice)")
+    speak.add_argument("--seed", type=int, default=0)
+    speak.add_argument("--speed", type=float, default=1.0, help="0.5-2.0 (default 1)")
+    speak.add_argument("--top-k", type=int, default=15, help="(default 15)")
+    speak.add_argument("--top-p", type=float, default=1.0, help="(default 1.0)")
+    speak.add_argument("--temperature", type=float, default=1.0, help="(default 1.0)")
+    speak.add_argument("--repetition-penalty", type=float, default=1.35, help="(default 1.35)")
+    speak.set_defaults(func=_cmd_speak)
     return parser
 
 
@@ -526,6 +551,23 @@ def _cmd_voice_convert(args: argparse.Namespace) -> None:
     wav = vc(args.source, args.ref, text=args.text, seed=args.seed)
     path = vc.save(wav, args.output)
     print(f"wrote {path.resolve()} ({len(wav) / vc.sample_rate:.2f} s, {vc.sample_rate} Hz)")
+
+
+def _cmd_speak(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tinysora.voice.audio import save_audio
+    from tinysora.voice.speech import SpeechPipeline
+
+    if Path(args.output).suffix.lower() not in (".wav", ".flac", ".ogg"):
+        raise CliError(f"-o {args.output!r}: use a .wav, .flac or .ogg name")
+    tts = SpeechPipeline.from_pretrained(args.model)
+    out = tts(args.text, ref_audio=args.ref, ref_text=args.ref_text, top_k=args.top_k,
+              top_p=args.top_p, temperature=args.temperature, speed=args.speed,
+              repetition_penalty=args.repetition_penalty, seed=args.seed)  # fmt: skip
+    path = save_audio(args.output, out.audio, out.sample_rate)
+    print(f"wrote {path.resolve()} ({out.seconds:.2f} s, {out.sample_rate} Hz, "
+          f"{len(out.pieces)} piece(s))")  # fmt: skip
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -108,13 +108,13 @@ class Split:
         return self.codes[:, self.code_offsets[i] : self.code_offsets[i + 1]]
 
 
-def load_split(recipe: VoiceRecipe, out: Path, split: str, content: ContentModel, speakers=None):
-    """The split's features (with samples) and codes, computed once into OUT/features."""
-    spec = spectrogram_config(recipe.model)
+def load_split(corpus: str | Path, spec, out: Path, split: str, content: ContentModel,
+               speakers=None, keep_wav: bool = True) -> Split:  # fmt: skip
+    """A corpus split's features (samples too with ``keep_wav``) and content codes,
+    computed once into OUT/features (shared by the generator and the GPT stage)."""
     path = out / "features" / f"{split}.safetensors"
     if not path.is_file():
-        build_utterances(Path(recipe.data.corpus) / f"{split}.list", path, spec, speakers,
-                         keep_wav=True)  # fmt: skip
+        build_utterances(Path(corpus) / f"{split}.list", path, spec, speakers, keep_wav=keep_wav)
     data = load_utterances(path)
     codes_path = out / "features" / f"codes_{split}.safetensors"
     if not codes_path.is_file():
@@ -373,8 +373,9 @@ def train_voice(
     recipe.model.code_dim, recipe.model.codebook_size = codec.code_dim, codec.codebook_size
     recipe.model.n_quantizers = codec.n_quantizers
     recipe.save(out / "recipe.json")
-    train = load_split(recipe, out, "train", content)
-    val = load_split(recipe, out, "test_seen", content, train.data.speakers)
+    spec, corpus = spectrogram_config(recipe.model), recipe.data.corpus
+    train = load_split(corpus, spec, out, "train", content)
+    val = load_split(corpus, spec, out, "test_seen", content, train.data.speakers)
     trainer = VoiceTrainer(recipe, out, train, val, vocab, device)
     with torch.no_grad():  # the frozen codebooks, copied from the content model
         for book, vq in zip(trainer.gen.prior.codebooks, content.codec.quantizers, strict=True):

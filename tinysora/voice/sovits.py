@@ -273,11 +273,14 @@ class PriorEncoder(nn.Module):
         self.post_blocks = nn.ModuleList(Block(d, c.heads, 4.0) for _ in range(c.post_layers))
         self.proj = nn.Linear(d, 2 * c.inter)
 
-    def forward(self, codes, frame_lengths, phonemes, phone_lengths, g):
-        """codes (B, n_q, T') at 25 Hz, phonemes (B, P) -> m_p, logs_p (B, inter, 2 T'),
-        mask (B, 1, 2 T')."""
+    def forward(self, codes, frame_lengths, phonemes, phone_lengths, g, frames: int = 0):
+        """codes (B, n_q, T') at 25 Hz, phonemes (B, P) -> m_p, logs_p (B, inter, T),
+        mask (B, 1, T): T = 2 T' frames at 50 Hz, or ``frames`` (the code sequence
+        stretched linearly to it: speech slower or faster)."""
         vectors = sum(book(codes[:, i]) for i, book in enumerate(self.codebooks))
         x = self.code_in(vectors).repeat_interleave(2, dim=1)  # (B, T, d) at 50 Hz
+        if frames and frames != x.shape[1]:
+            x = F.interpolate(x.transpose(1, 2), size=frames, mode="linear").transpose(1, 2)
         t = x.shape[1]
         frame_mask = key_mask(frame_lengths, t)
         for block in self.code_blocks:
@@ -331,14 +334,16 @@ class SynthesizerTrn(nn.Module):
         ref_mel: torch.Tensor,
         noise_scale: float = 0.5,
         generator: torch.Generator | None = None,
+        speed: float = 1.0,
     ) -> torch.Tensor:
         """One utterance: (1, n_q, T') codes, (1, P) phonemes (``[<bos>]`` alone: no text),
-        (1, n_mels, R) reference log-mel -> (2 T' x hop,) waveform."""
+        (1, n_mels, R) reference log-mel -> (2 T' x hop / speed,) waveform."""
         dev = codes.device
         g = self.style(ref_mel, torch.tensor([ref_mel.shape[2]], device=dev))
-        lengths = torch.tensor([2 * codes.shape[2]], device=dev)
+        frames = max(1, round(2 * codes.shape[2] / speed))
+        lengths = torch.tensor([frames], device=dev)
         phone_lengths = torch.tensor([phonemes.shape[1]], device=dev)
-        m_p, logs_p, mask = self.prior(codes, lengths, phonemes, phone_lengths, g)
+        m_p, logs_p, mask = self.prior(codes, lengths, phonemes, phone_lengths, g, frames)
         noise = torch.randn(m_p.shape, generator=generator).to(dev, m_p.dtype)
         z_p = (m_p + noise * torch.exp(logs_p) * noise_scale) * mask
         z = self.flow(z_p, mask, g, reverse=True)

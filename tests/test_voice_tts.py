@@ -1,0 +1,245 @@
+"""The GPT stage and zero-shot text-to-speech: the model's parts (prefix-LM mask, KV
+cache, sampling filters), the guards against GPT-SoVITS's reported failures (truncation,
+endless output, loops), the training run, SpeechPipeline (whole and streamed) and
+`tinysora speak`, with bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import reference_wav
+from numerics import assert_close_fp32
+
+from tinysora.voice.gpt import (
+    GPTBlock,
+    GPTConfig,
+    SamplingConfig,
+    Text2Semantic,
+    filter_logits,
+    find_loop,
+    prefix_lm_mask,
+    sample_codes,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small(**overrides) -> Text2Semantic:
+    torch.manual_seed(0)
+    c = GPTConfig(n_phonemes=12, codebook_size=16, dim=32, layers=2, heads=2, dropout=0.0)
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return Text2Semantic(c).eval()
+
+
+def test_fresh_block_is_identity_and_mask_is_prefix_lm():
+    x = torch.randn(2, 5, 32)
+    assert torch.equal(GPTBlock(32, 2, 4.0, 0.0)(x), x)
+    m = prefix_lm_mask(torch.tensor([2, 3]), 3, torch.tensor([2, 1]), 2)[:, 0]  # (B, 5, 5)
+    # example 0: phonemes 0-1 valid (2 is padding), codes 3-4 valid
+    assert m[0, 0].tolist() == [True, True, False, False, False]  # a phoneme sees phonemes
+    assert m[0, 3].tolist() == [True, True, False, True, False]  # a code: phonemes + itself
+    assert m[0, 4].tolist() == [True, True, False, True, True]  # ... + earlier codes
+    assert m[1, 3].tolist() == [True, True, True, True, False]  # example 1: one code valid
+
+
+def test_kv_cache_decoding_equals_the_full_forward():
+    model = small()
+    for block in model.blocks:  # not identity blocks, so the cache matters
+        for p in (block.attn.proj, block.mlp[2]):
+            torch.nn.init.normal_(p.weight, std=0.1)
+    phonemes, codes = torch.randint(3, 12, (7,)), torch.randint(0, 16, (9,))
+    inputs = torch.cat([torch.tensor([model.config.bos]), codes])
+    full = model(phonemes[None], torch.tensor([7]), inputs[None], torch.tensor([10]))[0]
+    steps = model.stream(phonemes, codes[:4])
+    cached = [next(steps)] + [steps.send(int(c)) for c in codes[4:]]
+    assert_close_fp32(torch.stack(cached), full[4:])
+
+
+def test_filter_logits():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, -1.0])
+    kept = filter_logits(logits, torch.tensor([], dtype=torch.long), 2, 1.0, 1.0, 1.0)
+    assert torch.isfinite(kept).tolist() == [True, True, False, False, False]
+    # top-p: 4 and 3 hold 0.64 + 0.24 = 0.88 of the mass; 0.7 needs both, 0.5 only the first
+    assert torch.isfinite(filter_logits(logits, torch.tensor([]).long(), 0, 0.7, 1, 1)).sum() == 2
+    assert torch.isfinite(filter_logits(logits, torch.tensor([]).long(), 0, 0.5, 1, 1)).sum() == 1
+    penalized = filter_logits(logits, torch.tensor([0, 4]), 0, 1.0, 1.0, 2.0)
+    assert penalized[0] == 2.0 and penalized[4] == -2.0 and penalized[1] == 3.0
+    assert filter_logits(logits, torch.tensor([]).long(), 0, 1.0, 2.0, 1.0)[0] == 2.0
+
+
+def test_find_loop():
+    block = [5, 9, 2, 7, 7, 1, 3]
+    assert find_loop([1, 2] + block * 3) == 7
+    assert find_loop([1, 2] + block * 2) is None  # twice is not yet a loop
+    assert find_loop([4] * 40) is None  # silence: one code held
+    assert find_loop(list(range(40))) is None
+
+
+def cycle_model(period: int = 7) -> Text2Semantic:
+    """A GPT that, greedily, always follows code i with code (i + 1) % period: a loop."""
+    model = small(min_codes_per_phoneme=1.0, max_codes_per_phoneme=30.0)
+    with torch.no_grad():
+        model.code_emb.weight.zero_()
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        for i in range(period):
+            model.code_emb.weight[i, i] = 100.0
+            model.head.weight[(i + 1) % period, i] = 1.0
+        model.code_emb.weight[model.config.bos, period - 1] = 100.0
+    return model
+
+
+def generate(model, n_phonemes, sampling, seed=0):
+    phonemes = torch.randint(3, 12, (n_phonemes,))
+    items = list(sample_codes(model, phonemes, torch.zeros(0, dtype=torch.long), n_phonemes,
+                              sampling, torch.Generator().manual_seed(seed)))  # fmt: skip
+    result = items[-1]
+    assert items[: len(result.codes)] == result.codes  # streamed first (a loop's end is cut)
+    assert result.stop == "loop" or len(items) - 1 == len(result.codes)
+    return result
+
+
+def test_guards_against_truncation_endless_output_and_loops():
+    greedy = SamplingConfig(top_k=1, repetition_penalty=1.0)
+    loop = generate(cycle_model(), 10, greedy)
+    assert loop.stop == "loop" and loop.codes[:7] == [0, 1, 2, 3, 4, 5, 6]
+    assert len(loop.codes) == 7  # the block said once: its two repeats cut
+    # truncation: a model that wants to stop at once still says min x phonemes codes
+    eager = small(min_codes_per_phoneme=1.5, max_codes_per_phoneme=3.0)
+    with torch.no_grad():
+        eager.head.bias[eager.config.eos] = 1e4
+    short = generate(eager, 10, SamplingConfig())
+    assert short.stop == "eos" and len(short.codes) == 15
+    # endless: a model that never says <eos> stops at max x phonemes codes
+    endless = small(min_codes_per_phoneme=1.5, max_codes_per_phoneme=3.0)
+    with torch.no_grad():
+        endless.head.bias[endless.config.eos] = -1e4
+    long = generate(endless, 10, SamplingConfig(top_k=0, repetition_penalty=1.0))
+    assert long.stop == "limit" and len(long.codes) == 30
+
+
+def test_pipeline_resamples_a_looping_piece(tiny_tts):
+    from tinysora.voice.convert import VoiceConverter
+    from tinysora.voice.speech import Piece, Reference, SpeechPipeline
+
+    voice = VoiceConverter.from_pretrained(tiny_tts / "model")
+    ref = Reference(np.zeros(1, np.float32), torch.zeros(1, 80, 1), torch.tensor([0, 1]), [])
+    piece = Piece("words", [3] * 10, 0.3)
+    greedy = SamplingConfig(top_k=1, repetition_penalty=1.0)
+    result, attempts = SpeechPipeline(cycle_model(), voice).codes(ref, piece, greedy, 0, 2)
+    assert result.stop == "loop" and attempts == 3  # every seed loops: three tries, then give up
+    eager = small(min_codes_per_phoneme=1.0)
+    with torch.no_grad():
+        eager.head.bias[eager.config.eos] = 1e4
+    result, attempts = SpeechPipeline(eager, voice).codes(ref, piece, greedy, 0, 2)
+    assert result.stop == "eos" and attempts == 1
+
+
+@pytest.mark.filterwarnings("ignore:skipped")  # emoji-only text warns, then fails
+def test_text_is_cleaned_and_bad_text_is_one_line_errors():
+    from tinysora.voice.speech import MAX_TEXT_CHARS, TextError, clean_text, split_sentences
+
+    assert clean_text("  Hello,\n  world!  ") == "Hello, world!"
+    with pytest.warns(UserWarning, match="skipped 2 character"):
+        assert clean_text("Hi \U0001f600 there \u4e16.") == "Hi there ."
+    assert clean_text("Caf\u00e9 na\u00efve") == "Caf\u00e9 na\u00efve"  # Latin letters stay
+    for bad, message in (("", "empty"), ("   ", "empty"), ("?!...", "no words"),
+                         ("\U0001f600\U0001f389", "no words"),
+                         ("a" * (MAX_TEXT_CHARS + 1), "the cap is")):  # fmt: skip
+        with pytest.raises(TextError, match=message) as e:
+            clean_text(bad)
+        assert "\n" not in str(e.value)
+    assert split_sentences("One. Two? Three! Four; five") == [
+        ("One.", 0.3), ("Two?", 0.3), ("Three!", 0.3), ("Four;", 0.3), ("five", 0.3)]  # fmt: skip
+
+
+def test_train_voice_gpt_exports_a_whole_tts_model(tiny_tts):
+    model = tiny_tts / "model"
+    for name in ("gpt", "content", "sovits"):
+        assert (model / name / "config.json").is_file()
+        assert (model / name / "model.safetensors").is_file()
+    config = json.loads((model / "gpt" / "config.json").read_text())
+    assert 0 < config["min_codes_per_phoneme"] < config["max_codes_per_phoneme"]
+    log = [json.loads(line) for line in (tiny_tts / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["eval"]["val_loss"] > 0 and "acc" in log[-2]
+    assert (tiny_tts / "checkpoints" / "latest").exists()
+
+
+def test_speech_pipeline_whole_streamed_and_bad_input(tiny_tts, tiny_corpus, tmp_path):
+    import soundfile
+
+    from tinysora.voice.audio import AudioError
+    from tinysora.voice.speech import MAX_PIECE_PHONEMES, SpeechPipeline, TextError
+
+    tts = SpeechPipeline.from_pretrained(tiny_tts / "model")
+    ref, _, rows = reference_wav(tiny_corpus, tmp_path / "ref.wav")
+    text = "The red ball rolls. A blue cat sleeps!"
+    out = tts(text, ref_audio=ref, seed=3, retries=0)
+    c = tts.gpt.config
+    assert [p["text"] for p in out.pieces] == ["The red ball rolls.", "A blue cat sleeps!"]
+    for p in out.pieces:  # every piece within the duration guard
+        assert int(c.min_codes_per_phoneme * p["phonemes"]) <= p["codes"]
+        assert p["codes"] <= int(np.ceil(c.max_codes_per_phoneme * p["phonemes"]))
+    per_code = 2 * tts.voice.spec.hop
+    codes = sum(p["codes"] for p in out.pieces)
+    assert len(out.audio) == codes * per_code + int(0.3 * tts.sample_rate)
+    assert out.audio.dtype == np.float32 and np.isfinite(out.audio).all()
+    again = tts(text, ref_audio=ref, seed=3, retries=0)
+    assert np.array_equal(out.audio, again.audio)  # seeded
+    # streamed: the same codes (same seeds), so the same length, in several chunks
+    chunks = list(tts.stream(text, ref_audio=ref, seed=3))
+    assert len(chunks) >= 3 and sum(map(len, chunks)) == len(out.audio)
+    # speed 2: the same codes at half the frames; a transcript of the reference is a prompt
+    fast = tts(text, ref_audio=ref, seed=3, retries=0, speed=2.0)
+    assert [p["codes"] for p in fast.pieces] == [p["codes"] for p in out.pieces]
+    assert abs(len(fast.audio) - len(out.audio) / 2) <= 2 * per_code
+    assert tts(text, ref_audio=ref, ref_text=rows[0][2], retries=0).pieces[0]["codes"] > 0
+    # long text: cut into sentences, and a long sentence at commas, each piece bounded
+    long = ", ".join(["the quick brown fox jumps over the lazy dog"] * 6) + ". The end."
+    pieces = tts.pieces(long)
+    assert len(pieces) >= 3 and pieces[-1].text == "The end."
+    assert all(0 < len(p.phonemes) <= MAX_PIECE_PHONEMES for p in pieces)
+    # bad input: one-line errors naming the problem
+    short = tmp_path / "short.wav"
+    soundfile.write(str(short), np.zeros(2 * 16000, np.float32) + 0.1, 16000)
+    silent = tmp_path / "silent.wav"
+    soundfile.write(str(silent), np.zeros(5 * 16000, np.float32), 16000)
+    junk = tmp_path / "junk.wav"
+    junk.write_text("not audio")
+    for bad_ref, message in ((short, "3-10 s"), (silent, "silent"), (junk, "not audio")):
+        with pytest.raises(AudioError, match=message):
+            tts("Hello.", ref_audio=bad_ref)
+    with pytest.raises(TextError, match="no words"):
+        tts("...", ref_audio=ref)
+    with pytest.raises(Exception, match="speed must be in"):
+        tts("Hello.", ref_audio=ref, speed=3.0)
+
+
+def test_speak_cli(tiny_tts, tiny_corpus, tmp_path):
+    import soundfile
+
+    ref, _, _ = reference_wav(tiny_corpus, tmp_path / "ref.wav")
+    out = tmp_path / "out.wav"
+    cli = [sys.executable, "-m", "tinysora", "speak"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--model", str(tiny_tts / "model"), "--ref", str(ref), "-o", str(out)]
+    done = subprocess.run(cli + ["Hello there \U0001f600.", *common, "--seed", "2"],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 character" in done.stderr and "wrote" in done.stdout
+    assert soundfile.info(str(out)).samplerate == 16000 and soundfile.info(str(out)).duration > 0
+    for bad, message in ((["", *common], "empty"),
+                         (["Hi.", *common[:-1], str(tmp_path / "x.mp3")], ".wav, .flac or .ogg"),
+                         (["Hi.", *common, "--speed", "9"], "speed must be in"),
+                         (["Hi.", "--model", str(tmp_path), "--ref", str(ref), "-o", str(out)],
+                          "has no gpt/")):  # fmt: skip
+        fail = subprocess.run(cli + bad, capture_output=True, text=True, env=env)
+        assert fail.returncode == 2 and fail.stderr.count("\n") == 1, fail.stderr
+        assert message in fail.stderr

@@ -1,0 +1,187 @@
+"""`tinysora train voice-gpt`: the GPT stage (``tinysora.voice.gpt``) on the corpus's
+phonemes and a voice model's content codes.
+
+Each example is laid out as inference will see it: a target utterance whose prompt is one
+or two other utterances of the same speaker (their codes first, their phonemes before the
+target's). A share of examples drop the prompt's phonemes (a reference without its
+transcript: the prompt's codes then carry no loss, nothing predicts them) and a share
+have no prompt at all. The loss is cross-entropy of the next code (and the final <eos>).
+
+Output directory::
+
+    OUT/features/           log-mels and codes of the corpus splits
+    OUT/checkpoints/        the shared Trainer's atomic, resumable checkpoints
+    OUT/log.jsonl           loss, accuracy, lr, s/step, MFU; held-out loss and accuracy
+    OUT/model/              the voice model's content/ + sovits/ + phonemes.txt, plus gpt/:
+                            a whole text-to-speech model (SpeechPipeline.from_pretrained)
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tinysora.config import Config
+from tinysora.device import resolve_device
+from tinysora.errors import UserError
+from tinysora.io.checkpoint import load_pretrained, save_pretrained
+from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir, step_generator
+from tinysora.train.voice import Split, load_split
+from tinysora.voice.content import ContentModel
+from tinysora.voice.gpt import GPTConfig, Text2Semantic
+from tinysora.voice.sovits import SynthesizerTrn, spectrogram_config
+from tinysora.voice.text import PhonemeVocab
+
+
+@dataclass
+class GPTDataConfig(Config):
+    corpus: str = "runs/voice/corpus"
+    voice: str = "weights/voice"  # a voice model directory: content/ + sovits/ + phonemes.txt
+    batch_size: int = 16
+    max_codes: int = 400  # prompt + target codes of one example (16 s at 25 Hz)
+    no_prompt: float = 0.1  # share of examples without a prompt
+    prompt_without_text: float = 0.3  # share of prompts without their phonemes
+    two_utterance_prompt: float = 0.4  # share of prompts made of two utterances
+
+
+@dataclass
+class VoiceGPTRecipe(Config):
+    data: GPTDataConfig = field(default_factory=GPTDataConfig)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val_batches: int = 4
+
+
+def example(split: Split, i: int, g: torch.Generator, d: GPTDataConfig, space: int):
+    """(phonemes, code inputs, code targets, loss mask) of target utterance ``i``."""
+    chance = lambda p: float(torch.rand(1, generator=g)) < p  # noqa: E731
+    target_codes = split.utterance_codes(i)[0]
+    peers = [j for j in split.by_speaker[int(split.data.speaker[i])] if j != i]
+    prompt = []
+    if peers and not chance(d.no_prompt):
+        n = 2 if chance(d.two_utterance_prompt) else 1
+        picks = torch.randperm(len(peers), generator=g)[:n].tolist()
+        prompt = [peers[k] for k in picks]
+    prompt_codes = [split.utterance_codes(j)[0] for j in prompt]
+    while prompt and sum(map(len, prompt_codes)) + len(target_codes) > d.max_codes:
+        prompt, prompt_codes = prompt[1:], prompt_codes[1:]
+    target_codes = target_codes[: d.max_codes]
+    with_text = not prompt or not chance(d.prompt_without_text)
+    phones = [split.data.utterance_phonemes(j) for j in (prompt if with_text else [])]
+    phones = [t for p in phones for t in (p, torch.tensor([space]))]
+    phonemes = torch.cat([*phones, split.data.utterance_phonemes(i)])
+    codes = torch.cat([*prompt_codes, target_codes])
+    free = 0 if with_text else len(codes) - len(target_codes)  # prompt codes given, no loss
+    return phonemes, codes, free
+
+
+def collate(items: list, bos: int, eos: int) -> dict:
+    b = len(items)
+    p_max = max(len(x[0]) for x in items)
+    t_max = max(len(x[1]) for x in items) + 1
+    batch = {
+        "phonemes": torch.zeros(b, p_max, dtype=torch.long),
+        "phone_lengths": torch.tensor([len(x[0]) for x in items]),
+        "inputs": torch.zeros(b, t_max, dtype=torch.long),
+        "targets": torch.full((b, t_max), -100, dtype=torch.long),  # -100: no loss
+        "code_lengths": torch.tensor([len(x[1]) + 1 for x in items]),
+    }
+    for k, (phonemes, codes, free) in enumerate(items):
+        n = len(codes)
+        batch["phonemes"][k, : len(phonemes)] = phonemes
+        batch["inputs"][k, 0], batch["inputs"][k, 1 : n + 1] = bos, codes
+        batch["targets"][k, :n], batch["targets"][k, n] = codes, eos
+        batch["targets"][k, :free] = -100
+    return batch
+
+
+def make_batch(split: Split, recipe: VoiceGPTRecipe, g: torch.Generator, space: int) -> dict:
+    ids = torch.randint(len(split.data), (recipe.data.batch_size,), generator=g).tolist()
+    c = recipe.model
+    return collate([example(split, i, g, recipe.data, space) for i in ids], c.bos, c.eos)
+
+
+def gpt_loss(model, batch) -> tuple[torch.Tensor, dict]:
+    logits = model(batch["phonemes"], batch["phone_lengths"], batch["inputs"],
+                   batch["code_lengths"])  # fmt: skip
+    targets = batch["targets"]
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    scored = targets != -100
+    acc = (logits.argmax(-1) == targets)[scored].float().mean()
+    return loss, {"acc": acc.detach()}
+
+
+def codes_per_phoneme(split: Split) -> torch.Tensor:
+    """(U,) codes / phonemes of each utterance."""
+    codes = (split.code_offsets[1:] - split.code_offsets[:-1]).float()
+    phones = (split.data.phone_offsets[1:] - split.data.phone_offsets[:-1]).float()
+    return codes / phones.clamp(min=1)
+
+
+def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = False,
+                    device: str | None = None, stop_at: int | None = None) -> Path:  # fmt: skip
+    recipe = VoiceGPTRecipe.load(config_path)
+    out = Path(out)
+    check_run_dir(out, resume)
+    voice = Path(recipe.data.voice)
+    missing = [n for n in ("content", "sovits", "phonemes.txt") if not (voice / n).exists()]
+    if missing:
+        raise UserError(f"data.voice '{voice}' is not a voice model directory (missing "
+                        f"{', '.join(missing)}); point it at weights/voice or a `tinysora "
+                        "train voice` run's model/")  # fmt: skip
+    device = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    content = load_pretrained(ContentModel, voice / "content")
+    sovits = load_pretrained(SynthesizerTrn, voice / "sovits")
+    vocab = PhonemeVocab(voice / "phonemes.txt")
+    spec = spectrogram_config(sovits.config)
+    train = load_split(recipe.data.corpus, spec, out, "train", content, keep_wav=False)
+    val = load_split(recipe.data.corpus, spec, out, "test_seen", content, train.data.speakers,
+                     keep_wav=False)  # fmt: skip
+    c = recipe.model
+    c.n_phonemes, c.codebook_size = len(vocab), content.config.codec.codebook_size
+    ratio = codes_per_phoneme(train)
+    c.min_codes_per_phoneme = float(torch.quantile(ratio, 0.005))
+    c.max_codes_per_phoneme = float(torch.quantile(ratio, 0.995))
+    recipe.save(out / "recipe.json")
+    space = vocab.index[" "]
+    torch.manual_seed(recipe.train.seed)
+    model = Text2Semantic(c).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"GPT: {n_params / 1e6:.2f} M parameters; {len(train.data)} train utterances; "
+          f"{c.min_codes_per_phoneme:.2f}-{c.max_codes_per_phoneme:.2f} codes per phoneme")
+
+    val_batches = [make_batch(val, recipe, torch.Generator().manual_seed(10_000 + k), space)
+                   for k in range(recipe.val_batches)]  # fmt: skip
+
+    def evaluate(m) -> dict[str, float]:
+        scores = [gpt_loss(m, {k: v.to(device) for k, v in b.items()}) for b in val_batches]
+        return {"val_loss": sum(float(s[0]) for s in scores) / len(scores),
+                "val_acc": sum(float(s[1]["acc"]) for s in scores) / len(scores)}  # fmt: skip
+
+    def tokens(batch) -> int:
+        return int(batch["phone_lengths"].sum() + batch["code_lengths"].sum())
+
+    trainer = Trainer(
+        model, recipe.train, out, gpt_loss,
+        lambda step: make_batch(train, recipe, step_generator(recipe.train.seed, step), space),
+        eval_fn=evaluate, flops_per_step=lambda b: 6.0 * n_params * tokens(b),
+        tokens_per_step=tokens,
+    )  # fmt: skip
+    if resume and trainer.load_checkpoint():
+        print(f"resumed from step {trainer.step}")
+    trainer.fit(stop_at)
+    model_dir = out / "model"
+    for name in ("content", "sovits"):
+        shutil.copytree(voice / name, model_dir / name, dirs_exist_ok=True)
+    shutil.copyfile(voice / "phonemes.txt", model_dir / "phonemes.txt")
+    model.load_state_dict(trainer.ema_state())
+    save_pretrained(model.eval().cpu(), c, model_dir / "gpt")
+    print(f"saved {model_dir}")
+    return model_dir

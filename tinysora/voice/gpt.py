@@ -1,0 +1,279 @@
+"""The GPT stage (text2semantic, GPT-SoVITS's s1), sized for a 2-core CPU: phonemes ->
+semantic codes, continuing a reference clip's codes in its voice and pace.
+
+One decoder-only transformer over one sequence per example::
+
+    [ phonemes of (reference transcript +) text | <bos> reference codes  target codes <eos> ]
+      bidirectional among themselves              causal; every code sees all phonemes
+
+The phoneme prefix attends only to itself (a text encoder in the same weights), the code
+part is causal and sees the whole prefix: a prefix LM. Positions are sinusoidal and
+counted per segment (phonemes from 0, codes from 0), plus a learned segment vector.
+
+Training (``tinysora train voice-gpt``) pairs an utterance with one or two others of the
+same speaker as its prompt; inference fills the prompt with the reference clip's codes
+(and its transcript's phonemes when given) and samples the rest with a KV cache:
+``sample_codes`` (top-k / top-p / temperature / repetition penalty). The guards against
+GPT-SoVITS's reported failures live there too: no <eos> before a minimum number of codes
+per phoneme (truncation, swallowed endings), a hard maximum (endless output), and a loop
+detector (``find_loop``) that the speech pipeline answers by resampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinysora.config import Config
+
+
+@dataclass
+class GPTConfig(Config):
+    n_phonemes: int = 70  # the phoneme vocabulary's size (voice/phonemes.txt)
+    codebook_size: int = 1024  # the content codec's codes; <eos> and <bos> follow them
+    dim: int = 256
+    layers: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    # codes per phoneme of the training corpus (its 0.5th and 99.5th percentiles, set by
+    # the trainer): the bounds a generation is held to
+    min_codes_per_phoneme: float = 0.6
+    max_codes_per_phoneme: float = 3.0
+
+    @property
+    def eos(self) -> int:
+        return self.codebook_size
+
+    @property
+    def bos(self) -> int:
+        return self.codebook_size + 1
+
+
+def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., ) integer positions -> (..., dim) sin/cos features (Transformer's)."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    angle = positions.float()[..., None] * freq  # (..., half)
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+def prefix_lm_mask(phone_lengths: torch.Tensor, p: int, code_lengths: torch.Tensor, t: int):
+    """(B, 1, P + T, P + T) bool, True = may attend: phoneme queries see the valid
+    phonemes; code queries see the valid phonemes and the codes up to themselves."""
+    n = p + t
+    j = torch.arange(n, device=phone_lengths.device)
+    valid = torch.cat([j[None, :p] < phone_lengths[:, None],
+                       (j[None, p:] - p) < code_lengths[:, None]], dim=1)  # (B, N)  # fmt: skip
+    code_key, code_query = j >= p, (j >= p)[:, None]
+    allowed = ~code_key[None, :] | (code_query & (j[None, :] <= j[:, None]))  # (N, N)
+    return (allowed[None] & valid[:, None, :])[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, mask=None, cache: list | None = None):
+        """x (B, N, D). ``cache``: [k, v] of the previous positions, extended in place
+        (then ``mask`` None: the new positions see everything cached and each other
+        causally; one new position at a time in sampling)."""
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (B, H, N, d)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class GPTBlock(nn.Module):
+    """Pre-norm attention + MLP, dropout on both residual branches (none inside attention:
+    it would force SDPA's slow path); both output projections start at zero."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+        for zero in (self.attn.proj, self.mlp[2]):
+            nn.init.zeros_(zero.weight)
+            nn.init.zeros_(zero.bias)
+
+    def forward(self, x, mask=None, cache=None):
+        x = x + self.drop(self.attn(self.norm1(x), mask, cache))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Text2Semantic(nn.Module):
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = c = config
+        self.phone_emb = nn.Embedding(c.n_phonemes, c.dim)
+        self.code_emb = nn.Embedding(c.codebook_size + 2, c.dim)  # codes, <eos>, <bos>
+        self.segment = nn.Parameter(torch.zeros(2, c.dim))  # phoneme / code segment
+        self.blocks = nn.ModuleList(
+            GPTBlock(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.layers)
+        )
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.codebook_size + 1)  # next code or <eos>
+        nn.init.normal_(self.phone_emb.weight, std=0.02)
+        nn.init.normal_(self.code_emb.weight, std=0.02)
+
+    def embed_phonemes(self, phonemes: torch.Tensor) -> torch.Tensor:
+        """(B, P) ids -> (B, P, D)."""
+        pos = torch.arange(phonemes.shape[1], device=phonemes.device)
+        return self.phone_emb(phonemes) + sinusoid(pos, self.config.dim) + self.segment[0]
+
+    def embed_codes(self, codes: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """(B, T) code-side ids (codes, <bos>) at positions first.. -> (B, T, D)."""
+        pos = torch.arange(first, first + codes.shape[1], device=codes.device)
+        return self.code_emb(codes) + sinusoid(pos, self.config.dim) + self.segment[1]
+
+    def forward(self, phonemes, phone_lengths, codes, code_lengths) -> torch.Tensor:
+        """Teacher forcing. phonemes (B, P), codes (B, T) = [<bos>, c_0 .. c_{T-2}] (the
+        inputs), lengths (B,) -> logits (B, T, codebook_size + 1) of the next code."""
+        p = phonemes.shape[1]
+        x = torch.cat([self.embed_phonemes(phonemes), self.embed_codes(codes)], dim=1)
+        mask = prefix_lm_mask(phone_lengths, p, code_lengths, codes.shape[1])
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x[:, p:]))
+
+    @torch.no_grad()
+    def stream(self, phonemes: torch.Tensor, prompt: torch.Tensor) -> Iterator[torch.Tensor]:
+        """KV-cached decoding of one sequence. phonemes (P,), prompt (T0,) codes. Yields
+        the next-code logits (V,), then expects ``.send(code)`` of the chosen code."""
+        dev = phonemes.device
+        caches: list[list] = [[] for _ in self.blocks]
+        codes = torch.cat([torch.tensor([self.config.bos], device=dev), prompt])
+        x = torch.cat([self.embed_phonemes(phonemes[None]), self.embed_codes(codes[None])], 1)
+        p = phonemes.shape[0]
+        mask = prefix_lm_mask(torch.tensor([p], device=dev), p,
+                              torch.tensor([len(codes)], device=dev), len(codes))  # fmt: skip
+        position = len(codes)
+        while True:
+            for block, cache in zip(self.blocks, caches, strict=True):
+                x = block(x, mask, cache)
+            code = yield self.head(self.norm(x[0, -1])).float()
+            x, mask = self.embed_codes(torch.tensor([[code]], device=dev), position), None
+            position += 1
+
+
+def filter_logits(
+    logits: torch.Tensor,
+    history: torch.Tensor,
+    top_k: int,
+    top_p: float,
+    temperature: float,
+    repetition_penalty: float,
+) -> torch.Tensor:
+    """(V,) logits -> (V,) logits for sampling: codes in ``history`` penalized (positive
+    logits divided, negative multiplied by the penalty), scaled by 1 / temperature, then
+    only the top-k, and of those the smallest set holding ``top_p`` of the probability."""
+    logits = logits.clone()
+    if repetition_penalty != 1.0 and len(history):
+        seen, r = logits[history], repetition_penalty
+        logits[history] = torch.where(seen > 0, seen / r, seen * r)
+    logits = logits / max(temperature, 1e-5)
+    if 0 < top_k < len(logits):
+        kth = torch.topk(logits, top_k).values[-1]
+        logits[logits < kth] = -float("inf")
+    if top_p < 1.0:
+        ordered, index = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(ordered, -1).cumsum(-1)
+        drop = cumulative - torch.softmax(ordered, -1) >= top_p  # mass before it already >= p
+        logits[index[drop]] = -float("inf")
+    return logits
+
+
+def find_loop(codes: list[int], min_period: int = 6, max_period: int = 60, repeats: int = 3):
+    """The period of a block of ``min_period``..``max_period`` codes that the end of
+    ``codes`` repeats ``repeats`` times in a row exactly (the loop of a stuck GPT: the same
+    word or syllable again and again), else None. Runs of one code (silence) are not
+    loops of this kind; the length bound stops those."""
+    n = len(codes)
+    for period in range(min_period, min(max_period, n // repeats) + 1):
+        tail = codes[n - period :]
+        if len(set(tail)) < 3:
+            continue
+        if all(codes[n - (r + 1) * period : n - r * period] == tail for r in range(1, repeats)):
+            return period
+    return None
+
+
+@dataclass
+class SamplingConfig:
+    """GPT-SoVITS's knobs (api_v2 ``/tts``)."""
+
+    top_k: int = 15
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.35
+    history: int = 50  # the repetition penalty looks this many codes back
+
+
+@dataclass
+class Generation:
+    codes: list[int]
+    stop: str  # "eos", "limit" (hit the maximum) or "loop" (a loop was cut off)
+
+
+def sample_codes(
+    model: Text2Semantic,
+    phonemes: torch.Tensor,
+    prompt: torch.Tensor,
+    n_target_phonemes: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+) -> Iterator[int | Generation]:
+    """Sample target codes one at a time (yielded as ints), then a ``Generation``.
+
+    Guards: <eos> is masked until ``min_codes_per_phoneme x n_target_phonemes`` codes;
+    generation stops at ``max_codes_per_phoneme x n_target_phonemes`` ("limit"); a loop
+    (``find_loop``) is cut off at its first repeat and stops it ("loop")."""
+    c = model.config
+    low = int(c.min_codes_per_phoneme * n_target_phonemes)
+    high = max(low + 1, math.ceil(c.max_codes_per_phoneme * n_target_phonemes))
+    out: list[int] = []
+    steps = model.stream(phonemes, prompt)
+    logits = next(steps)
+    while True:
+        if len(out) < low:  # before the filters, so top-k picks among the codes
+            logits[c.eos] = -float("inf")
+        history = torch.tensor(out[-sampling.history :], dtype=torch.long)
+        logits = filter_logits(logits, history, sampling.top_k, sampling.top_p,
+                               sampling.temperature, sampling.repetition_penalty)  # fmt: skip
+        probs = torch.softmax(logits, -1)
+        code = int(torch.multinomial(probs, 1, generator=generator))
+        if code == c.eos:
+            steps.close()
+            yield Generation(out, "eos")
+            return
+        out.append(code)
+        period = find_loop(out)
+        if period is not None:
+            del out[-(2 * period) :]  # keep one copy of the repeated block
+            steps.close()
+            yield Generation(out, "loop")
+            return
+        yield code
+        if len(out) >= high:
+            steps.close()
+            yield Generation(out, "limit")
+            return
+        logits = steps.send(code)

@@ -1,0 +1,323 @@
+"""Zero-shot text-to-speech, GPT-SoVITS's pipeline: text -> phonemes -> GPT -> semantic
+codes -> SoVITS -> waveform, in the voice of a 3-10 s reference clip.
+
+    from tinysora.voice.speech import SpeechPipeline
+    tts = SpeechPipeline.from_pretrained()           # weights/voice, or a voice-gpt run's model/
+    out = tts("Hello there. How are you?", ref_audio="ref.wav", ref_text="What ref says.")
+    tts.save(out.audio, "out.wav")                   # float32 at tts.sample_rate
+    for chunk in tts.stream("Long text ...", ref_audio="ref.wav"):
+        ...                                          # audio as the codes come
+
+The reference gives the GPT its prompt (its codes, and its transcript's phonemes when
+``ref_text`` is given) and SoVITS its style vector. Text is cut at sentence boundaries
+(and long sentences at commas, then between words) into pieces of at most
+``MAX_PIECE_PHONEMES``; each piece is generated on its own and the pieces are joined with
+pauses. A piece whose GPT run ends in a loop or at the length bound (``gpt.sample_codes``)
+is sampled again with the next seed, up to ``retries`` times.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tinysora.errors import UserError
+from tinysora.io.checkpoint import load_pretrained
+from tinysora.voice.audio import AudioError, check_reference
+from tinysora.voice.convert import BUNDLED, VoiceConverter
+from tinysora.voice.gpt import Generation, SamplingConfig, Text2Semantic, sample_codes
+from tinysora.voice.text import TextError, normalize_text, phonemize
+
+MAX_TEXT_CHARS = 2000
+MAX_PIECE_PHONEMES = 120  # ~7 s of speech: the length the GPT trained on, with a prompt
+SENTENCE_PAUSE_S = 0.3
+CLAUSE_PAUSE_S = 0.15
+WORD_PAUSE_S = 0.05
+SPEEDS = (0.5, 2.0)
+# characters read as they are; anything else is skipped with a warning
+PUNCTUATION = set(".,!?;:'\"-()")
+
+
+def clean_text(text: str) -> str:
+    """The text to speak: letters (Latin script), digits, spaces and plain punctuation.
+    Other characters (emoji, other scripts, symbols) are skipped with a warning; empty
+    text, text of punctuation only, and text over ``MAX_TEXT_CHARS`` are errors."""
+    if not isinstance(text, str) or not text.strip():
+        raise TextError("text is empty; give a sentence to say")
+    if len(text) > MAX_TEXT_CHARS:
+        raise TextError(f"text is {len(text)} characters long; the cap is {MAX_TEXT_CHARS} "
+                        "(split it into several requests)")  # fmt: skip
+    text = normalize_text(text)
+    kept, skipped = [], []
+    for ch in text:
+        latin = ch.isalpha() and "LATIN" in unicodedata.name(ch, "")
+        if latin or ch.isdigit() and ch.isascii() or ch == " " or ch in PUNCTUATION:
+            kept.append(ch)
+        else:
+            skipped.append(ch)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} character(s) that cannot be spoken: "
+                      f"{''.join(sorted(set(skipped)))!r}", stacklevel=3)  # fmt: skip
+    cleaned = re.sub(r"\s+", " ", "".join(kept)).strip()
+    if not any(ch.isalnum() for ch in cleaned):
+        raise TextError(f"text {text[:40]!r} has no words to say (only punctuation, emoji or "
+                        "symbols); give a sentence")  # fmt: skip
+    return cleaned
+
+
+def split_sentences(text: str) -> list[tuple[str, float]]:
+    """Cleaned text -> [(sentence, pause after it in seconds)]: cut after . ! ? ; : ."""
+    parts = re.split(r"(?<=[.!?;:])\s+", text)
+    return [(p, SENTENCE_PAUSE_S) for p in parts if any(ch.isalnum() for ch in p)]
+
+
+@dataclass
+class Piece:
+    text: str
+    phonemes: list[int]
+    pause_s: float  # silence after it
+
+
+@dataclass
+class SpeechOutput:
+    audio: np.ndarray  # float32 in [-1, 1]
+    sample_rate: int
+    pieces: list[dict] = field(default_factory=list)  # text, codes, stop, attempts each
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+@dataclass
+class Reference:
+    wav: np.ndarray
+    mel: torch.Tensor  # (1, n_mels, R)
+    codes: torch.Tensor  # (T0,) the GPT's prompt
+    phonemes: list[int]  # of ref_text, [] without it
+
+
+class SpeechPipeline:
+    def __init__(self, gpt: Text2Semantic, voice: VoiceConverter):
+        self.gpt, self.voice = gpt.eval(), voice
+        self.vocab = voice.vocab
+        self.space = self.vocab.index[" "]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.voice.sample_rate
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path | None = None) -> SpeechPipeline:
+        """A directory with ``gpt/``, ``content/``, ``sovits/`` and ``phonemes.txt`` (the
+        bundled ``weights/voice`` by default, or ``tinysora train voice-gpt``'s OUT/model)."""
+        root = Path(directory) if directory is not None else BUNDLED
+        if not (root / "gpt").is_dir():
+            raise UserError(f"'{root}' has no gpt/ (the text-to-speech stage); train one: "
+                            "tinysora train voice-gpt --config configs/voice_gpt.toml")  # fmt: skip
+        gpt = load_pretrained(Text2Semantic, root / "gpt")
+        return cls(gpt, VoiceConverter.from_pretrained(root))
+
+    # ------------------------------------------------------------------ inputs
+    def pieces(self, text: str) -> list[Piece]:
+        """Text -> pieces of at most MAX_PIECE_PHONEMES phonemes, with their pauses."""
+        out = []
+        for sentence, pause in split_sentences(clean_text(text)):
+            out.extend(self._cut(sentence, pause))
+        if not out:
+            raise TextError(f"text {text[:40]!r} has no words to say; give a sentence")
+        return out
+
+    def _cut(self, sentence: str, pause: float) -> list[Piece]:
+        ids = self.vocab.encode(phonemize([sentence])[0])
+        if len(ids) <= MAX_PIECE_PHONEMES:
+            return [Piece(sentence, ids, pause)] if ids else []
+        parts = re.split(r"(?<=,)\s+", sentence)  # at commas, else between words
+        if len(parts) == 1:
+            parts = sentence.split()
+        if len(parts) == 1:  # one endless word: its first phonemes
+            return [Piece(sentence, ids[:MAX_PIECE_PHONEMES], pause)]
+        first, second = " ".join(parts[: len(parts) // 2]), " ".join(parts[len(parts) // 2 :])
+        mid = CLAUSE_PAUSE_S if first.endswith(",") else WORD_PAUSE_S
+        return [*self._cut(first, mid), *self._cut(second, pause)]
+
+    def reference(self, ref_audio: str | Path | np.ndarray, ref_text: str | None = None):
+        """The reference clip (a path, or samples at ``sample_rate``) checked (3-10 s, not
+        silent) and encoded: its log-mel, its codes, its transcript's phonemes."""
+        wav = self.voice._audio(ref_audio, "reference")
+        wav = check_reference(wav, self.sample_rate)
+        mel = self.voice._mel(wav)
+        codes = self.voice.content.codes(mel)[0, 0]  # (T0,) first quantizer
+        phonemes = []
+        if ref_text:
+            phonemes = self.vocab.encode(phonemize([clean_text(ref_text)])[0])
+        return Reference(wav, mel, codes, phonemes)
+
+    def _prompt(self, ref: Reference, piece: Piece) -> torch.Tensor:
+        ids = [*ref.phonemes, self.space, *piece.phonemes] if ref.phonemes else piece.phonemes
+        return torch.tensor(ids)
+
+    # ------------------------------------------------------------------ synthesis
+    def codes(self, ref: Reference, piece: Piece, sampling: SamplingConfig, seed: int,
+              retries: int) -> tuple[Generation, int]:  # fmt: skip
+        """The piece's codes, resampled (next seed) while a run ends in a loop or at the
+        length bound; returns the first clean run, else the last, and the attempts."""
+        for attempt in range(retries + 1):
+            g = torch.Generator().manual_seed(seed + 7919 * attempt)
+            *_, result = sample_codes(self.gpt, self._prompt(ref, piece), ref.codes,
+                                      len(piece.phonemes), sampling, g)  # fmt: skip
+            if result.stop == "eos":
+                break
+        return result, attempt + 1
+
+    def vocode(self, codes: list[int], ref: Reference, piece: Piece, noise_scale: float,
+               seed: int, speed: float) -> np.ndarray:  # fmt: skip
+        if not codes:
+            return np.zeros(0, np.float32)
+        wav = self.voice.sovits.infer(
+            torch.tensor(codes)[None, None], torch.tensor([piece.phonemes]), ref.mel,
+            noise_scale, torch.Generator().manual_seed(seed), speed,
+        )  # fmt: skip
+        return wav.float().numpy()
+
+    def _silence(self, seconds: float, speed: float) -> np.ndarray:
+        return np.zeros(int(seconds / speed * self.sample_rate), np.float32)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        text: str,
+        ref_audio: str | Path | np.ndarray,
+        ref_text: str | None = None,
+        top_k: int = 15,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        repetition_penalty: float = 1.35,
+        speed: float = 1.0,
+        seed: int = 0,
+        noise_scale: float = 0.5,
+        retries: int = 2,
+    ) -> SpeechOutput:
+        sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
+        pieces = self.pieces(text)
+        ref = self.reference(ref_audio, ref_text)
+        parts, info = [], []
+        for k, piece in enumerate(pieces):
+            result, attempts = self.codes(ref, piece, sampling, seed + k, retries)
+            parts.append(self.vocode(result.codes, ref, piece, noise_scale, seed + k, speed))
+            if k < len(pieces) - 1:
+                parts.append(self._silence(piece.pause_s, speed))
+            info.append({"text": piece.text, "phonemes": len(piece.phonemes),
+                         "codes": len(result.codes), "stop": result.stop,
+                         "attempts": attempts})  # fmt: skip
+        return SpeechOutput(np.concatenate(parts), self.sample_rate, info)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        text: str,
+        ref_audio: str | Path | np.ndarray,
+        ref_text: str | None = None,
+        top_k: int = 15,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        repetition_penalty: float = 1.35,
+        speed: float = 1.0,
+        seed: int = 0,
+        noise_scale: float = 0.5,
+        first_chunk_codes: int = 8,
+        chunk_codes: int = 25,
+        lookahead_codes: int = 4,
+        context_codes: int = 25,
+    ) -> Iterator[np.ndarray]:
+        """Yield float32 audio chunks as the GPT's codes come: the first after
+        ``first_chunk_codes`` + ``lookahead_codes`` codes (0.5 s of speech), then about
+        every ``chunk_codes``. Each chunk is SoVITS on the new codes with
+        ``context_codes`` before them and ``lookahead_codes`` after, cross-faded into the
+        last one. A loop is cut where it is found (no resampling: its start may already
+        be out)."""
+        sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
+        pieces = self.pieces(text)
+        ref = self.reference(ref_audio, ref_text)
+        for k, piece in enumerate(pieces):
+            g = torch.Generator().manual_seed(seed + k)
+            codes: list[int] = []
+            window = _StreamWindow(self, ref, piece, noise_scale, seed + k, speed,
+                                   context_codes, lookahead_codes)  # fmt: skip
+            due = first_chunk_codes + lookahead_codes
+            for item in sample_codes(self.gpt, self._prompt(ref, piece), ref.codes,
+                                     len(piece.phonemes), sampling, g):  # fmt: skip
+                if isinstance(item, Generation):
+                    codes = item.codes
+                    break
+                codes.append(item)
+                if len(codes) >= due:
+                    chunk = window.emit(codes, final=False)
+                    if len(chunk):
+                        yield chunk
+                    due = len(codes) + chunk_codes
+            chunk = window.emit(codes, final=True)
+            if len(chunk):
+                yield chunk
+            if k < len(pieces) - 1:
+                yield self._silence(piece.pause_s, speed)
+
+
+class _StreamWindow:
+    """Bookkeeping of one piece's streamed audio: which codes are out, the cross-fade."""
+
+    FADE_S = 0.02
+
+    def __init__(self, tts: SpeechPipeline, ref, piece, noise_scale, seed, speed, context,
+                 lookahead):  # fmt: skip
+        self.tts, self.ref, self.piece = tts, ref, piece
+        self.noise_scale, self.seed, self.speed = noise_scale, seed, speed
+        self.context, self.lookahead = context, lookahead
+        self.samples_per_code = 2 * tts.voice.spec.hop / speed
+        self.fade = int(self.FADE_S * tts.sample_rate)
+        self.done = 0  # codes whose audio is out
+        self.tail = np.zeros(0, np.float32)  # audio past the last cut, to fade into
+        self.calls = 0
+
+    def emit(self, codes: list[int], final: bool) -> np.ndarray:
+        end = len(codes) if final else len(codes) - self.lookahead
+        if end <= self.done:  # nothing new (or a loop was cut below what is out)
+            return np.zeros(0, np.float32)
+        start = max(0, self.done - self.context)
+        self.calls += 1
+        wav = self.tts.vocode(codes[start:], self.ref, self.piece, self.noise_scale,
+                              self.seed + self.calls, self.speed)  # fmt: skip
+        at = lambda code: int(round((code - start) * self.samples_per_code))  # noqa: E731
+        new = wav[at(self.done) : len(wav) if final else at(end)].copy()
+        n = min(self.fade, len(self.tail), len(new))
+        if n:
+            w = np.linspace(0.0, 1.0, n, dtype=np.float32)
+            new[:n] = self.tail[:n] * (1 - w) + new[:n] * w
+        self.tail = np.zeros(0, np.float32) if final else wav[at(end) : at(end) + self.fade].copy()
+        self.done = end
+        return new
+
+
+def check_sampling(top_k, top_p, temperature, repetition_penalty, speed) -> SamplingConfig:
+    """The knobs, each checked with a one-line error naming it."""
+    if not (isinstance(top_k, int) and top_k >= 0):
+        raise UserError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not 0.0 < temperature <= 5.0:
+        raise UserError(f"temperature must be in (0, 5], got {temperature!r}")
+    if not 1.0 <= repetition_penalty <= 5.0:
+        raise UserError(f"repetition_penalty must be in [1, 5], got {repetition_penalty!r}")
+    if not SPEEDS[0] <= speed <= SPEEDS[1]:
+        raise UserError(f"speed must be in [{SPEEDS[0]:g}, {SPEEDS[1]:g}], got {speed!r}")
+    return SamplingConfig(top_k, top_p, temperature, repetition_penalty)
+
+
+__all__ = ["SpeechPipeline", "SpeechOutput", "AudioError", "TextError", "clean_text"]
