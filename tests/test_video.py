@@ -474,3 +474,26 @@ def test_write_onto_a_folder(tmp_path: Path) -> None:
     with pytest.raises(VideoError) as excinfo:
         write_video(path, make_clip(2, 8, 8))
     assert_one_line_error(excinfo, path)
+
+
+def test_sound_track_is_fitted_to_the_clip(tmp_path):
+    from tinysora.io.video import audio_info
+
+    frames = np.zeros((9, 32, 32, 3), np.uint8)
+    tone = (0.3 * np.sin(np.arange(16000 * 3) / 16000 * 2 * np.pi * 440)).astype(np.float32)
+    for seconds in (0.5, 3.0):  # shorter than the clip: padded; longer: cut
+        sound = tone[: int(seconds * 16000)]
+        path = write_video(tmp_path / f"{seconds}.mp4", frames, 8, audio=sound, audio_rate=16000)
+        info = audio_info(path)
+        assert info["codec"] == "aac" and info["sample_rate"] == 16000
+        assert abs(info["seconds"] - 9 / 8) < 0.01
+        assert read_video(path)[0].shape == frames.shape
+    assert audio_info(write_video(tmp_path / "quiet.mp4", frames, 8)) is None
+    nan = np.full(10, np.nan, np.float32)
+    for kwargs, message in ((dict(audio=tone, audio_rate=None), "audio_rate"),
+                            (dict(audio=tone[:, None], audio_rate=16000), "1-D float"),
+                            (dict(audio=nan, audio_rate=16000), "NaN")):  # fmt: skip
+        with pytest.raises(VideoError, match=message):
+            write_video(tmp_path / "bad.mp4", frames, 8, **kwargs)
+    with pytest.raises(VideoError, match="sound track"):
+        write_video(tmp_path / "a.gif", frames, 8, audio=tone, audio_rate=16000)

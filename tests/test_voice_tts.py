@@ -243,3 +243,35 @@ def test_speak_cli(tiny_tts, tiny_corpus, tmp_path):
         fail = subprocess.run(cli + bad, capture_output=True, text=True, env=env)
         assert fail.returncode == 2 and fail.stderr.count("\n") == 1, fail.stderr
         assert message in fail.stderr
+
+
+def test_frames_covering():
+    from tinysora.pipeline import frames_covering
+
+    assert frames_covering(2.0, 8) == 17  # 16 frames would do; 1 + 4k makes it 17
+    assert frames_covering(2.125, 8) == 17 and frames_covering(2.13, 8) == 21
+    assert frames_covering(0.0, 8) == 1
+
+
+def test_generate_narrated_video(tiny_tts, tiny_corpus, tmp_path):
+    """`tinysora generate --narrate`: the speech comes first and the clip is extended to
+    hold it; the mp4's AAC track and H.264 track last the same within one frame."""
+    from tinysora.io.video import audio_info, video_info
+
+    ref, _, _ = reference_wav(tiny_corpus, tmp_path / "ref.wav")
+    out = tmp_path / "narrated.mp4"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "tinysora", "generate", "a red circle moving left",
+           "--steps", "2", "--frames", "5", "-o", str(out), "--voice-model",
+           str(tiny_tts / "model"), "--voice", str(ref)]  # fmt: skip
+    text = "The red circle moves to the left. Then it stops."
+    done = subprocess.run(cli + ["--narrate", text], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    video, audio = video_info(out), audio_info(out)
+    assert audio["codec"] == "aac" and video["codec"] == "h264"
+    seconds = video["frames"] / video["fps"]
+    assert video["frames"] > 5  # extended from --frames 5 to hold the speech
+    assert abs(audio["seconds"] - seconds) <= 1 / video["fps"]
+    silent = subprocess.run(cli[:-4] + ["-o", str(tmp_path / "x.gif"), "--narrate", "Hi."],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert silent.returncode == 2 and ".mp4, .mov or .mkv" in silent.stderr

@@ -170,6 +170,9 @@ def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
     print(path.resolve())
 
 
+NARRATION_WINDOW = 17  # frames a narrated clip is generated in when the speech outlasts it
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     import time
 
@@ -180,16 +183,31 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from tinysora.pipeline import TextToVideoPipeline, export_to_video
 
     out = args.output or f"outputs/generate_{args.seed}.mp4"
-    check_output_path(out)  # a bad name fails now, not after sampling
+    suffix = check_output_path(out)  # a bad name fails now, not after sampling
+    if args.narrate is not None and suffix not in (".mp4", ".mov", ".mkv"):
+        raise CliError(f"--narrate needs an .mp4, .mov or .mkv output (a sound track), got {out}")
+    if (args.voice or args.voice_text or args.voice_model) and args.narrate is None:
+        raise CliError("--voice, --voice-text and --voice-model go with --narrate TEXT")
     pipe = TextToVideoPipeline.from_pretrained(args.model, allow_pickle=args.allow_pickle)
     if args.lora:
         pipe.load_lora(args.lora, args.lora_scale)
     pipe.to(args.device)
     t_load = time.perf_counter() - t0
+    fps = args.fps or pipe.config.fps
+    frames, window, speech = args.frames, args.window, None
+    if args.narrate is not None:  # speech first: the clip is extended to its length
+        from tinysora.pipeline import frames_covering
+        from tinysora.voice.speech import SpeechPipeline
+
+        tts = SpeechPipeline.from_pretrained(args.voice_model)
+        speech = tts(args.narrate, ref_audio=args.voice, ref_text=args.voice_text, seed=args.seed)
+        frames = max(args.frames, frames_covering(speech.seconds, fps))
+        span = max(args.frames, NARRATION_WINDOW)  # a longer clip is made window by window
+        window = window or (span if frames > span else None)
     video = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
-        num_frames=args.frames,
+        num_frames=frames,
         height=args.height,
         width=args.width,
         num_inference_steps=args.steps,
@@ -202,11 +220,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         video=args.video,
         strength=args.strength,
         extend=args.extend,
-        window=args.window,
+        window=window,
         loop=args.loop,
     )
-    fps = args.fps or pipe.config.fps
-    path = export_to_video(video.frames, out, fps=fps)
+    sound = {} if speech is None else {"audio": speech.audio, "audio_rate": speech.sample_rate}
+    path = export_to_video(video.frames, out, fps=fps, **sound)
     t_total = time.perf_counter() - t0
     print(f"load {t_load:.1f} s, generate + write {t_total - t_load:.1f} s", file=sys.stderr)
     print(path.resolve())
@@ -400,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", type=int, help="frames per generation window for long clips (e.g. 17)"
     )
     gen.add_argument("--loop", action="store_true", help="make the clip end where it starts")
+    gen.add_argument(
+        "--narrate",
+        help="a voice-over to speak (mp4/mov/mkv get an AAC track); the clip is extended to "
+        "the speech's length, never cut (past 17 frames or --frames: window by window)",
+    )
+    gen.add_argument("--voice", help="narration: a 3-10 s clip of the voice (default: bundled)")
+    gen.add_argument("--voice-text", help="narration: the --voice clip's transcript (optional)")
+    gen.add_argument("--voice-model", help="narration: speech model (default: weights/voice)")
     gen.add_argument("--device", help=DEVICE_HELP)
     gen.set_defaults(func=_cmd_generate)
 

@@ -22,6 +22,7 @@ them (keyframes, extension, loop) and last ``__call__``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -125,11 +126,22 @@ def initial_noise(
     return torch.cat([draw_noise(one, g, shared, g.device) for g in generator])
 
 
-def export_to_video(frames, path: str | os.PathLike, fps: float = 8.0) -> Path:
-    """Write uint8 (T, H, W, 3) frames (or a list of PIL images) as mp4/gif/png/npy."""
+def frames_covering(seconds: float, fps: float) -> int:
+    """The fewest legal frames (1 + 4k) that last at least ``seconds`` at ``fps`` (a clip
+    of T frames lasts T / fps): how long a clip must be to hold a narration."""
+    frames = math.ceil(round(seconds * fps, 6))
+    return 1 + TIME_FACTOR * max(0, math.ceil((frames - 1) / TIME_FACTOR))
+
+
+def export_to_video(
+    frames, path: str | os.PathLike, fps: float = 8.0, audio=None, audio_rate: int | None = None
+) -> Path:
+    """Write uint8 (T, H, W, 3) frames (or a list of PIL images) as mp4/gif/png/npy;
+    ``audio`` (mono float samples at ``audio_rate``) as the mp4's AAC track, fitted to
+    the clip's length (tinysora.io.video)."""
     if isinstance(frames, list):
         frames = np.stack([np.asarray(f) for f in frames])
-    return write_video(path, frames, fps=fps)
+    return write_video(path, frames, fps=fps, audio=audio, audio_rate=audio_rate)
 
 
 def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:

@@ -12,6 +12,11 @@ Writing (:func:`write_video`) picks the format from the file suffix:
   :func:`write_contact_sheet`). Reading it back gives the sheet as one frame.
 * ``.npy`` -- the raw uint8 array, bit exact. The fps is not stored.
 
+An H.264 file can carry a sound track: ``write_video(..., audio=samples,
+audio_rate=16000)`` muxes mono float samples as AAC. The track is fitted to the clip:
+padded with silence (or cut) to exactly ``frames / fps`` seconds, so both streams end
+together (AAC's encoder delay aside, ~0.04 s). :func:`audio_info` reads a file's track.
+
 Every writer is atomic: data goes to a hidden temporary file in the target folder
 which is renamed over the target only once it is complete, so a crash never leaves
 a half-written file behind. Missing parent folders are created.
@@ -62,6 +67,7 @@ from tinysora.io.atomic import atomic_file
 
 __all__ = [
     "VideoError",
+    "audio_info",
     "check_output_path",
     "read_video",
     "video_info",
@@ -188,8 +194,29 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -
     return target
 
 
-def _encode_h264(tmp: Path, frames: np.ndarray, fps: float, crf: int, container_format: str):
-    """Encode frames with libx264/yuv420p, padding odd sizes by edge replication."""
+def fit_audio(audio: np.ndarray, rate: int, seconds: float) -> np.ndarray:
+    """Mono float32 samples padded with silence, or cut, to ``seconds``."""
+    n = round(seconds * rate)
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)[:n]
+    return np.pad(audio, (0, n - len(audio)))
+
+
+def _check_audio(audio: Any, rate: Any, path: str | os.PathLike[str]) -> np.ndarray:
+    if not _is_int_at_least(rate, 8000) or rate > 96000:
+        raise _error("write", path, f"audio_rate must be an integer 8000..96000 Hz, got {rate!r}")
+    array = np.asarray(audio)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        raise _error("write", path, "audio must be a non-empty 1-D float array (mono samples "
+                     f"in [-1, 1]), got {array.dtype} {array.shape}")  # fmt: skip
+    if not np.isfinite(array).all():
+        raise _error("write", path, "audio holds NaN or infinite samples")
+    return np.clip(array.astype(np.float32), -1.0, 1.0)
+
+
+def _encode_h264(tmp: Path, frames: np.ndarray, fps: float, crf: int, container_format: str,
+                 audio: np.ndarray | None = None, audio_rate: int = 0):  # fmt: skip
+    """Encode frames with libx264/yuv420p, padding odd sizes by edge replication; then
+    the sound track, if any, fitted to the frames' duration."""
     _, height, width, _ = frames.shape
     pad_h, pad_w = height % 2, width % 2
     rate = Fraction(fps).limit_denominator(1001)
@@ -202,6 +229,10 @@ def _encode_h264(tmp: Path, frames: np.ndarray, fps: float, crf: int, container_
         stream.options = {"crf": str(crf)}
         time_base = 1 / rate
         stream.codec_context.time_base = time_base
+        sound = None
+        if audio is not None:  # every stream is added before the first packet
+            sound = container.add_stream("aac", rate=audio_rate)
+            sound.layout = "mono"
         for index, frame in enumerate(frames):
             if pad_h or pad_w:
                 frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -210,6 +241,12 @@ def _encode_h264(tmp: Path, frames: np.ndarray, fps: float, crf: int, container_
             video_frame.time_base = time_base
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode(None))  # flush delayed frames
+        if sound is not None:
+            track = fit_audio(audio, audio_rate, len(frames) / fps)[None]  # (1, samples)
+            chunk = av.AudioFrame.from_ndarray(track, format="flt", layout="mono")
+            chunk.sample_rate, chunk.pts = audio_rate, 0
+            container.mux(sound.encode(chunk))  # PyAV cuts it into the encoder's frames
+            container.mux(sound.encode(None))
 
 
 def _gif_palette(frames: np.ndarray) -> Image.Image:
@@ -279,18 +316,31 @@ def check_output_path(path: str | os.PathLike[str]) -> str:
 
 
 def write_video(
-    path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8, *, crf: int = 18
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    fps: float = 8,
+    *,
+    crf: int = 18,
+    audio: np.ndarray | None = None,
+    audio_rate: int | None = None,
 ) -> Path:
     """Write ``frames`` (uint8, (T, H, W, 3) or (H, W, 3)) to ``path``; return the path.
 
     The format follows the suffix (``.mp4``/``.mov``/``.mkv`` H.264, ``.gif``, ``.png``
     contact sheet, ``.npy``); see the module docstring, including the odd-size rule for
     H.264. ``crf`` (0..51, lower is better, 18 is visually lossless) only affects H.264.
-    Raises VideoError for bad frames, bad fps/crf, an unknown suffix or an unwritable path.
+    ``audio`` (mono float samples at ``audio_rate`` Hz) becomes an AAC track of the
+    H.264 formats, padded with silence or cut to the clip's ``T / fps`` seconds.
+    Raises VideoError for bad frames, bad fps/crf/audio, an unknown suffix or an
+    unwritable path.
     """
     suffix = check_output_path(path)
     array = _check_frames(frames, path)
     rate = _check_fps(fps, path)
+    if audio is not None:
+        if suffix not in _H264_FORMATS:
+            raise _error("write", path, "only .mp4 / .mov / .mkv carry a sound track")
+        audio = _check_audio(audio, audio_rate, path)
     if suffix == ".gif":
         return write_gif(path, array, rate)
     if suffix == ".png":
@@ -300,7 +350,9 @@ def write_video(
     if not _is_int_at_least(crf, 0) or crf > 51:
         raise _error("write", path, f"crf must be an integer from 0 to 51, got {crf!r}")
     container_format = _H264_FORMATS[suffix]
-    return _atomic_write(path, lambda tmp: _encode_h264(tmp, array, rate, crf, container_format))
+    return _atomic_write(
+        path, lambda tmp: _encode_h264(tmp, array, rate, crf, container_format, audio, audio_rate)
+    )
 
 
 def write_gif(path: str | os.PathLike[str], frames: np.ndarray, fps: float) -> Path:
@@ -517,5 +569,24 @@ def video_info(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "codec": context.name,
                 "pix_fmt": context.pix_fmt,
             }
+    except _IO_ERRORS as exc:
+        raise _error("read", path, _reason(exc)) from exc
+
+
+def audio_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A file's first sound track: codec, sample_rate, seconds (the container's duration
+    of the track, else its decoded samples / rate); None when it has none."""
+    source = _check_input_file(path)
+    try:
+        with av.open(str(source), mode="r") as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            else:
+                seconds = sum(frame.samples for frame in container.decode(stream)) / rate
+            return {"codec": stream.codec_context.name, "sample_rate": rate, "seconds": seconds}
     except _IO_ERRORS as exc:
         raise _error("read", path, _reason(exc)) from exc

@@ -34,6 +34,7 @@ from tinysora.train.voice import Split, load_split
 from tinysora.voice.content import ContentModel
 from tinysora.voice.gpt import GPTConfig, Text2Semantic
 from tinysora.voice.sovits import SynthesizerTrn, spectrogram_config
+from tinysora.voice.speech import DEFAULT_VOICE
 from tinysora.voice.text import PhonemeVocab
 
 
@@ -180,7 +181,9 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
     model_dir = out / "model"
     for name in ("content", "sovits"):
         shutil.copytree(voice / name, model_dir / name, dirs_exist_ok=True)
-    shutil.copyfile(voice / "phonemes.txt", model_dir / "phonemes.txt")
+    for name in ("phonemes.txt", *DEFAULT_VOICE):
+        if (voice / name).is_file():
+            shutil.copyfile(voice / name, model_dir / name)
     model.load_state_dict(trainer.ema_state())
     save_pretrained(model.eval().cpu(), c, model_dir / "gpt")
     print(f"saved {model_dir}")

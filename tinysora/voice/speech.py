@@ -104,11 +104,16 @@ class Reference:
     phonemes: list[int]  # of ref_text, [] without it
 
 
+DEFAULT_VOICE = ("default_voice.wav", "default_voice.txt")  # in a model directory
+
+
 class SpeechPipeline:
-    def __init__(self, gpt: Text2Semantic, voice: VoiceConverter):
+    def __init__(self, gpt: Text2Semantic, voice: VoiceConverter,
+                 default_voice: tuple[Path, str] | None = None):  # fmt: skip
         self.gpt, self.voice = gpt.eval(), voice
         self.vocab = voice.vocab
         self.space = self.vocab.index[" "]
+        self.default_voice = default_voice  # (clip, its transcript): ref_audio=None
 
     @property
     def sample_rate(self) -> int:
@@ -123,7 +128,9 @@ class SpeechPipeline:
             raise UserError(f"'{root}' has no gpt/ (the text-to-speech stage); train one: "
                             "tinysora train voice-gpt --config configs/voice_gpt.toml")  # fmt: skip
         gpt = load_pretrained(Text2Semantic, root / "gpt")
-        return cls(gpt, VoiceConverter.from_pretrained(root))
+        clip, transcript = (root / name for name in DEFAULT_VOICE)
+        default = (clip, transcript.read_text().strip()) if clip.is_file() else None
+        return cls(gpt, VoiceConverter.from_pretrained(root), default)
 
     # ------------------------------------------------------------------ inputs
     def pieces(self, text: str) -> list[Piece]:
@@ -148,9 +155,15 @@ class SpeechPipeline:
         mid = CLAUSE_PAUSE_S if first.endswith(",") else WORD_PAUSE_S
         return [*self._cut(first, mid), *self._cut(second, pause)]
 
-    def reference(self, ref_audio: str | Path | np.ndarray, ref_text: str | None = None):
-        """The reference clip (a path, or samples at ``sample_rate``) checked (3-10 s, not
-        silent) and encoded: its log-mel, its codes, its transcript's phonemes."""
+    def reference(self, ref_audio: str | Path | np.ndarray | None, ref_text: str | None = None):
+        """The reference clip (a path, or samples at ``sample_rate``; None: the model's
+        default voice with its transcript) checked (3-10 s, not silent) and encoded: its
+        log-mel, its codes, its transcript's phonemes."""
+        if ref_audio is None:
+            if self.default_voice is None:
+                raise UserError("this model has no default voice; give a reference clip "
+                                "(ref_audio / --voice REF.wav)")  # fmt: skip
+            ref_audio, ref_text = self.default_voice
         wav = self.voice._audio(ref_audio, "reference")
         wav = check_reference(wav, self.sample_rate)
         mel = self.voice._mel(wav)
@@ -194,7 +207,7 @@ class SpeechPipeline:
     def __call__(
         self,
         text: str,
-        ref_audio: str | Path | np.ndarray,
+        ref_audio: str | Path | np.ndarray | None = None,
         ref_text: str | None = None,
         top_k: int = 15,
         top_p: float = 1.0,
@@ -223,7 +236,7 @@ class SpeechPipeline:
     def stream(
         self,
         text: str,
-        ref_audio: str | Path | np.ndarray,
+        ref_audio: str | Path | np.ndarray | None = None,
         ref_text: str | None = None,
         top_k: int = 15,
         top_p: float = 1.0,
