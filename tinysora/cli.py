@@ -170,9 +170,6 @@ def _cmd_vae_roundtrip(args: argparse.Namespace) -> None:
     print(path.resolve())
 
 
-NARRATION_WINDOW = 17  # frames a narrated clip is generated in when the speech outlasts it
-
-
 def _cmd_generate(args: argparse.Namespace) -> None:
     import time
 
@@ -196,14 +193,13 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     fps = args.fps or pipe.config.fps
     frames, window, speech = args.frames, args.window, None
     if args.narrate is not None:  # speech first: the clip is extended to its length
-        from tinysora.pipeline import frames_covering
+        from tinysora.pipeline import narrated_length
         from tinysora.voice.speech import SpeechPipeline
 
         tts = SpeechPipeline.from_pretrained(args.voice_model)
         speech = tts(args.narrate, ref_audio=args.voice, ref_text=args.voice_text, seed=args.seed)
-        frames = max(args.frames, frames_covering(speech.seconds, fps))
-        span = max(args.frames, NARRATION_WINDOW)  # a longer clip is made window by window
-        window = window or (span if frames > span else None)
+        frames, grown = narrated_length(speech.seconds, fps, args.frames)
+        window = window or grown
     video = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -254,6 +250,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         max_steps=args.max_steps,
         max_prompt_chars=args.max_prompt_chars,
         max_upload_mb=args.max_upload_mb,
+        voice_model=args.voice_model,
+        max_narration_chars=args.max_narration_chars,
+        max_speech_chars=args.max_speech_chars,
     )
     print(f"tinysora: serving on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level=args.log_level)
@@ -289,6 +288,8 @@ def _add_serve_parser(sub) -> None:
         ("max_side", "height / width"),
         ("max_steps", "sampling steps"),
         ("max_prompt_chars", "prompt length"),
+        ("max_narration_chars", "a video's narration"),
+        ("max_speech_chars", "POST /v1/speech text"),
     ):
         value = getattr(defaults, name)
         serve.add_argument(
@@ -299,6 +300,9 @@ def _add_serve_parser(sub) -> None:
         type=float,
         default=defaults.max_upload_mb,
         help=f"per uploaded file ({defaults.max_upload_mb:g})",
+    )
+    serve.add_argument(
+        "--voice-model", help="speech model for narration and /v1/speech (default: weights/voice)"
     )
     serve.add_argument("--log-level", default="info", help="uvicorn's (info, warning, ...)")
     serve.set_defaults(func=_cmd_serve)

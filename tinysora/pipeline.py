@@ -133,6 +133,20 @@ def frames_covering(seconds: float, fps: float) -> int:
     return 1 + TIME_FACTOR * max(0, math.ceil((frames - 1) / TIME_FACTOR))
 
 
+NARRATION_WINDOW = 17  # frames a narrated clip is made in, window by window, when it grows
+
+
+def narrated_length(seconds: float, fps: float, num_frames: int) -> tuple[int, int | None]:
+    """The rule that aligns a narration and its clip: the clip is extended to the
+    speech's length, never cut (frames = the most of ``num_frames`` and
+    ``frames_covering(seconds, fps)``); a clip grown past ``num_frames`` and 17 frames is
+    made window by window (the ``window`` to pass, else None). The sound track is then
+    padded to the clip's end (``export_to_video``)."""
+    frames = max(num_frames, frames_covering(seconds, fps))
+    span = max(num_frames, NARRATION_WINDOW)
+    return frames, (span if frames > span else None)
+
+
 def export_to_video(
     frames, path: str | os.PathLike, fps: float = 8.0, audio=None, audio_rate: int | None = None
 ) -> Path:

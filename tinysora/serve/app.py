@@ -11,6 +11,7 @@
 | ``GET /v1/videos?limit=&cursor=``| history, newest first                                 |
 | ``DELETE /v1/videos/{id}``       | cancel a queued / running job, or delete a finished   |
 |                                  | one and its files                                     |
+| ``POST /v1/speech``              | text-to-speech in a reference voice (serve.speech)    |
 | ``GET /health``                  | model, device, queue                                  |
 | ``GET /``                        | the web page (``serve/static``, nothing from the web) |
 
@@ -48,11 +49,13 @@ from tinysora.errors import UserError
 from tinysora.io.video import read_video, video_info
 from tinysora.pipeline import MIN_SIDE, TextToVideoPipeline
 from tinysora.serve.config import ServeConfig
+from tinysora.serve.speech import SpeechModel, add_speech_routes, checked_text, decode_reference
 from tinysora.serve.store import JobStore, QueueFull, new_job_id
 from tinysora.serve.worker import CONTEXT_FRAMES, Worker
+from tinysora.voice.audio import save_audio
 
 STATIC = Path(__file__).parent / "static"
-FILE_FIELDS = ("image", "first_image", "last_image", "video")
+FILE_FIELDS = ("image", "first_image", "last_image", "video", "voice")
 MAX_UPLOAD_PIXELS = 4096 * 4096  # an uploaded image or video frame larger than this is refused
 
 
@@ -75,6 +78,8 @@ class VideoRequest(BaseModel):
     strength: float | None = Field(None, gt=0, le=1, description="SDEdit, with a video")
     extend: int | None = Field(None, ge=1, description="frames to add to a video")
     loop: bool = False
+    narrate: str | None = Field(None, description="a voice-over; the clip grows to hold it")
+    voice_text: str | None = Field(None, description="the uploaded voice clip's transcript")
 
 
 class Accepted(BaseModel):
@@ -121,6 +126,16 @@ def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str], pipe) -> li
         errors.append(_error("extend", "an extension takes a video only (no images)"))
     if "last_image" in files and req.num_frames < a + b:
         errors.append(_error("num_frames", f"last_image needs >= {a + b} frames"))
+    if req.narrate is not None:
+        try:
+            checked_text(req.narrate, "narrate", cfg.max_narration_chars)
+        except RequestValidationError as e:
+            errors.extend(e.errors())
+    elif "voice" in files or req.voice_text is not None:
+        field = "voice" if "voice" in files else "voice_text"
+        errors.append(_error(field, "goes with narrate (the text to speak)"))
+    if req.voice_text is not None and "voice" not in files:
+        errors.append(_error("voice_text", "is the transcript of a voice upload; send one"))
     return errors
 
 
@@ -208,6 +223,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
     """The app; the pipeline (``cfg.model`` on ``cfg.device`` unless given) loads at startup."""
     data = Path(cfg.data_dir)
     state: dict = {}
+    speech = SpeechModel(cfg.voice_model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -220,7 +236,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
         )
         if cfg.device:
             pipeline.to(cfg.device)
-        worker = Worker(store, pipeline, data)
+        worker = Worker(store, pipeline, data, speech)
         worker.start()
         state.update(store=store, pipe=pipeline, worker=worker)
         yield
@@ -261,6 +277,8 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
                 "max_steps": cfg.max_steps,
                 "max_prompt_chars": cfg.max_prompt_chars,
                 "max_upload_mb": cfg.max_upload_mb,
+                "max_narration_chars": cfg.max_narration_chars,
+                "max_speech_chars": cfg.max_speech_chars,
             },
             "running": worker.current,
             "worker_alive": worker.is_alive(),
@@ -328,7 +346,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
         job_id = new_job_id()
         folder = data / "uploads" / job_id
         try:
-            inputs, params = await _take_uploads(uploads, folder, req, cfg)
+            inputs, params = await _take_uploads(uploads, folder, req, cfg, speech)
             pipeline = state["pipe"].config
             params |= {
                 "num_inference_steps": req.num_inference_steps or pipeline.num_inference_steps,
@@ -400,6 +418,8 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
         shutil.rmtree(data / "uploads" / job_id, ignore_errors=True)
         return {"id": job_id, "status": "deleted", "deleted": True}
 
+    add_speech_routes(app, cfg, auth, speech)
+
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -418,7 +438,7 @@ def _queue_full(worker: Worker) -> HTTPException:
 
 
 async def _take_uploads(
-    uploads: dict[str, UploadFile], folder: Path, req: VideoRequest, cfg: ServeConfig
+    uploads: dict[str, UploadFile], folder: Path, req: VideoRequest, cfg: ServeConfig, speech
 ) -> tuple[dict, dict]:
     """Check and store the uploaded files; the job's params with the video's length."""
     params = req.model_dump(exclude={"seed", "sampler", "fps"}, exclude_none=True)
@@ -442,6 +462,12 @@ async def _take_uploads(
                 )
             if req.strength is not None:  # an edit keeps the video's length
                 params["num_frames"] = frames
+        elif field == "voice":  # a narration's reference: 3-10 s of sound, kept as wav
+            _claimed(upload, field, "audio")
+            rate = (await run_in_threadpool(speech.get)).sample_rate
+            wav = await run_in_threadpool(decode_reference, content, field, folder, rate)
+            name = "voice.wav"
+            save_audio(folder / name, wav, rate)
         else:
             _claimed(upload, field, "image")
             name = await run_in_threadpool(save_image, content, field, folder)

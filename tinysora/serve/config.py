@@ -22,6 +22,9 @@ class ServeConfig:
     max_steps: int = 100
     max_prompt_chars: int = 500
     max_upload_mb: float = 20.0
+    voice_model: str | None = None  # speech model directory (default: bundled weights/voice)
+    max_speech_chars: int = 2000  # POST /v1/speech text
+    max_narration_chars: int = 300  # a video's narration (~20 s of speech)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -1,8 +1,10 @@
 """The worker: one thread that runs the queued jobs one at a time on the pipeline.
 
-It claims the oldest queued job, runs ``TextToVideoPipeline.__call__`` with the job's
-params (uploaded conditioning files by their server-made paths), reports progress and an
-ETA from the sampler's callback, and writes the mp4 atomically to ``videos/<id>.mp4``
+It claims the oldest queued job, speaks its narration if it has one (the clip is then
+extended to hold it: ``pipeline.narrated_length``), runs ``TextToVideoPipeline.__call__``
+with the job's params (uploaded conditioning files by their server-made paths), reports
+progress and an ETA from the sampler's callback, and writes the mp4 (with the narration
+as its AAC track) atomically to ``videos/<id>.mp4``
 before the job is marked succeeded. A job that raises is marked failed with a one-line
 message and the worker goes on with the next. A canceled job stops at its next sampling
 step; on shutdown the running job goes back to the queue.
@@ -20,7 +22,12 @@ from pathlib import Path
 import torch
 
 from tinysora.errors import UserError
-from tinysora.pipeline import CONTEXT_LATENTS, TextToVideoPipeline, export_to_video
+from tinysora.pipeline import (
+    CONTEXT_LATENTS,
+    TextToVideoPipeline,
+    export_to_video,
+    narrated_length,
+)
 from tinysora.serve.store import Job, JobStore
 from tinysora.vae.model import TIME_FACTOR
 
@@ -49,9 +56,10 @@ def one_line(exc: BaseException) -> str:
 
 
 class Worker(threading.Thread):
-    def __init__(self, store: JobStore, pipe: TextToVideoPipeline, data_dir: Path):
+    def __init__(self, store: JobStore, pipe: TextToVideoPipeline, data_dir: Path, speech=None):
         super().__init__(name="tinysora-worker", daemon=True)
         self.store, self.pipe, self.data_dir = store, pipe, Path(data_dir)
+        self.speech = speech  # serve.speech.SpeechModel: narration
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._current: str | None = None
@@ -99,10 +107,21 @@ class Worker(threading.Thread):
                 with self._lock:
                     self._current = None
 
+    def _narration(self, job: Job):
+        """The job's narration (None without one), spoken before its clip is sampled."""
+        p = job.params
+        if not p.get("narrate"):
+            return None
+        voice = job.inputs.get("voice")
+        voice = str(self.data_dir / "uploads" / job.id / voice) if voice else None
+        tts = self.speech.get()
+        return tts(p["narrate"], ref_audio=voice, ref_text=p.get("voice_text"), seed=p["seed"])
+
     def _run(self, job: Job) -> None:
         start = time.perf_counter()
         p = job.params
         runs = sampling_runs(p, job.inputs)
+        frames, window, speech = p["num_frames"], None, None
         done_runs, t_start, last = 0, 1.0, 0.0  # runs finished; this run's start, fraction
 
         def on_step(info: dict) -> None:
@@ -118,12 +137,18 @@ class Worker(threading.Thread):
             self.store.progress(job.id, progress, elapsed / progress * (1 - progress))
 
         uploads = self.data_dir / "uploads" / job.id
-        files = {k: str(uploads / name) for k, name in job.inputs.items()}
+        files = {k: str(uploads / name) for k, name in job.inputs.items() if k != "voice"}
         try:
+            speech = self._narration(job)
+            if speech is not None:  # the clip is extended to hold the speech
+                frames, window = narrated_length(speech.seconds, p["fps"], frames)
+                if window:
+                    runs = 1 + math.ceil((frames - window) / (window - CONTEXT_FRAMES))
             video = self.pipe(
                 p["prompt"],
                 negative_prompt=p.get("negative_prompt"),
-                num_frames=p["num_frames"],
+                num_frames=frames,
+                window=window,
                 height=p["height"],
                 width=p["width"],
                 num_inference_steps=p["num_inference_steps"],
@@ -138,7 +163,9 @@ class Worker(threading.Thread):
                 **files,
             )
             path = self.data_dir / "videos" / f"{job.id}.mp4"
-            export_to_video(video.frames, path, fps=p["fps"])
+            sound = {} if speech is None else {"audio": speech.audio,
+                                               "audio_rate": speech.sample_rate}  # fmt: skip
+            export_to_video(video.frames, path, fps=p["fps"], **sound)
             del video
         except _Interrupted:
             if self._stopping.is_set():  # shutdown, not cancel: run it again next time

@@ -207,7 +207,7 @@ class SpeechPipeline:
     def __call__(
         self,
         text: str,
-        ref_audio: str | Path | np.ndarray | None = None,
+        ref_audio: str | Path | np.ndarray | Reference | None = None,
         ref_text: str | None = None,
         top_k: int = 15,
         top_p: float = 1.0,
@@ -220,7 +220,7 @@ class SpeechPipeline:
     ) -> SpeechOutput:
         sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
         pieces = self.pieces(text)
-        ref = self.reference(ref_audio, ref_text)
+        ref = ref_audio if isinstance(ref_audio, Reference) else self.reference(ref_audio, ref_text)
         parts, info = [], []
         for k, piece in enumerate(pieces):
             result, attempts = self.codes(ref, piece, sampling, seed + k, retries)
@@ -236,7 +236,7 @@ class SpeechPipeline:
     def stream(
         self,
         text: str,
-        ref_audio: str | Path | np.ndarray | None = None,
+        ref_audio: str | Path | np.ndarray | Reference | None = None,
         ref_text: str | None = None,
         top_k: int = 15,
         top_p: float = 1.0,
@@ -258,7 +258,7 @@ class SpeechPipeline:
         be out)."""
         sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
         pieces = self.pieces(text)
-        ref = self.reference(ref_audio, ref_text)
+        ref = ref_audio if isinstance(ref_audio, Reference) else self.reference(ref_audio, ref_text)
         for k, piece in enumerate(pieces):
             g = torch.Generator().manual_seed(seed + k)
             codes: list[int] = []
