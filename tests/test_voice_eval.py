@@ -55,8 +55,8 @@ def test_reference_clip_is_3_to_10_s(tiny_corpus):
     from tinysora.voice.corpus import read_list
 
     rows = read_list(tiny_corpus / "test_seen.list")
-    clip = reference_clip([r[0] for r in rows[:12]])
-    assert 3.0 * 16000 <= len(clip) <= 10.0 * 16000
+    clip, used = reference_clip([r[0] for r in rows[:12]])
+    assert 3.0 * 16000 <= len(clip) <= 10.0 * 16000 and used >= 1
 
 
 @pytest.mark.slow
@@ -76,3 +76,23 @@ def test_eval_voice_end_to_end(tiny_corpus, tiny_voice_model, tmp_path):
         assert -1 <= r[task]["sim_ref"] <= 1 and 1 <= r[task]["dnsmos"] <= 5
         assert len(r["rows"][task]) == 2
     assert r["resynthesis"]["mcd"] > 0 and set(r["targets"]) >= {"rtf_le_0.2"}
+
+
+@pytest.mark.slow
+def test_eval_voice_tts_end_to_end(tiny_corpus, tiny_tts, tmp_path):
+    """`eval voice --tts` with the real judges on a (barely trained) tiny speech model."""
+    pytest.importorskip("pocketsphinx")
+    out = tmp_path / "tts.json"
+    cmd = [sys.executable, "-m", "tinysora", "eval", "voice", "--tts", "--model",
+           str(tiny_tts / "model"), "--corpus", str(tiny_corpus), "--n", "3",
+           "--json", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tts          WER" in done.stdout and "first streamed audio" in done.stdout
+    r = json.loads(out.read_text())
+    assert r["n"] == 3 and len(r["rows"]) == 3 and r["rtf"] > 0
+    assert 0 <= r["engine_wer"] <= 1.5 and -1 <= r["sim_ref"] <= 1 and 1 <= r["dnsmos"] <= 5
+    assert r["first_audio_s"]["max"] > 0 and sum(r["stops"].values()) >= 3
+    assert set(r["targets"]) == {"wer_le_1.5x_engine", "sim_ref_ge_0.80",
+                                 "duration_within_0.6_1.6x", "rtf_le_0.3", "first_audio_lt_1s"}

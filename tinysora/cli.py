@@ -354,10 +354,17 @@ def _add_eval_parsers(sub) -> None:
     p.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
     p.add_argument("--n", type=int, default=200, help="clips per quality set (default 200)")
     p.add_argument("--_probe", type=int, help=argparse.SUPPRESS)
-    p = command("voice", "the voice model: resynthesis + conversion, judged offline", False)
+    p = command("voice", "the voice model: resynthesis + conversion (or --tts), judged offline",
+                False)  # fmt: skip
     p.add_argument("--model", help="voice model directory (default: bundled weights/voice)")
     p.add_argument("--corpus", default="runs/voice/corpus", help="a tinysora voice corpus")
-    p.add_argument("--n", type=int, default=50, help="held-out sentences (default 50)")
+    p.add_argument("--n", type=int, help="held-out sentences (default 50; --tts 100)")
+    p.add_argument(
+        "--tts",
+        action="store_true",
+        help="zero-shot text-to-speech: held-out sentences in the unseen voices, against the "
+        "corpus engines' own audio (WER, similarity, DNSMOS, duration, RTF, first audio)",
+    )
     p = command("all", "every evaluation on one static HTML page (+ JSON)", True)
     p.add_argument("--html", required=True, help="output directory for index.html and images")
     p.add_argument("--n", type=int, default=50, help="prompts / clips per measurement")

@@ -169,24 +169,25 @@ def mcd(a: np.ndarray, b: np.ndarray, spec: SpectrogramConfig) -> float:
 # --------------------------------------------------------------------------- references
 
 
-def reference_clip(paths: list[Path]) -> np.ndarray:
-    """Utterances of one voice joined (0.3 s gaps) into a 5-10 s reference clip; a voice
-    with too little speech has its utterances repeated."""
+def reference_clip(paths: list[Path]) -> tuple[np.ndarray, int]:
+    """Utterances of one voice joined (0.3 s gaps) into a 5-10 s reference clip (a voice
+    with too little speech has its utterances repeated): the clip, and how many
+    utterances it holds (utterance k of the clip is ``paths[k % len(paths)]``)."""
     lo, hi = REF_SECONDS
     gap = np.zeros(int(0.3 * RATE), np.float32)
     wavs = [load_audio(p, RATE) for p in paths[:8]]
-    clip = np.zeros(0, np.float32)
+    clip, used = np.zeros(0, np.float32), 0
     for k in range(4 * len(wavs)):
         wav = wavs[k % len(wavs)]
         candidate = np.concatenate([clip, gap, wav]) if len(clip) else wav
         if len(candidate) > hi * RATE:
             break
-        clip = candidate
+        clip, used = candidate, used + 1
         if len(clip) >= 5.0 * RATE:
             break
     if len(clip) < lo * RATE:
         raise UserError(f"cannot make a {lo:g}-{hi:g} s reference from {paths[0].parent}")
-    return clip
+    return clip, used
 
 
 def evaluate(vc: VoiceConverter, corpus: Path, n: int, workdir: Path) -> dict:
@@ -206,7 +207,7 @@ def evaluate(vc: VoiceConverter, corpus: Path, n: int, workdir: Path) -> dict:
 
     def ref_of(voice: str) -> np.ndarray:
         if voice not in refs:
-            refs[voice] = reference_clip(by_voice[voice])
+            refs[voice] = reference_clip(by_voice[voice])[0]
         return refs[voice]
 
     rows = {"resynthesis": [], "conversion": []}
@@ -281,9 +282,13 @@ def run(args: argparse.Namespace) -> dict:
     if not (corpus / "test_seen.list").is_file():
         raise UserError(f"'{corpus}' is not a voice corpus (no test_seen.list); make one with "
                         "tinysora voice corpus")  # fmt: skip
+    if args.tts:
+        from tinysora.eval.voice_tts import run_tts
+
+        return run_tts(args, corpus)
     vc = VoiceConverter.from_pretrained(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        report = evaluate(vc, corpus, args.n, Path(tmp))
+        report = evaluate(vc, corpus, args.n or 50, Path(tmp))
     print("\n".join(summary_lines(report)))
     write_json(report, args.json)
     return report

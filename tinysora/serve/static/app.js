@@ -68,7 +68,7 @@ async function health() {
 function formBody() {
   const fields = {};
   for (const name of ["prompt", "negative_prompt", "width", "height", "num_frames", "fps",
-                      "num_inference_steps", "guidance_scale", "seed", "sampler"]) {
+                      "num_inference_steps", "guidance_scale", "seed", "sampler", "narrate"]) {
     const value = $(name).value.trim();
     if (value !== "") fields[name] = value;
   }
@@ -79,13 +79,13 @@ function formBody() {
     if (name in fields) fields[name] = parseFloat(fields[name]);
   }
   if ($("loop").checked) fields.loop = true;
-  const image = $("image").files[0];
-  if (!image) {
+  const files = { image: $("image").files[0], voice: $("voice").files[0] };
+  if (!files.image && !files.voice) {
     return { body: JSON.stringify(fields), headers: { "Content-Type": "application/json" } };
   }
   const form = new FormData();
   for (const [k, v] of Object.entries(fields)) form.append(k, String(v));
-  form.append("image", image);
+  for (const [k, file] of Object.entries(files)) if (file) form.append(k, file);
   return { body: form, headers: {} };
 }
 
