@@ -41,7 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from tinysora.diffusion.samplers import SAMPLERS
@@ -49,6 +49,7 @@ from tinysora.errors import UserError
 from tinysora.io.video import read_video, video_info
 from tinysora.pipeline import MIN_SIDE, TextToVideoPipeline
 from tinysora.serve.config import ServeConfig
+from tinysora.serve.forms import body_doc, field_error, invalid, read_body, validated
 from tinysora.serve.speech import SpeechModel, add_speech_routes, checked_text, decode_reference
 from tinysora.serve.store import JobStore, QueueFull, new_job_id
 from tinysora.serve.worker import CONTEXT_FRAMES, Worker
@@ -87,45 +88,43 @@ class Accepted(BaseModel):
     status: str
 
 
-def _error(field: str, msg: str, value=None) -> dict:
-    return {"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}
-
-
 def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str], pipe) -> list[dict]:
     """The server's caps and the model's legal sizes (``pipe.size_multiple``,
     ``pipe.frames_rule``): one error per bad field."""
     multiple, (a, b) = pipe.size_multiple, pipe.frames_rule
     errors = []
     if len(req.prompt) > cfg.max_prompt_chars:
-        errors.append(_error("prompt", f"at most {cfg.max_prompt_chars} characters"))
+        errors.append(field_error("prompt", f"at most {cfg.max_prompt_chars} characters"))
     if (req.num_frames - a) % b or req.num_frames > cfg.max_frames:
         legal = f"must be {a} + {b}k and at most {cfg.max_frames}"
-        errors.append(_error("num_frames", legal, req.num_frames))
+        errors.append(field_error("num_frames", legal, req.num_frames))
     for side in ("height", "width"):
         value = getattr(req, side)
         if value % multiple or value > cfg.max_side:
             legal = f"must be a multiple of {multiple} in {MIN_SIDE}..{cfg.max_side}"
-            errors.append(_error(side, legal, value))
+            errors.append(field_error(side, legal, value))
     if req.num_inference_steps is not None and req.num_inference_steps > cfg.max_steps:
-        errors.append(_error("num_inference_steps", f"at most {cfg.max_steps}"))
+        errors.append(field_error("num_inference_steps", f"at most {cfg.max_steps}"))
     video = "video" in files
     if (req.strength is not None or req.extend is not None) and not video:
         field = "strength" if req.strength is not None else "extend"
-        errors.append(_error(field, "needs a video file (multipart field 'video')"))
+        errors.append(field_error(field, "needs a video file (multipart field 'video')"))
     if video and (req.strength is None) == (req.extend is None):
-        errors.append(_error("video", "give either strength (edit it) or extend (continue it)"))
+        message = "give either strength (edit it) or extend (continue it)"
+        errors.append(field_error("video", message))
     if req.extend is not None and req.num_frames <= CONTEXT_FRAMES:
         errors.append(
-            _error("num_frames", f"an extension window must be > {CONTEXT_FRAMES} frames")
+            field_error("num_frames", f"an extension window must be > {CONTEXT_FRAMES} frames")
         )
     if "image" in files and "first_image" in files:
-        errors.append(_error("first_image", "give image or first_image (both mean frame 0)"))
+        errors.append(field_error("first_image", "give image or first_image (both mean frame 0)"))
     if req.loop and ({"last_image", "video"} & files):
-        errors.append(_error("loop", "a loop pins the last frame to frame 0: no last_image/video"))
+        message = "a loop pins the last frame to frame 0: no last_image/video"
+        errors.append(field_error("loop", message))
     if req.extend is not None and files - {"video"}:
-        errors.append(_error("extend", "an extension takes a video only (no images)"))
+        errors.append(field_error("extend", "an extension takes a video only (no images)"))
     if "last_image" in files and req.num_frames < a + b:
-        errors.append(_error("num_frames", f"last_image needs >= {a + b} frames"))
+        errors.append(field_error("num_frames", f"last_image needs >= {a + b} frames"))
     if req.narrate is not None:
         try:
             checked_text(req.narrate, "narrate", cfg.max_narration_chars)
@@ -133,19 +132,14 @@ def check_caps(req: VideoRequest, cfg: ServeConfig, files: set[str], pipe) -> li
             errors.extend(e.errors())
     elif "voice" in files or req.voice_text is not None:
         field = "voice" if "voice" in files else "voice_text"
-        errors.append(_error(field, "goes with narrate (the text to speak)"))
+        errors.append(field_error(field, "goes with narrate (the text to speak)"))
     if req.voice_text is not None and "voice" not in files:
-        errors.append(_error("voice_text", "is the transcript of a voice upload; send one"))
+        errors.append(field_error("voice_text", "is the transcript of a voice upload; send one"))
     return errors
 
 
 def parse_request(data: dict, cfg: ServeConfig, files: set[str], pipe) -> VideoRequest:
-    try:
-        req = VideoRequest.model_validate(data)
-    except ValidationError as e:
-        raise RequestValidationError(
-            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
-        ) from None
+    req = validated(VideoRequest, data)
     errors = check_caps(req, cfg, files, pipe)
     if errors:
         raise RequestValidationError(errors)
@@ -158,7 +152,7 @@ def parse_request(data: dict, cfg: ServeConfig, files: set[str], pipe) -> VideoR
 def _claimed(upload: UploadFile, field: str, family: str) -> None:
     kind = (upload.content_type or "").split(";")[0].strip().lower()
     if kind and kind != "application/octet-stream" and not kind.startswith(family + "/"):
-        raise RequestValidationError([_error(field, f"must be {family}/*, not {kind}")])
+        raise invalid(field, f"must be {family}/*, not {kind}")
 
 
 def save_image(data: bytes, field: str, folder: Path) -> str:
@@ -166,13 +160,13 @@ def save_image(data: bytes, field: str, folder: Path) -> str:
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_UPLOAD_PIXELS:
-                raise RequestValidationError([_error(field, "image larger than 4096 x 4096")])
+                raise invalid(field, "image larger than 4096 x 4096")
             rgb = image.convert("RGB")
     except RequestValidationError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
         reason = f"not a readable image ({type(e).__name__})"
-        raise RequestValidationError([_error(field, reason)]) from None
+        raise invalid(field, reason) from None
     name = f"{field}.png"
     rgb.save(folder / name)
     return name
@@ -186,11 +180,11 @@ def save_video(data: bytes, field: str, folder: Path, max_frames: int) -> tuple[
         info = video_info(raw)
         if info["frames"] > max_frames or info["height"] * info["width"] > MAX_UPLOAD_PIXELS:
             raise RequestValidationError(
-                [_error(field, f"at most {max_frames} frames of at most 4096 x 4096")]
+                [field_error(field, f"at most {max_frames} frames of at most 4096 x 4096")]
             )
         frames, _ = read_video(raw)
     except UserError as e:
-        raise RequestValidationError([_error(field, f"not a readable video ({e})")]) from None
+        raise invalid(field, f"not a readable video ({e})") from None
     finally:
         raw.unlink(missing_ok=True)
     name = f"{field}.npy"
@@ -289,56 +283,11 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
         status_code=202,
         response_model=Accepted,
         dependencies=auth,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": VideoRequest.model_json_schema()},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "description": "the JSON fields as form fields, plus files",
-                            "properties": {
-                                **{f: {"type": "string", "format": "binary"} for f in FILE_FIELDS},
-                                "prompt": {"type": "string"},
-                            },
-                            "required": ["prompt"],
-                        }
-                    },
-                },
-            }
-        },
+        openapi_extra=body_doc(VideoRequest, FILE_FIELDS, "prompt"),
     )
     async def create_video(request: Request):
-        size = request.headers.get("content-length")
         limit = len(FILE_FIELDS) * cfg.max_upload_bytes + 2**20
-        if size is not None and size.isdigit() and int(size) > limit:
-            raise HTTPException(413, f"request body over {limit} bytes")
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        uploads: dict[str, UploadFile] = {}
-        if kind == "multipart/form-data":
-            form = await request.form(max_files=len(FILE_FIELDS), max_fields=32)
-            fields: dict = {}
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    if key not in FILE_FIELDS:
-                        raise RequestValidationError(
-                            [_error(key, f"not a file field (those are {', '.join(FILE_FIELDS)})")]
-                        )
-                    uploads[key] = value
-                elif value != "":  # an empty form field means: not set
-                    fields[key] = value
-        elif kind == "application/json":
-            try:
-                fields = await request.json()
-            except ValueError:
-                raise RequestValidationError([_error("body", "not valid JSON")]) from None
-            if not isinstance(fields, dict):
-                raise RequestValidationError([_error("body", "must be a JSON object")])
-        else:
-            raise HTTPException(
-                415, "send application/json, or multipart/form-data with image/video files"
-            )
+        fields, uploads = await read_body(request, FILE_FIELDS, limit)
         req = parse_request(fields, cfg, set(uploads), state["pipe"])
         store, worker = state["store"], state["worker"]
         if store.counts()["queued"] >= cfg.max_queue:
@@ -421,7 +370,7 @@ def create_app(cfg: ServeConfig, pipe: TextToVideoPipeline | None = None) -> Fas
     add_speech_routes(app, cfg, auth, speech)
 
     @app.exception_handler(UserError)
-    async def user_error(request: Request, exc: UserError) -> JSONResponse:
+    async def userfield_error(request: Request, exc: UserError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
@@ -458,7 +407,7 @@ async def _take_uploads(
             total = frames + (req.extend or 0)
             if total > cfg.max_frames:
                 raise RequestValidationError(
-                    [_error("extend", f"video + extend = {total} frames > {cfg.max_frames}")]
+                    [field_error("extend", f"video + extend = {total} frames > {cfg.max_frames}")]
                 )
             if req.strength is not None:  # an edit keeps the video's length
                 params["num_frames"] = frames

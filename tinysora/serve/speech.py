@@ -24,12 +24,11 @@ import av
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, ConfigDict, Field
 
 from tinysora.serve.config import ServeConfig
+from tinysora.serve.forms import body_doc, invalid, read_body, validated
 from tinysora.voice.audio import AudioError, check_reference, load_audio
 from tinysora.voice.speech import Reference, SpeechPipeline, TextError, clean_text
 
@@ -51,12 +50,6 @@ class SpeechRequest(BaseModel):
     streaming: bool = False
 
 
-def field_error(field: str, msg: str, value=None) -> RequestValidationError:
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}]
-    )
-
-
 class SpeechModel:
     """The speech pipeline, loaded on first use (a server that never speaks never pays)."""
 
@@ -76,13 +69,13 @@ def checked_text(text: str, field: str, cap: int) -> tuple[str, list[str]]:
     """``text`` if it can be spoken (else a 422 naming ``field``) and the warnings about
     characters it skips."""
     if len(text) > cap:
-        raise field_error(field, f"at most {cap} characters", len(text))
+        raise invalid(field, f"at most {cap} characters", len(text))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             clean_text(text)
         except TextError as e:
-            raise field_error(field, str(e)) from None
+            raise invalid(field, str(e)) from None
     return text, [str(w.message) for w in caught]
 
 
@@ -95,7 +88,7 @@ def decode_reference(data: bytes, field: str, folder: Path, rate: int) -> np.nda
     try:
         return check_reference(load_audio(raw, rate), rate, field)
     except AudioError as e:
-        raise field_error(field, str(e).replace(f"'{raw}'", "the upload")) from None
+        raise invalid(field, str(e).replace(f"'{raw}'", "the upload")) from None
     finally:
         raw.unlink(missing_ok=True)
 
@@ -144,60 +137,19 @@ def streamed(chunks: Iterator[np.ndarray], rate: int, media_type: str) -> Iterat
 
 
 def add_speech_routes(app: FastAPI, cfg: ServeConfig, auth: list, model: SpeechModel) -> None:
-    uploads = Path(cfg.data_dir) / "uploads"
+    upload_dir = Path(cfg.data_dir) / "uploads"
 
     @app.post(
         "/v1/speech",
         dependencies=auth,
         response_class=Response,
         responses={200: {"content": {m: {} for m in MEDIA.values()}}},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": SpeechRequest.model_json_schema()},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "description": "the JSON fields as form fields, plus ref_audio",
-                            "properties": {"ref_audio": {"type": "string", "format": "binary"},
-                                           "text": {"type": "string"}},  # fmt: skip
-                            "required": ["text"],
-                        }
-                    },
-                },
-            }
-        },
+        openapi_extra=body_doc(SpeechRequest, ("ref_audio",), "text"),
     )
     async def speech(request: Request):
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        upload: UploadFile | None = None
-        if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            form = await request.form(max_files=1, max_fields=16)
-            fields = {}
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    if key != "ref_audio":
-                        raise field_error(key, "not a file field (that is ref_audio)")
-                    upload = value
-                elif value != "":
-                    fields[key] = value
-        elif kind == "application/json":
-            try:
-                fields = await request.json()
-            except ValueError:
-                raise field_error("body", "not valid JSON") from None
-            if not isinstance(fields, dict):
-                raise field_error("body", "must be a JSON object")
-        else:
-            raise HTTPException(415, "send application/json, or multipart/form-data with "
-                                     "a ref_audio file")  # fmt: skip
-        try:
-            req = SpeechRequest.model_validate(fields)
-        except ValidationError as e:
-            raise RequestValidationError(
-                [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
-            ) from None
+        fields, uploads = await read_body(request, ("ref_audio",), cfg.max_upload_bytes + 2**20)
+        req = validated(SpeechRequest, fields)
+        upload = uploads.get("ref_audio")
         _, notes = checked_text(req.text, "text", cfg.max_speech_chars)
         if req.prompt_text is not None:
             checked_text(req.prompt_text, "prompt_text", cfg.max_speech_chars)
@@ -207,10 +159,10 @@ def add_speech_routes(app: FastAPI, cfg: ServeConfig, auth: list, model: SpeechM
             data = await upload.read(cfg.max_upload_bytes + 1)
             if len(data) > cfg.max_upload_bytes:
                 raise HTTPException(413, f"ref_audio: upload over {cfg.max_upload_mb:g} MB")
-            wav = await run_in_threadpool(decode_reference, data, "ref_audio", uploads,
+            wav = await run_in_threadpool(decode_reference, data, "ref_audio", upload_dir,
                                           tts.sample_rate)  # fmt: skip
         elif req.prompt_text is not None:
-            raise field_error("prompt_text", "goes with a ref_audio upload (the default voice "
+            raise invalid("prompt_text", "goes with a ref_audio upload (the default voice "
                                              "has its own transcript)")  # fmt: skip
         ref: Reference = await run_in_threadpool(tts.reference, wav, req.prompt_text)
         seed = secrets.randbelow(2**31) if req.seed is None else req.seed
