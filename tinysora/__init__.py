@@ -1,6 +1,7 @@
 """tinysora: a Sora-style text-to-video system you can train on a laptop CPU.
 
     from tinysora import TextToVideoPipeline, export_to_video
+    from tinysora import SpeechPipeline      # zero-shot text-to-speech (tinysora.voice)
 
 The public names are imported on first use, so ``import tinysora.config`` (or the
 ``tinysora --help`` command) does not load torch and the models.
@@ -21,6 +22,7 @@ _PUBLIC = {
     "write_video": "tinysora.io.video",
     "load_video": "tinysora.io.frames",
     "load_image": "tinysora.io.frames",
+    "SpeechPipeline": "tinysora.voice.speech",
 }
 __all__ = ["__version__", *_PUBLIC]
 

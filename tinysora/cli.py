@@ -593,7 +593,6 @@ def _cmd_voice_convert(args: argparse.Namespace) -> None:
 def _cmd_speak(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tinysora.voice.audio import save_audio
     from tinysora.voice.speech import SpeechPipeline
 
     if Path(args.output).suffix.lower() not in (".wav", ".flac", ".ogg"):
@@ -602,7 +601,7 @@ def _cmd_speak(args: argparse.Namespace) -> None:
     out = tts(args.text, ref_audio=args.ref, ref_text=args.ref_text, top_k=args.top_k,
               top_p=args.top_p, temperature=args.temperature, speed=args.speed,
               repetition_penalty=args.repetition_penalty, seed=args.seed)  # fmt: skip
-    path = save_audio(args.output, out.audio, out.sample_rate)
+    path = tts.save(out.audio, args.output)
     print(f"wrote {path.resolve()} ({out.seconds:.2f} s, {out.sample_rate} Hz, "
           f"{len(out.pieces)} piece(s))")  # fmt: skip
 

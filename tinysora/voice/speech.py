@@ -119,6 +119,10 @@ class SpeechPipeline:
     def sample_rate(self) -> int:
         return self.voice.sample_rate
 
+    def save(self, audio: np.ndarray, path: str | Path) -> Path:
+        """Write samples as .wav / .flac / .ogg (by the suffix)."""
+        return self.voice.save(audio, path)
+
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None) -> SpeechPipeline:
         """A directory with ``gpt/``, ``content/``, ``sovits/`` and ``phonemes.txt`` (the
