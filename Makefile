@@ -39,10 +39,11 @@ $(VENV)/.installed-browser: $(VENV)/.installed-dev
 	touch $@
 
 # The web page in Debian's Chromium (installed here when missing; Playwright's own
-# browser download is not used).
+# browser download is not used); espeak-ng for the narrated clip's phonemes.
 test-browser: $(VENV)/.installed-browser
-	@command -v chromium >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@command -v chromium >/dev/null && command -v espeak-ng >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+		espeak-ng; }
 	$(BIN)/pytest -q -m browser
 
 $(VENV)/.installed-voice-eval: $(VENV)/.installed-dev

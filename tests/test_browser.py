@@ -87,3 +87,31 @@ def test_cancel_and_delete_from_the_history(page):
     count = page.locator("#history li").count()
     first.get_by_role("button", name="Delete").click()
     page.wait_for_function(f"() => document.querySelectorAll('#history li').length === {count - 1}")
+
+
+def test_a_narrated_clip_from_the_page(page, server, tmp_path):
+    """Narration typed into the page and a voice clip chosen there: the job speaks (the
+    bundled speech model) and its mp4 carries an AAC track as long as the clip."""
+    from pathlib import Path
+
+    from tinysora.io.video import audio_info, video_info
+
+    voice = Path(__file__).resolve().parents[1] / "weights" / "voice" / "default_voice.wav"
+    page.fill("#narrate", "A small red circle moves to the left.")
+    page.set_input_files("#voice", str(voice))
+    generate(page, "a small red circle moving left", {"num_frames": "9"}, {"fps": "8"})
+    page.wait_for_function(
+        "() => { const v = document.getElementById('player');"
+        " return !v.hidden && v.readyState >= 2 && v.duration > 9 / 8; }",  # grown to speak
+        timeout=120_000,
+    )
+    with server.client() as c:
+        job = c.get("/v1/videos", params={"limit": 1}).json()["data"][0]
+        assert job["params"]["narrate"] == "A small red circle moves to the left."
+        path = tmp_path / "narrated.mp4"
+        path.write_bytes(c.get(f"/v1/videos/{job['id']}/content").content)
+    video, audio = video_info(path), audio_info(path)
+    assert audio["codec"] == "aac"
+    assert abs(audio["seconds"] - video["frames"] / video["fps"]) <= 1 / video["fps"]
+    page.fill("#narrate", "")
+    page.set_input_files("#voice", [])

@@ -23,6 +23,7 @@ from tinysora.voice.gpt import (
     Text2Semantic,
     filter_logits,
     find_loop,
+    guided_attention_loss,
     prefix_lm_mask,
     sample_codes,
 )
@@ -60,6 +61,29 @@ def test_kv_cache_decoding_equals_the_full_forward():
     steps = model.stream(phonemes, codes[:4])
     cached = [next(steps)] + [steps.send(int(c)) for c in codes[4:]]
     assert_close_fp32(torch.stack(cached), full[4:])
+
+
+def test_attention_maps_and_the_guided_attention_cost():
+    model = small()
+    for block in model.blocks:
+        torch.nn.init.normal_(block.attn.proj.weight, std=0.1)
+    phonemes, codes = torch.randint(3, 12, (2, 6)), torch.randint(0, 16, (2, 9))
+    lengths = (torch.tensor([6, 4]), torch.tensor([9, 7]))
+    plain = model(phonemes, lengths[0], codes, lengths[1])
+    logits, maps = model(phonemes, lengths[0], codes, lengths[1], attention_layers=2)
+    assert_close_fp32(logits, plain)  # the explicit attention computes the same
+    assert len(maps) == 2 and maps[0].shape == (2, 2, 9, 6)
+    # a diagonal map costs ~0, its mirror image a lot; queries before `free` cost nothing
+    t, p = 10, 5
+    diagonal = torch.zeros(1, 1, t, p)
+    diagonal[0, 0, torch.arange(t), torch.arange(t) * p // t] = 1.0
+    mirrored = diagonal.flip(-1)
+    args = (torch.tensor([p]), torch.tensor([t]), torch.tensor([0]), 0.2)
+    low, high = guided_attention_loss([diagonal], *args), guided_attention_loss([mirrored], *args)
+    assert low < 0.1 < 0.5 < high
+    free = guided_attention_loss([mirrored], torch.tensor([p]), torch.tensor([t]),
+                                 torch.tensor([t]), 0.2)  # fmt: skip
+    assert free == 0
 
 
 def test_filter_logits():

@@ -40,7 +40,10 @@ STREAMED = 10
 DURATION_RANGE = (0.6, 1.6)
 
 
-def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path) -> dict:
+def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path,
+                 knobs: dict | None = None) -> dict:  # fmt: skip
+    """The report; ``knobs``: sampling settings for every call (top_k, temperature, ...)."""
+    knobs = knobs or {}
     train, unseen = read_list(corpus / "train.list"), read_list(corpus / "test_unseen.list")
     rng = np.random.default_rng(0)
     chosen = sorted(rng.permutation(len(unseen))[:n].tolist())
@@ -58,7 +61,7 @@ def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path) -> di
     for k, (path, voice, text, _) in enumerate(tqdm(rows, desc="tts eval")):
         clip, ref_text = refs[voice]
         start = time.perf_counter()
-        out = tts(text, ref_audio=clip, ref_text=ref_text, seed=k)
+        out = tts(text, ref_audio=clip, ref_text=ref_text, seed=k, **knobs)
         seconds += time.perf_counter() - start
         audio += out.seconds
         engine = load_audio(path, RATE)
@@ -77,7 +80,7 @@ def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path) -> di
     for k, (_, voice, text, _) in enumerate(rows[:STREAMED]):
         clip, ref_text = refs[voice]
         start = time.perf_counter()
-        chunks = tts.stream(text, ref_audio=clip, ref_text=ref_text, seed=k)
+        chunks = tts.stream(text, ref_audio=clip, ref_text=ref_text, seed=k, **knobs)
         next(chunks)
         first_audio.append(time.perf_counter() - start)
         chunks.close()
@@ -101,6 +104,7 @@ def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path) -> di
         "rtf": seconds / audio,
         "first_audio_s": {"mean": float(np.mean(first_audio)), "max": float(max(first_audio))},
         "threads": torch.get_num_threads(),
+        "knobs": knobs,
     }
     report["targets"] = {
         "wer_le_1.5x_engine": report["wer"] <= 1.5 * report["engine_wer"],

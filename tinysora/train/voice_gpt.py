@@ -32,7 +32,7 @@ from tinysora.io.checkpoint import load_pretrained, save_pretrained
 from tinysora.train.trainer import TrainConfig, Trainer, check_run_dir, step_generator
 from tinysora.train.voice import Split, load_split
 from tinysora.voice.content import ContentModel
-from tinysora.voice.gpt import GPTConfig, Text2Semantic
+from tinysora.voice.gpt import GPTConfig, Text2Semantic, guided_attention_loss
 from tinysora.voice.sovits import SynthesizerTrn, spectrogram_config
 from tinysora.voice.speech import DEFAULT_VOICE
 from tinysora.voice.text import PhonemeVocab
@@ -50,9 +50,19 @@ class GPTDataConfig(Config):
 
 
 @dataclass
+class GPTLossConfig(Config):
+    # DC-TTS's guided attention on head 0 of the first ``guided_layers`` layers: the code
+    # queries' attention over the phonemes is pushed toward the diagonal (0 = off)
+    guided_attention: float = 0.0
+    guided_layers: int = 2
+    guided_sigma: float = 0.2
+
+
+@dataclass
 class VoiceGPTRecipe(Config):
     data: GPTDataConfig = field(default_factory=GPTDataConfig)
     model: GPTConfig = field(default_factory=GPTConfig)
+    loss: GPTLossConfig = field(default_factory=GPTLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     val_batches: int = 4
 
@@ -90,6 +100,7 @@ def collate(items: list, bos: int, eos: int) -> dict:
         "inputs": torch.zeros(b, t_max, dtype=torch.long),
         "targets": torch.full((b, t_max), -100, dtype=torch.long),  # -100: no loss
         "code_lengths": torch.tensor([len(x[1]) + 1 for x in items]),
+        "free": torch.tensor([x[2] for x in items]),  # prompt codes without phonemes
     }
     for k, (phonemes, codes, free) in enumerate(items):
         n = len(codes)
@@ -106,14 +117,22 @@ def make_batch(split: Split, recipe: VoiceGPTRecipe, g: torch.Generator, space: 
     return collate([example(split, i, g, recipe.data, space) for i in ids], c.bos, c.eos)
 
 
-def gpt_loss(model, batch) -> tuple[torch.Tensor, dict]:
-    logits = model(batch["phonemes"], batch["phone_lengths"], batch["inputs"],
-                   batch["code_lengths"])  # fmt: skip
+def gpt_loss(model, batch, w: GPTLossConfig | None = None) -> tuple[torch.Tensor, dict]:
+    """Next-code cross-entropy (+ ``w.guided_attention`` x the guided-attention cost)."""
+    guided = w is not None and w.guided_attention > 0
+    out = model(batch["phonemes"], batch["phone_lengths"], batch["inputs"],
+                batch["code_lengths"], w.guided_layers if guided else 0)  # fmt: skip
+    logits, maps = out if guided else (out, None)
     targets = batch["targets"]
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
     scored = targets != -100
-    acc = (logits.argmax(-1) == targets)[scored].float().mean()
-    return loss, {"acc": acc.detach()}
+    metrics = {"acc": (logits.argmax(-1) == targets)[scored].float().mean().detach()}
+    if guided:
+        cost = guided_attention_loss(maps, batch["phone_lengths"], batch["code_lengths"],
+                                     batch["free"], w.guided_sigma)  # fmt: skip
+        metrics["ce"], metrics["guide"] = loss.detach(), cost.detach()
+        loss = loss + w.guided_attention * cost
+    return loss, metrics
 
 
 def codes_per_phoneme(split: Split) -> torch.Tensor:
@@ -170,7 +189,7 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
         return int(batch["phone_lengths"].sum() + batch["code_lengths"].sum())
 
     trainer = Trainer(
-        model, recipe.train, out, gpt_loss,
+        model, recipe.train, out, lambda m, b: gpt_loss(m, b, recipe.loss),
         lambda step: make_batch(train, recipe, step_generator(recipe.train.seed, step), space),
         eval_fn=evaluate, flops_per_step=lambda b: 6.0 * n_params * tokens(b),
         tokens_per_step=tokens,

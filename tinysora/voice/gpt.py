@@ -82,10 +82,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, mask=None, cache: list | None = None):
+    def forward(self, x, mask=None, cache: list | None = None, weights: bool = False):
         """x (B, N, D). ``cache``: [k, v] of the previous positions, extended in place
         (then ``mask`` None: the new positions see everything cached and each other
-        causally; one new position at a time in sampling)."""
+        causally; one new position at a time in sampling). ``weights``: also return the
+        attention probabilities (B, H, N, N) (computed explicitly, not by SDPA)."""
         b, n, d = x.shape
         h = self.heads
         q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (B, H, N, d)
@@ -93,6 +94,11 @@ class Attention(nn.Module):
             if cache:
                 k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
             cache[:] = [k, v]
+        if weights:
+            scores = (q @ k.transpose(-1, -2)).float() * (d // h) ** -0.5  # (B, H, N, N)
+            probs = scores.masked_fill(~mask, -float("inf")).softmax(-1)
+            out = probs.to(v.dtype) @ v
+            return self.proj(out.transpose(1, 2).reshape(b, n, d)), probs
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
@@ -112,9 +118,12 @@ class GPTBlock(nn.Module):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
-    def forward(self, x, mask=None, cache=None):
-        x = x + self.drop(self.attn(self.norm1(x), mask, cache))
-        return x + self.drop(self.mlp(self.norm2(x)))
+    def forward(self, x, mask=None, cache=None, weights: bool = False):
+        a = self.attn(self.norm1(x), mask, cache, weights)
+        a, probs = a if weights else (a, None)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.norm2(x)))
+        return (x, probs) if weights else x
 
 
 class Text2Semantic(nn.Module):
@@ -145,15 +154,23 @@ class Text2Semantic(nn.Module):
         pos = torch.arange(first, first + codes.shape[1], device=codes.device)
         return self.code_emb(codes) + sinusoid(pos, self.config.dim) + self.segment[1]
 
-    def forward(self, phonemes, phone_lengths, codes, code_lengths) -> torch.Tensor:
+    def forward(self, phonemes, phone_lengths, codes, code_lengths, attention_layers: int = 0):
         """Teacher forcing. phonemes (B, P), codes (B, T) = [<bos>, c_0 .. c_{T-2}] (the
-        inputs), lengths (B,) -> logits (B, T, codebook_size + 1) of the next code."""
+        inputs), lengths (B,) -> logits (B, T, codebook_size + 1) of the next code; with
+        ``attention_layers`` = k also the first k layers' attention of the code queries
+        over the phonemes, [(B, H, T, P)] (for a guided-attention loss)."""
         p = phonemes.shape[1]
         x = torch.cat([self.embed_phonemes(phonemes), self.embed_codes(codes)], dim=1)
         mask = prefix_lm_mask(phone_lengths, p, code_lengths, codes.shape[1])
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.head(self.norm(x[:, p:]))
+        maps = []
+        for i, block in enumerate(self.blocks):
+            if i < attention_layers:
+                x, probs = block(x, mask, weights=True)
+                maps.append(probs[:, :, p:, :p])
+            else:
+                x = block(x, mask)
+        logits = self.head(self.norm(x[:, p:]))
+        return (logits, maps) if attention_layers else logits
 
     @torch.no_grad()
     def stream(self, phonemes: torch.Tensor, prompt: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -173,6 +190,28 @@ class Text2Semantic(nn.Module):
             code = yield self.head(self.norm(x[0, -1])).float()
             x, mask = self.embed_codes(torch.tensor([[code]], device=dev), position), None
             position += 1
+
+
+def guided_attention_loss(maps: list[torch.Tensor], phone_lengths: torch.Tensor,
+                          code_lengths: torch.Tensor, free: torch.Tensor, sigma: float,
+                          head: int = 0) -> torch.Tensor:  # fmt: skip
+    """DC-TTS's guided attention on one head of each map (B, H, T, P): attention of code
+    i to phoneme j costs 1 - exp(-(j / P - (i - f) / (T - f))^2 / 2 sigma^2), near zero on
+    the diagonal; code queries before ``free`` f (a prompt without its phonemes) and
+    padding cost nothing. Returns the mean cost per scored code query."""
+    _, _, t, p = maps[0].shape
+    dev = maps[0].device
+    i = torch.arange(t, device=dev)[None, :, None].float()  # (1, T, 1)
+    j = torch.arange(p, device=dev)[None, None, :].float()  # (1, 1, P)
+    f = free.to(dev).float()[:, None, None]
+    span = (code_lengths.to(dev).float()[:, None, None] - f).clamp(min=1)
+    target = (i - f) / span
+    cost = 1 - torch.exp(-((j / phone_lengths.to(dev).float()[:, None, None] - target) ** 2)
+                         / (2 * sigma**2))  # fmt: skip
+    rows = (i >= f) & (i < code_lengths.to(dev)[:, None, None])  # (B, T, 1)
+    cost = cost * rows * (j < phone_lengths.to(dev)[:, None, None])
+    total = sum((m[:, head].float() * cost).sum() for m in maps)
+    return total / (rows.sum() * len(maps)).clamp(min=1)
 
 
 def filter_logits(
