@@ -197,8 +197,9 @@ def guided_attention_loss(maps: list[torch.Tensor], phone_lengths: torch.Tensor,
                           head: int = 0) -> torch.Tensor:  # fmt: skip
     """DC-TTS's guided attention on one head of each map (B, H, T, P): attention of code
     i to phoneme j costs 1 - exp(-(j / P - (i - f) / (T - f))^2 / 2 sigma^2), near zero on
-    the diagonal; code queries before ``free`` f (a prompt without its phonemes) and
-    padding cost nothing. Returns the mean cost per scored code query."""
+    the diagonal, over the head's attention to the phonemes renormalized to sum to 1;
+    code queries before ``free`` f (a prompt without its phonemes) and padding cost
+    nothing. Returns the mean cost per scored code query."""
     _, _, t, p = maps[0].shape
     dev = maps[0].device
     i = torch.arange(t, device=dev)[None, :, None].float()  # (1, T, 1)
@@ -210,7 +211,10 @@ def guided_attention_loss(maps: list[torch.Tensor], phone_lengths: torch.Tensor,
                          / (2 * sigma**2))  # fmt: skip
     rows = (i >= f) & (i < code_lengths.to(dev)[:, None, None])  # (B, T, 1)
     cost = cost * rows * (j < phone_lengths.to(dev)[:, None, None])
-    total = sum((m[:, head].float() * cost).sum() for m in maps)
+    total = 0.0
+    for m in maps:  # the phoneme share of the attention, renormalized: moving mass onto
+        a = m[:, head].float()  # the codes is no way out of the cost
+        total = total + (a / a.sum(-1, keepdim=True).clamp(min=1e-6) * cost).sum()
     return total / (rows.sum() * len(maps)).clamp(min=1)
 
 
