@@ -47,6 +47,9 @@ class GPTDataConfig(Config):
     no_prompt: float = 0.1  # share of examples without a prompt
     prompt_without_text: float = 0.3  # share of prompts without their phonemes
     two_utterance_prompt: float = 0.4  # share of prompts made of two utterances
+    # share of input codes replaced by random codes (targets untouched): the next code
+    # cannot be guessed from the codes before it alone, so the phonemes must be read
+    input_noise: float = 0.0
 
 
 @dataclass
@@ -111,10 +114,27 @@ def collate(items: list, bos: int, eos: int) -> dict:
     return batch
 
 
-def make_batch(split: Split, recipe: VoiceGPTRecipe, g: torch.Generator, space: int) -> dict:
+def make_batch(split: Split, recipe: VoiceGPTRecipe, g: torch.Generator, space: int,
+               noise: float = 0.0) -> dict:  # fmt: skip
     ids = torch.randint(len(split.data), (recipe.data.batch_size,), generator=g).tolist()
     c = recipe.model
-    return collate([example(split, i, g, recipe.data, space) for i in ids], c.bos, c.eos)
+    batch = collate([example(split, i, g, recipe.data, space) for i in ids], c.bos, c.eos)
+    if noise > 0:  # corrupt input codes (never <bos> or padding), keep the targets
+        inputs = batch["inputs"]
+        codes = torch.arange(inputs.shape[1])[None] < batch["code_lengths"][:, None]
+        hit = (torch.rand(inputs.shape, generator=g) < noise) & codes
+        hit[:, 0] = False
+        random = torch.randint(c.codebook_size, inputs.shape, generator=g)
+        batch["inputs"] = torch.where(hit, random, inputs)
+    return batch
+
+
+def shuffled_phonemes(batch: dict) -> dict:
+    """The batch with each example's phonemes taken from the next example: the val loss
+    on it, less the true one, is what the phonemes are worth (nats per code)."""
+    roll = lambda t: torch.roll(t, 1, 0)  # noqa: E731
+    return {**batch, "phonemes": roll(batch["phonemes"]),
+            "phone_lengths": roll(batch["phone_lengths"])}  # fmt: skip
 
 
 def gpt_loss(model, batch, w: GPTLossConfig | None = None) -> tuple[torch.Tensor, dict]:
@@ -181,16 +201,20 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
                    for k in range(recipe.val_batches)]  # fmt: skip
 
     def evaluate(m) -> dict[str, float]:
-        scores = [gpt_loss(m, {k: v.to(device) for k, v in b.items()}) for b in val_batches]
-        return {"val_loss": sum(float(s[0]) for s in scores) / len(scores),
-                "val_acc": sum(float(s[1]["acc"]) for s in scores) / len(scores)}  # fmt: skip
+        on = lambda b: {k: v.to(device) for k, v in b.items()}  # noqa: E731
+        scores = [gpt_loss(m, on(b)) for b in val_batches]
+        wrong = [float(gpt_loss(m, on(shuffled_phonemes(b)))[0]) for b in val_batches]
+        loss = sum(float(s[0]) for s in scores) / len(scores)
+        return {"val_loss": loss, "val_acc": sum(float(s[1]["acc"]) for s in scores) / len(scores),
+                "phoneme_gain": sum(wrong) / len(wrong) - loss}  # fmt: skip
 
     def tokens(batch) -> int:
         return int(batch["phone_lengths"].sum() + batch["code_lengths"].sum())
 
     trainer = Trainer(
         model, recipe.train, out, lambda m, b: gpt_loss(m, b, recipe.loss),
-        lambda step: make_batch(train, recipe, step_generator(recipe.train.seed, step), space),
+        lambda step: make_batch(train, recipe, step_generator(recipe.train.seed, step), space,
+                                recipe.data.input_noise),
         eval_fn=evaluate, flops_per_step=lambda b: 6.0 * n_params * tokens(b),
         tokens_per_step=tokens,
     )  # fmt: skip
