@@ -133,6 +133,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     import importlib
 
     module = "report" if args.eval_command == "all" else args.eval_command
+    if module == "voice" and args.tts:
+        module = "voice_tts"
     importlib.import_module(f"tinysora.eval.{module}").run(args)
 
 

@@ -282,10 +282,6 @@ def run(args: argparse.Namespace) -> dict:
     if not (corpus / "test_seen.list").is_file():
         raise UserError(f"'{corpus}' is not a voice corpus (no test_seen.list); make one with "
                         "tinysora voice corpus")  # fmt: skip
-    if args.tts:
-        from tinysora.eval.voice_tts import run_tts
-
-        return run_tts(args, corpus)
     vc = VoiceConverter.from_pretrained(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate(vc, corpus, args.n or 50, Path(tmp))

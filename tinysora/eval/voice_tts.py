@@ -131,7 +131,8 @@ def summary_lines(r: dict) -> list[str]:
     ]
 
 
-def run_tts(args: argparse.Namespace, corpus: Path) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    corpus = Path(args.corpus)
     if not (corpus / "test_unseen.list").is_file():
         raise UserError(f"'{corpus}' has no test_unseen.list (the unseen voices); make the "
                         "corpus with tinysora voice corpus")  # fmt: skip
