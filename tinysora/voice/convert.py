@@ -58,12 +58,14 @@ class VoiceConverter:
                    load_pretrained(SynthesizerTrn, root / "sovits"),
                    PhonemeVocab(root / "phonemes.txt"))  # fmt: skip
 
-    def _audio(self, x: str | Path | np.ndarray, name: str) -> np.ndarray:
+    def samples(self, x: str | Path | np.ndarray) -> np.ndarray:
+        """Mono float32 samples at sample_rate of a file (any rate, resampled) or an array."""
         if isinstance(x, np.ndarray):
             return x.astype(np.float32).reshape(-1)
         return load_audio(x, self.sample_rate)
 
-    def _mel(self, wav: np.ndarray) -> torch.Tensor:
+    def log_mel(self, wav: np.ndarray) -> torch.Tensor:
+        """(1, n_mels, T) log-mel of the model's front end."""
         n = len(wav) // self.spec.hop * self.spec.hop
         return mel_spectrogram(torch.from_numpy(wav[:n])[None], self.spec)
 
@@ -76,15 +78,15 @@ class VoiceConverter:
         noise_scale: float = 0.5,
         seed: int = 0,
     ) -> np.ndarray:
-        src = self._audio(source, "source")
+        src = self.samples(source)
         if len(src) < MIN_SOURCE_S * self.sample_rate:
             raise AudioError(f"source is {len(src) / self.sample_rate:.2f} s long; give at "
                              f"least {MIN_SOURCE_S:g} s of speech")  # fmt: skip
-        ref_wav = check_reference(self._audio(ref, "reference"), self.sample_rate)
-        codes = self.content.codes(self._mel(src))  # (1, n_q, T')
+        ref_wav = check_reference(self.samples(ref), self.sample_rate)
+        codes = self.content.codes(self.log_mel(src))  # (1, n_q, T')
         ids = self.vocab.encode(phonemize([text])[0]) if text else []
         ids = ids or [self.vocab.bos]  # no text: the prior runs on the codes alone
-        wav = self.sovits.infer(codes, torch.tensor([ids]), self._mel(ref_wav),
+        wav = self.sovits.infer(codes, torch.tensor([ids]), self.log_mel(ref_wav),
                                 noise_scale, torch.Generator().manual_seed(seed))  # fmt: skip
         return wav.float().numpy()
 

@@ -168,9 +168,9 @@ class SpeechPipeline:
                 raise UserError("this model has no default voice; give a reference clip "
                                 "(ref_audio / --voice REF.wav)")  # fmt: skip
             ref_audio, ref_text = self.default_voice
-        wav = self.voice._audio(ref_audio, "reference")
+        wav = self.voice.samples(ref_audio)
         wav = check_reference(wav, self.sample_rate)
-        mel = self.voice._mel(wav)
+        mel = self.voice.log_mel(wav)
         codes = self.voice.content.codes(mel)[0, 0]  # (T0,) first quantizer
         phonemes = []
         if ref_text:
