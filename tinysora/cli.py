@@ -187,6 +187,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         raise CliError(f"--narrate needs an .mp4, .mov or .mkv output (a sound track), got {out}")
     if (args.voice or args.voice_text or args.voice_model) and args.narrate is None:
         raise CliError("--voice, --voice-text and --voice-model go with --narrate TEXT")
+    if args.voice_text and not args.voice:
+        raise CliError("--voice-text is the transcript of --voice REF.wav; give the clip too")
     pipe = TextToVideoPipeline.from_pretrained(args.model, allow_pickle=args.allow_pickle)
     if args.lora:
         pipe.load_lora(args.lora, args.lora_scale)
@@ -548,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
         "voice. Long text is cut at sentence boundaries and joined with pauses.",
     )
     speak.add_argument("text", help="what to say (up to 2000 characters)")
-    speak.add_argument("--ref", required=True, help="3-10 s clip of the voice to speak in")
+    speak.add_argument(
+        "--ref", help="3-10 s clip of the voice to speak in (default: the model's default voice)"
+    )
     speak.add_argument("--ref-text", help="REF's transcript (optional: a better prompt)")
     speak.add_argument("-o", "--output", required=True, help="output .wav / .flac / .ogg")
     speak.add_argument("--model", help="speech model directory (default: bundled weights/voice)")
@@ -599,6 +603,8 @@ def _cmd_speak(args: argparse.Namespace) -> None:
 
     if Path(args.output).suffix.lower() not in (".wav", ".flac", ".ogg"):
         raise CliError(f"-o {args.output!r}: use a .wav, .flac or .ogg name")
+    if args.ref_text and not args.ref:
+        raise CliError("--ref-text is the transcript of --ref REF.wav; give the clip too")
     tts = SpeechPipeline.from_pretrained(args.model)
     out = tts(args.text, ref_audio=args.ref, ref_text=args.ref_text, top_k=args.top_k,
               top_p=args.top_p, temperature=args.temperature, speed=args.speed,

@@ -260,6 +260,9 @@ def find_loop(codes: list[int], min_period: int = 6, max_period: int = 60, repea
     return None
 
 
+LENGTH_MARGIN = (0.8, 1.25)  # the length guard's bounds, beyond the corpus's range
+
+
 @dataclass
 class SamplingConfig:
     """GPT-SoVITS's knobs (api_v2 ``/tts``)."""
@@ -287,12 +290,13 @@ def sample_codes(
 ) -> Iterator[int | Generation]:
     """Sample target codes one at a time (yielded as ints), then a ``Generation``.
 
-    Guards: <eos> is masked until ``min_codes_per_phoneme x n_target_phonemes`` codes;
-    generation stops at ``max_codes_per_phoneme x n_target_phonemes`` ("limit"); a loop
+    Guards: <eos> is masked until 0.8 x ``min_codes_per_phoneme x n_target_phonemes``
+    codes; generation stops at 1.25 x ``max_codes_per_phoneme x n_target_phonemes``
+    ("limit"; the margins leave the slowest and fastest voices room); a loop
     (``find_loop``) is cut off at its first repeat and stops it ("loop")."""
     c = model.config
-    low = int(c.min_codes_per_phoneme * n_target_phonemes)
-    high = max(low + 1, math.ceil(c.max_codes_per_phoneme * n_target_phonemes))
+    low = int(LENGTH_MARGIN[0] * c.min_codes_per_phoneme * n_target_phonemes)
+    high = max(low + 1, math.ceil(LENGTH_MARGIN[1] * c.max_codes_per_phoneme * n_target_phonemes))
     out: list[int] = []
     steps = model.stream(phonemes, prompt)
     logits = next(steps)
