@@ -271,8 +271,12 @@ def summary_lines(r: dict) -> list[str]:
         f"conversion   WER {cv['wer']:.1%}  sim ref {cv['sim_ref']:.3f} vs source "
         f"{cv['sim_source']:.3f}  DNSMOS {cv['dnsmos']:.2f}",
         f"speed        RTF {r['rtf']:.3f} ({r['threads']} threads)",
-        "targets      " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["targets"].items()),
+        targets_line(r["targets"]),
     ]
+
+
+def targets_line(targets: dict[str, bool]) -> str:
+    return "targets      " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in targets.items())
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -30,6 +30,7 @@ from tinysora.eval.voice import (
     SpeakerJudge,
     dnsmos,
     reference_clip,
+    targets_line,
     wer,
 )
 from tinysora.voice.audio import load_audio
@@ -127,7 +128,7 @@ def summary_lines(r: dict) -> list[str]:
         f"{d['outside']} outside 0.6-1.6)  stops {r['stops']}  resampled {r['resampled']}",
         f"speed        RTF {r['rtf']:.3f}, first streamed audio {r['first_audio_s']['mean']:.2f} s "
         f"(max {r['first_audio_s']['max']:.2f}) at {r['threads']} threads",
-        "targets      " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["targets"].items()),
+        targets_line(r["targets"]),
     ]
 
 
