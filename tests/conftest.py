@@ -14,6 +14,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def at_one_thread(fn, *args):
+    """``fn(*args)`` with torch at one thread (the session fixtures' tiny training runs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """A small speech corpus (espeak-ng + flite voices, ~40 s of training speech, one
@@ -70,12 +80,7 @@ def tiny_content(tiny_corpus, tmp_path_factory):
     run = tmp_path_factory.mktemp("content")
     recipe = run / "recipe.toml"
     recipe.write_text(TINY_CONTENT_RECIPE.format(corpus=tiny_corpus, steps=20, codec_steps=20))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_voice_content(recipe, run / "run")
-    finally:
-        torch.set_num_threads(before)
+    at_one_thread(train_voice_content, recipe, run / "run")
     return run / "run"
 
 
@@ -118,12 +123,7 @@ def tiny_voice_model(tiny_corpus, tiny_content, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("voice")
     recipe = voice_recipe(tmp / "r.toml", tiny_corpus, tiny_content / "content", 2, 2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train_voice(recipe, tmp / "run")
-    finally:
-        torch.set_num_threads(before)
+    return at_one_thread(train_voice, recipe, tmp / "run")
 
 
 GPT_RECIPE = """
@@ -157,12 +157,7 @@ def tiny_tts(tiny_corpus, tiny_voice_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpt")
     recipe = tmp / "gpt.toml"
     recipe.write_text(GPT_RECIPE.format(corpus=tiny_corpus, voice=tiny_voice_model, steps=4))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_voice_gpt(recipe, tmp / "run")
-    finally:
-        torch.set_num_threads(before)
+    at_one_thread(train_voice_gpt, recipe, tmp / "run")
     return tmp / "run"
 
 

@@ -204,6 +204,12 @@ class SpeechPipeline:
         )  # fmt: skip
         return wav.float().numpy()
 
+    def _inputs(self, text: str, ref_audio, ref_text) -> tuple[list[Piece], Reference]:
+        """The text's pieces and the encoded reference (or the one given), both checked."""
+        pieces = self.pieces(text)
+        ref = ref_audio if isinstance(ref_audio, Reference) else self.reference(ref_audio, ref_text)
+        return pieces, ref
+
     def _silence(self, seconds: float, speed: float) -> np.ndarray:
         return np.zeros(int(seconds / speed * self.sample_rate), np.float32)
 
@@ -223,8 +229,7 @@ class SpeechPipeline:
         retries: int = 2,
     ) -> SpeechOutput:
         sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
-        pieces = self.pieces(text)
-        ref = ref_audio if isinstance(ref_audio, Reference) else self.reference(ref_audio, ref_text)
+        pieces, ref = self._inputs(text, ref_audio, ref_text)
         parts, info = [], []
         for k, piece in enumerate(pieces):
             result, attempts = self.codes(ref, piece, sampling, seed + k, retries)
@@ -261,8 +266,7 @@ class SpeechPipeline:
         last one. A loop is cut where it is found (no resampling: its start may already
         be out)."""
         sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
-        pieces = self.pieces(text)
-        ref = ref_audio if isinstance(ref_audio, Reference) else self.reference(ref_audio, ref_text)
+        pieces, ref = self._inputs(text, ref_audio, ref_text)
         for k, piece in enumerate(pieces):
             g = torch.Generator().manual_seed(seed + k)
             codes: list[int] = []
