@@ -133,11 +133,14 @@ corpus = "{corpus}"
 voice = "{voice}"
 batch_size = 2
 max_codes = 120
+align_iterations = 1
+align_steps = 5
 [model]
 dim = 32
 layers = 2
 heads = 2
 dropout = 0.0
+max_advance = 2
 [train]
 steps = {steps}
 warmup_steps = 1

@@ -61,8 +61,22 @@ def test_kv_cache_decoding_equals_the_full_forward():
     inputs = torch.cat([torch.tensor([model.config.bos]), codes])
     full = model(phonemes[None], torch.tensor([7]), inputs[None], torch.tensor([10]))[0]
     steps = model.stream(phonemes, codes[:4])
-    cached = [next(steps)] + [steps.send(int(c)) for c in codes[4:]]
+    cached = [next(steps)] + [steps.send((int(c), None)) for c in codes[4:]]
     assert_close_fp32(torch.stack(cached), full[4:])
+    # a pointer model: each position also carries the phoneme its target code voices
+    pointer = small(max_advance=2)
+    torch.nn.init.normal_(pointer.blocks[0].attn.proj.weight, std=0.1)
+    pointers = torch.tensor([-1] * 4 + [2, 2, 3, 3, 5, 6])  # the prompt's 4 codes: none
+    full = pointer(phonemes[None], torch.tensor([7]), inputs[None], torch.tensor([10]),
+                   pointers=pointers[None])[0]  # fmt: skip
+    assert full.shape[-1] == 16 + 1 + 3  # codes, <eos>, then moves of 0-2 phonemes
+    steps = pointer.stream(phonemes, codes[:4], int(pointers[4]))
+    cached = [next(steps)] + [steps.send((int(c), int(q)))
+                              for c, q in zip(codes[4:], pointers[5:], strict=True)]  # fmt: skip
+    assert_close_fp32(torch.stack(cached), full[4:])
+    moved = pointer(phonemes[None], torch.tensor([7]), inputs[None], torch.tensor([10]),
+                    pointers=pointers.roll(1)[None])[0]  # fmt: skip
+    assert not torch.allclose(moved[5:], full[5:])  # the pointer is read
 
 
 def test_attention_maps_and_the_guided_attention_cost():
@@ -152,6 +166,28 @@ def test_guards_against_truncation_endless_output_and_loops():
     assert long.stop == "limit" and len(long.codes) == math.ceil(high * 3.0 * 10)
 
 
+def test_a_pointer_model_says_each_phoneme_and_stops_past_the_last():
+    greedy = SamplingConfig(top_k=1, repetition_penalty=1.0)
+    # always one phoneme a code: exactly one code per target phoneme, whatever <eos> wants
+    steady = small(max_advance=2, max_codes_per_phoneme=30.0)
+    with torch.no_grad():
+        steady.head.bias[steady.config.eos] = 1e4  # <eos> is not how a pointer model ends
+        steady.head.bias[steady.config.eos + 1 + 1] = 1e4
+    result = generate(steady, 9, greedy)
+    assert result.stop == "eos" and len(result.codes) == 9
+    # a pointer that never moves on is moved after max_dwell codes on one phoneme
+    stuck = small(max_advance=2, max_dwell=3, max_codes_per_phoneme=30.0)
+    with torch.no_grad():
+        stuck.head.bias[stuck.config.eos + 1] = 1e4  # advance 0
+    result = generate(stuck, 9, greedy)
+    assert result.stop == "eos" and len(result.codes) == 9 * 3
+    # skipping: the pointer moves at most max_advance phonemes a code
+    hasty = small(max_advance=2, min_codes_per_phoneme=0.1, max_codes_per_phoneme=30.0)
+    with torch.no_grad():
+        hasty.head.bias[hasty.config.eos + 1 + 2] = 1e4
+    assert len(generate(hasty, 9, greedy).codes) == 5  # ceil(9 / 2)
+
+
 def test_pipeline_resamples_a_looping_piece(tiny_tts):
     from tinysora.voice.convert import VoiceConverter
     from tinysora.voice.speech import Piece, Reference, SpeechPipeline
@@ -194,8 +230,12 @@ def test_train_voice_gpt_exports_a_whole_tts_model(tiny_tts):
         assert (model / name / "model.safetensors").is_file()
     config = json.loads((model / "gpt" / "config.json").read_text())
     assert 0 < config["min_codes_per_phoneme"] < config["max_codes_per_phoneme"]
+    assert config["max_advance"] == 2 and config["max_dwell"] >= 1  # a pointer model
+    for split in ("train", "test_seen"):  # its aligned corpus
+        assert (tiny_tts / "features" / f"align_{split}.safetensors").is_file()
     log = [json.loads(line) for line in (tiny_tts / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["eval"]["val_loss"] > 0 and "acc" in log[-2]
+    assert log[-1]["eval"]["val_loss"] > 0 and log[-1]["eval"]["val_advance_ce"] > 0
+    assert "acc" in log[-2] and "advance_ce" in log[-2]
     assert (tiny_tts / "checkpoints" / "latest").exists()
 
 

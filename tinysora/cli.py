@@ -45,8 +45,8 @@ def _cmd_world(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     if args.model in ("vae", "voice", "voice-content", "voice-gpt") and args.data:
         raise CliError("--data is for `tinysora train dit` and `train lora`")
-    if args.model in ("vae", "voice-content", "voice-gpt") and args.init:
-        raise CliError("--init is for `tinysora train dit`, `train lora` and `train voice`")
+    if args.model in ("vae", "voice-content") and args.init:
+        raise CliError("--init is for `tinysora train dit`, `lora`, `voice` and `voice-gpt`")
     if args.model == "lora" and not (args.data and args.init):
         raise CliError("train lora needs --init MODEL_DIR and --data CACHE")
     if args.model != "lora" and not args.config:
@@ -70,7 +70,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         elif args.model == "voice-gpt":
             from tinysora.train.voice_gpt import train_voice_gpt
 
-            train_voice_gpt(args.config, args.out, resume=args.resume, device=args.device)
+            train_voice_gpt(args.config, args.out, resume=args.resume, device=args.device,
+                            init=args.init)  # fmt: skip
         elif args.model == "vae":
             from tinysora.train.vae import train_vae
 
@@ -457,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--init",
         help="dit, lora: start from this model directory's DiT; voice: from this run's "
-        "latest checkpoint (generator + discriminators; codebooks from --config's content)",
+        "latest checkpoint (generator + discriminators; codebooks from --config's content); "
+        "voice-gpt: from this run's latest EMA weights",
     )
     train.add_argument("--rank", type=int, default=8, help="lora: adapter rank (default 8)")
     train.add_argument("--device", help=DEVICE_HELP + "; under torchrun: cuda:LOCAL_RANK")

@@ -45,6 +45,18 @@ class GPTConfig(Config):
     # the trainer): the bounds a generation is held to
     min_codes_per_phoneme: float = 0.6
     max_codes_per_phoneme: float = 3.0
+    # the phoneme pointer (0 = off, plain s1): each code's input also carries the phoneme
+    # it voices (the corpus aligned by train/voice_align.py), and the head also says how
+    # far the pointer moves on after the code, 0..max_advance phonemes; generation ends
+    # when it moves past the last phoneme, so no word can be skipped, said twice or left
+    # unsaid, and a pointer resting ``max_dwell`` codes on one phoneme is moved on
+    max_advance: int = 0
+    max_dwell: int = 25
+
+    @property
+    def outputs(self) -> int:
+        """The head's width: the next code or <eos>, then (pointer) the advance's classes."""
+        return self.codebook_size + 1 + (self.max_advance + 1 if self.max_advance else 0)
 
     @property
     def eos(self) -> int:
@@ -139,7 +151,9 @@ class Text2Semantic(nn.Module):
             GPTBlock(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.layers)
         )
         self.norm = nn.LayerNorm(c.dim)
-        self.head = nn.Linear(c.dim, c.codebook_size + 1)  # next code or <eos>
+        self.head = nn.Linear(c.dim, c.outputs)
+        if c.max_advance:  # the embedded phoneme under the pointer, into a code's input
+            self.pointer_in = nn.Linear(c.dim, c.dim)
         # embeddings keep nn.Embedding's N(0, 1): the same scale as the sinusoids, so the
         # token, not its position, leads from the start (at std 0.02 training sat for
         # hundreds of steps at the codes' unigram entropy)
@@ -154,13 +168,25 @@ class Text2Semantic(nn.Module):
         pos = torch.arange(first, first + codes.shape[1], device=codes.device)
         return self.code_emb(codes) + sinusoid(pos, self.config.dim) + self.segment[1]
 
-    def forward(self, phonemes, phone_lengths, codes, code_lengths, attention_layers: int = 0):
+    def pointed(self, phones: torch.Tensor, pointers: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) input of the pointer: embedded phonemes (B, P, D) at ``pointers``
+        (B, T) (-1: none, zeros)."""
+        index = pointers.clamp(0, phones.shape[1] - 1)[..., None].expand(-1, -1, phones.shape[2])
+        return self.pointer_in(phones.gather(1, index)) * (pointers >= 0)[..., None]
+
+    def forward(self, phonemes, phone_lengths, codes, code_lengths, attention_layers: int = 0,
+                pointers=None):  # fmt: skip
         """Teacher forcing. phonemes (B, P), codes (B, T) = [<bos>, c_0 .. c_{T-2}] (the
-        inputs), lengths (B,) -> logits (B, T, codebook_size + 1) of the next code; with
-        ``attention_layers`` = k also the first k layers' attention of the code queries
-        over the phonemes, [(B, H, T, P)] (for a guided-attention loss)."""
+        inputs), lengths (B,); ``pointers`` (B, T) with a pointer: the phoneme each
+        position's *target* code voices (-1: none). -> logits (B, T, config.outputs) of
+        the next code (and the pointer's advance after it); with ``attention_layers`` = k
+        also the first k layers' attention of the code queries over the phonemes,
+        [(B, H, T, P)] (for a guided-attention loss)."""
         p = phonemes.shape[1]
-        x = torch.cat([self.embed_phonemes(phonemes), self.embed_codes(codes)], dim=1)
+        phones, code_x = self.embed_phonemes(phonemes), self.embed_codes(codes)
+        if pointers is not None:
+            code_x = code_x + self.pointed(phones, pointers)
+        x = torch.cat([phones, code_x], dim=1)
         mask = prefix_lm_mask(phone_lengths, p, code_lengths, codes.shape[1])
         maps = []
         for i, block in enumerate(self.blocks):
@@ -173,13 +199,21 @@ class Text2Semantic(nn.Module):
         return (logits, maps) if attention_layers else logits
 
     @torch.no_grad()
-    def stream(self, phonemes: torch.Tensor, prompt: torch.Tensor) -> Iterator[torch.Tensor]:
-        """KV-cached decoding of one sequence. phonemes (P,), prompt (T0,) codes. Yields
-        the next-code logits (V,), then expects ``.send(code)`` of the chosen code."""
+    def stream(self, phonemes: torch.Tensor, prompt: torch.Tensor,
+               pointer: int | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
+        """KV-cached decoding of one sequence. phonemes (P,), prompt (T0,) codes;
+        ``pointer``: (a pointer model) the phoneme the first new code voices. Yields the
+        logits (config.outputs,), then expects ``.send((code, pointer))`` of the chosen
+        code and the phoneme the next code voices (None without a pointer)."""
         dev = phonemes.device
         caches: list[list] = [[] for _ in self.blocks]
         codes = torch.cat([torch.tensor([self.config.bos], device=dev), prompt])
-        x = torch.cat([self.embed_phonemes(phonemes[None]), self.embed_codes(codes[None])], 1)
+        phones, code_x = self.embed_phonemes(phonemes[None]), self.embed_codes(codes[None])
+        if pointer is not None:  # the prompt's codes carry none; the last input predicts
+            pointers = torch.full((1, len(codes)), -1, device=dev)  # the first new code
+            pointers[0, -1] = pointer
+            code_x = code_x + self.pointed(phones, pointers)
+        x = torch.cat([phones, code_x], 1)
         p = phonemes.shape[0]
         mask = prefix_lm_mask(torch.tensor([p], device=dev), p,
                               torch.tensor([len(codes)], device=dev), len(codes))  # fmt: skip
@@ -187,8 +221,10 @@ class Text2Semantic(nn.Module):
         while True:
             for block, cache in zip(self.blocks, caches, strict=True):
                 x = block(x, mask, cache)
-            code = yield self.head(self.norm(x[0, -1])).float()
+            code, pointer = yield self.head(self.norm(x[0, -1])).float()
             x, mask = self.embed_codes(torch.tensor([[code]], device=dev), position), None
+            if pointer is not None:
+                x = x + self.pointed(phones, torch.tensor([[pointer]], device=dev))
             position += 1
 
 
@@ -293,15 +329,22 @@ def sample_codes(
     Guards: <eos> is masked until 0.8 x ``min_codes_per_phoneme x n_target_phonemes``
     codes; generation stops at 1.25 x ``max_codes_per_phoneme x n_target_phonemes``
     ("limit"; the margins leave the slowest and fastest voices room); a loop
-    (``find_loop``) is cut off at its first repeat and stops it ("loop")."""
+    (``find_loop``) is cut off at its first repeat and stops it ("loop").
+
+    A pointer model (``max_advance``) ends where its pointer moves past the last phoneme
+    ("eos"; its <eos> logit is not used), and a pointer resting ``max_dwell`` codes on one
+    phoneme moves on."""
     c = model.config
     low = int(LENGTH_MARGIN[0] * c.min_codes_per_phoneme * n_target_phonemes)
     high = max(low + 1, math.ceil(LENGTH_MARGIN[1] * c.max_codes_per_phoneme * n_target_phonemes))
     out: list[int] = []
-    steps = model.stream(phonemes, prompt)
+    pointer = len(phonemes) - n_target_phonemes if c.max_advance else None
+    dwell = 0
+    steps = model.stream(phonemes, prompt, pointer)
     logits = next(steps)
     while True:
-        if len(out) < low:  # before the filters, so top-k picks among the codes
+        logits, advance = logits[: c.eos + 1], logits[c.eos + 1 :]
+        if len(out) < low or pointer is not None:  # before the filters: top-k picks codes
             logits[c.eos] = -float("inf")
         history = torch.tensor(out[-sampling.history :], dtype=torch.long)
         logits = filter_logits(logits, history, sampling.top_k, sampling.top_p,
@@ -313,6 +356,17 @@ def sample_codes(
             yield Generation(out, "eos")
             return
         out.append(code)
+        if pointer is not None:
+            move = int(torch.multinomial(torch.softmax(advance / max(sampling.temperature, 1e-5),
+                                                       -1), 1, generator=generator))  # fmt: skip
+            move = max(move, 1) if dwell + 1 >= c.max_dwell else move
+            dwell = 0 if move else dwell + 1
+            pointer += move
+            if pointer >= len(phonemes):
+                steps.close()
+                yield code
+                yield Generation(out, "eos")
+                return
         period = find_loop(out)
         if period is not None:
             del out[-(2 * period) :]  # keep one copy of the repeated block
@@ -324,4 +378,4 @@ def sample_codes(
             steps.close()
             yield Generation(out, "limit")
             return
-        logits = steps.send(code)
+        logits = steps.send((code, pointer))
