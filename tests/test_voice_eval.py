@@ -94,5 +94,10 @@ def test_eval_voice_tts_end_to_end(tiny_corpus, tiny_tts, tmp_path):
     assert r["n"] == 3 and len(r["rows"]) == 3 and r["rtf"] > 0
     assert 0 <= r["engine_wer"] <= 1.5 and -1 <= r["sim_ref"] <= 1 and 1 <= r["dnsmos"] <= 5
     assert r["first_audio_s"]["max"] > 0 and sum(r["stops"].values()) >= 3
-    assert set(r["targets"]) == {"wer_le_1.5x_engine", "sim_ref_ge_0.80",
-                                 "duration_within_0.6_1.6x", "rtf_le_0.3", "first_audio_lt_1s"}
+    assert set(r["targets"]) == {
+        "wer_le_1.5x_engine",
+        "sim_ref_ge_0.80",
+        "duration_within_0.6_1.6x",
+        "rtf_le_0.3",
+        "first_audio_lt_1s",
+    }

@@ -97,9 +97,12 @@ def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path,
         "sim_other": float(np.mean([r["sim_other"] for r in out_rows if r["sim_other"]])),
         "dnsmos": float(np.mean([r["dnsmos"] for r in out_rows])),
         "engine_dnsmos": float(np.mean([r["engine_dnsmos"] for r in out_rows])),
-        "duration_ratio": {"mean": float(np.mean(ratios)), "min": float(min(ratios)),
-                           "max": float(max(ratios)),
-                           "outside": sum(not lo <= x <= hi for x in ratios)},  # fmt: skip
+        "duration_ratio": {
+            "mean": float(np.mean(ratios)),
+            "min": float(min(ratios)),
+            "max": float(max(ratios)),
+            "outside": sum(not lo <= x <= hi for x in ratios),
+        },  # fmt: skip
         "stops": {s: sum(r["stops"].count(s) for r in out_rows) for s in ("eos", "loop", "limit")},
         "resampled": sum(r["attempts"] > len(r["stops"]) for r in out_rows),
         "rtf": seconds / audio,

@@ -268,8 +268,10 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
         print(f"initialized from {init} (step {warm_start(model, Path(init))})")
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"GPT: {n_params / 1e6:.2f} M parameters; {len(train.data)} train utterances; "
-          f"{c.min_codes_per_phoneme:.2f}-{c.max_codes_per_phoneme:.2f} codes per phoneme")
+    print(
+        f"GPT: {n_params / 1e6:.2f} M parameters; {len(train.data)} train utterances; "
+        f"{c.min_codes_per_phoneme:.2f}-{c.max_codes_per_phoneme:.2f} codes per phoneme"
+    )
 
     val_batches = [make_batch(val, recipe, torch.Generator().manual_seed(10_000 + k), space,
                               pointers=val_pointers)
