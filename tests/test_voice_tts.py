@@ -362,7 +362,7 @@ def test_bundled_speech_model_speaks_in_its_default_voice(tmp_path):
     c = tts.gpt.config
     phonemes = torch.tensor(tts.vocab.encode(phonemize([transcript])[0]))
     with torch.no_grad():
-        loss, _ = gpt_loss(tts.gpt, collate([(phonemes, ref.codes, 0)], c.bos, c.eos))
+        loss, _ = gpt_loss(tts.gpt, collate([(phonemes, ref.codes, 0, None)], c.bos, c.eos))
     assert float(loss) < 4.0
     out = tts("A small red circle is bouncing. The blue square waits.", seed=0)
     assert len(out.pieces) == 2 and 1.0 < out.seconds < 10.0

@@ -560,10 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--model", help="speech model directory (default: bundled weights/voice)")
     speak.add_argument("--seed", type=int, default=0)
     speak.add_argument("--speed", type=float, default=1.0, help="0.5-2.0 (default 1)")
-    speak.add_argument("--top-k", type=int, default=15, help="(default 15)")
+    speak.add_argument("--top-k", type=int, default=1, help="(default 1: greedy codes)")
     speak.add_argument("--top-p", type=float, default=1.0, help="(default 1.0)")
     speak.add_argument("--temperature", type=float, default=1.0, help="(default 1.0)")
-    speak.add_argument("--repetition-penalty", type=float, default=1.35, help="(default 1.35)")
+    speak.add_argument("--repetition-penalty", type=float, default=1.0, help="(default 1.0)")
     speak.set_defaults(func=_cmd_speak)
     return parser
 

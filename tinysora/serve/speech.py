@@ -40,10 +40,10 @@ class SpeechRequest(BaseModel):
 
     text: str = Field(min_length=1, description="what to say")
     prompt_text: str | None = Field(None, description="the reference clip's transcript")
-    top_k: int = Field(15, ge=0, le=4096)
+    top_k: int = Field(1, ge=0, le=4096)
     top_p: float = Field(1.0, gt=0, le=1)
     temperature: float = Field(1.0, gt=0, le=5)
-    repetition_penalty: float = Field(1.35, ge=1, le=5)
+    repetition_penalty: float = Field(1.0, ge=1, le=5)
     speed: float = Field(1.0, ge=0.5, le=2.0)
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="default: a random one")
     media_type: Literal["wav", "ogg", "aac"] = "wav"

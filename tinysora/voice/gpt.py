@@ -301,12 +301,15 @@ LENGTH_MARGIN = (0.8, 1.25)  # the length guard's bounds, beyond the corpus's ra
 
 @dataclass
 class SamplingConfig:
-    """GPT-SoVITS's knobs (api_v2 ``/tts``)."""
+    """GPT-SoVITS's knobs (api_v2 ``/tts``). The defaults are what measured best with the
+    bundled pointer model (weights/README.md): greedy codes, no repetition penalty (the
+    pointer, not sampling, keeps it from looping; the seed still varies the pointer's
+    moves, the rhythm). GPT-SoVITS's own: top_k 15, repetition_penalty 1.35."""
 
-    top_k: int = 15
+    top_k: int = 1
     top_p: float = 1.0
     temperature: float = 1.0
-    repetition_penalty: float = 1.35
+    repetition_penalty: float = 1.0
     history: int = 50  # the repetition penalty looks this many codes back
 
 
