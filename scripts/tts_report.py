@@ -1,8 +1,11 @@
 """The GPT stage's report (issue 19): its learning curve (train and held-out next-code
-loss and accuracy) and the scores of `tinysora eval voice --tts`, in one JSON + PNG.
+loss, accuracy and phoneme gain) and the scores of `tinysora eval voice --tts`, in one
+JSON + PNG. Several runs chain (a run warm-started with ``--init`` from the one before
+it continues its steps).
 
-    python scripts/tts_report.py --gpt runs/voice/gpt \\
-        --eval bench/results/2026-12-03-tts-eval.json --out bench/results/2026-12-03-tts
+    python scripts/tts_report.py --gpt runs/voice/gpt runs/voice/gpt_ptr \\
+        --eval bench/results/2026-12-03-tts-eval-pointer.json \\
+        --out bench/results/2026-12-03-tts-pointer
 """
 
 from __future__ import annotations
@@ -12,26 +15,35 @@ import json
 from pathlib import Path
 
 
-def curves(log: Path) -> dict:
+def curves(log: Path, offset: int) -> dict:
+    """Train (step, next-code loss, accuracy) and held-out (step, loss, accuracy, phoneme
+    gain); a pointer run's next-code loss without its advance term."""
     train, val = {}, {}
     for line in log.read_text().splitlines():
         r = json.loads(line)
         if "eval" in r:
-            val[r["step"]] = (r["eval"]["val_loss"], r["eval"]["val_acc"])
+            e = r["eval"]
+            val[r["step"] + offset] = (e["val_loss"], e["val_acc"], e.get("phoneme_gain"))
         elif "loss" in r:
-            train[r["step"]] = (r["loss"], r["acc"])
+            train[r["step"] + offset] = (r.get("code_ce", r["loss"]), r["acc"])
     return {"train": [(s, *v) for s, v in sorted(train.items())],
             "val": [(s, *v) for s, v in sorted(val.items())]}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gpt", type=Path, required=True, help="a voice-gpt run directory")
+    ap.add_argument("--gpt", type=Path, nargs="+", required=True,
+                    help="voice-gpt run directories, in the order they ran")  # fmt: skip
     ap.add_argument("--eval", type=Path, help="tinysora eval voice --tts --json report")
     ap.add_argument("--out", type=Path, required=True, help="path stem for .json and .png")
     args = ap.parse_args()
-    report = {"gpt": curves(args.gpt / "log.jsonl"),
-              "recipe": json.loads((args.gpt / "recipe.json").read_text())}  # fmt: skip
+    runs, offset = [], 0
+    for run in args.gpt:
+        c = curves(run / "log.jsonl", offset)
+        runs.append({"run": str(run), "first_step": offset, **c,
+                     "recipe": json.loads((run / "recipe.json").read_text())})  # fmt: skip
+        offset = c["train"][-1][0] if c["train"] else offset
+    report = {"gpt": runs}
     if args.eval:
         report["eval"] = {k: v for k, v in json.loads(args.eval.read_text()).items()
                           if k != "rows"}  # fmt: skip
@@ -43,18 +55,25 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    steps, loss, acc = zip(*report["gpt"]["train"], strict=True)
-    a.plot(steps, loss, lw=0.8, label="train")
-    b.plot(steps, acc, lw=0.8, label="train")
-    if report["gpt"]["val"]:
-        steps, loss, acc = zip(*report["gpt"]["val"], strict=True)
-        a.plot(steps, loss, "o-", label="held-out sentences")
-        b.plot(steps, acc, "o-", label="held-out sentences")
-    a.set(xlabel="step", ylabel="cross-entropy (nats)", title="GPT stage: next code", ylim=(0, 7))
-    b.set(xlabel="step", ylabel="top-1 accuracy", title="GPT stage: next code")
-    a.legend()
-    b.legend()
+    fig, (a, b, g) = plt.subplots(1, 3, figsize=(15, 4))
+    for r in runs:
+        name = Path(r["run"]).name
+        steps, loss, acc = zip(*r["train"], strict=True)
+        a.plot(steps, loss, lw=0.6, alpha=0.6, label=f"{name} train")
+        b.plot(steps, acc, lw=0.6, alpha=0.6, label=f"{name} train")
+        if r["val"]:
+            steps, loss, acc, gain = zip(*r["val"], strict=True)
+            a.plot(steps, loss, "o-", ms=3, label=f"{name} held-out")
+            b.plot(steps, acc, "o-", ms=3, label=f"{name} held-out")
+            kept = [(s, x) for s, x in zip(steps, gain, strict=True) if x is not None]
+            if kept:
+                g.plot(*zip(*kept, strict=True), "o-", ms=3, label=name)
+    a.set(xlabel="step", ylabel="cross-entropy (nats)", title="next code", ylim=(1.5, 4))
+    b.set(xlabel="step", ylabel="top-1 accuracy", title="next code")
+    g.set(xlabel="step", ylabel="nats per code",
+          title="phoneme gain (held-out loss with other text - true)")  # fmt: skip
+    for ax in (a, b, g):
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.out.with_suffix(".png"), dpi=110)
     print(f"wrote {args.out.with_suffix('.json')} and .png")

@@ -1,6 +1,7 @@
 """The forced aligner behind the GPT stage's phoneme pointer: the monotonic Viterbi path
 (marks without sound may be passed over, phonemes may not), the longest rest on one
-phoneme, and the pointer/advance targets a training batch carries."""
+phoneme, the pointer/advance targets a training batch carries, and a pointer model
+warm-started from a plain run (``train voice-gpt --init``)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,33 @@ def test_a_batch_carries_each_target_codes_phoneme_and_the_move_after_it():
     # moves: 0, 1, 1, then past the end (6 - 5 = 1); the prompt's and <eos>'s unscored
     assert batch["advance"][0].tolist() == [-100, -100, -100, 0, 1, 1, 1, -100]
     assert batch["targets"][0].tolist() == [1, 2, 3, 4, 5, 6, 7, 16]
+
+
+def test_warm_start_a_pointer_model_from_a_plain_run(tmp_path):
+    import json
+
+    import pytest
+
+    from tinysora.io.checkpoint import CheckpointError, save_tensors
+    from tinysora.train.voice_gpt import warm_start
+    from tinysora.voice.gpt import GPTConfig, Text2Semantic
+
+    small = dict(n_phonemes=12, codebook_size=16, dim=32, layers=2, heads=2)
+    torch.manual_seed(0)
+    plain = Text2Semantic(GPTConfig(**small))
+    step = tmp_path / "run" / "checkpoints" / "step_00000040"
+    step.mkdir(parents=True)
+    save_tensors(plain.state_dict(), step / "ema.safetensors")
+    (step / "state.json").write_text(json.dumps({"step": 40}))
+    (step.parent / "latest").write_text("step_00000040")
+    pointer = Text2Semantic(GPTConfig(**small, max_advance=2))
+    fresh = pointer.head.weight[17:].clone()
+    assert warm_start(pointer, tmp_path / "run") == 40
+    assert torch.equal(pointer.head.weight[:17], plain.head.weight)  # codes + <eos> rows
+    assert torch.equal(pointer.head.weight[17:], fresh)  # the advance rows start fresh
+    assert torch.equal(pointer.blocks[1].mlp[0].weight, plain.blocks[1].mlp[0].weight)
+    wider = Text2Semantic(GPTConfig(**{**small, "dim": 64}, max_advance=2))
+    with pytest.raises(CheckpointError, match="has shape"):
+        warm_start(wider, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="no checkpoints/latest"):
+        warm_start(pointer, tmp_path)
