@@ -1,4 +1,4 @@
-"""Phoneme alignment of the corpus for the GPT stage's pointer (``GPTConfig.aligned``):
+"""Phoneme alignment of the corpus for the GPT stage's pointer (``GPTConfig.max_advance``):
 which phoneme each content code voices.
 
 A flat-start forced aligner, trained here on the corpus alone (no outside model): a small

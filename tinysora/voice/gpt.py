@@ -17,6 +17,11 @@ same speaker as its prompt; inference fills the prompt with the reference clip's
 GPT-SoVITS's reported failures live there too: no <eos> before a minimum number of codes
 per phoneme (truncation, swallowed endings), a hard maximum (endless output), and a loop
 detector (``find_loop``) that the speech pipeline answers by resampling.
+
+tinysora's addition (``GPTConfig.max_advance``): a phoneme pointer. Each code's input also
+carries the phoneme it voices (the corpus force-aligned by ``train/voice_align.py``) and
+the head also predicts how far the pointer moves on; generation ends past the last
+phoneme, which rules out skipped, repeated and unsaid words by construction.
 """
 
 from __future__ import annotations
