@@ -102,7 +102,7 @@ def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path,
             "min": float(min(ratios)),
             "max": float(max(ratios)),
             "outside": sum(not lo <= x <= hi for x in ratios),
-        },  # fmt: skip
+        },
         "stops": {s: sum(r["stops"].count(s) for r in out_rows) for s in ("eos", "loop", "limit")},
         "resampled": sum(r["attempts"] > len(r["stops"]) for r in out_rows),
         "rtf": seconds / audio,

@@ -99,6 +99,16 @@ def latest_checkpoint(root: Path) -> tuple[Path, dict] | None:
         raise CheckpointError(f"cannot resume from '{path}': {e}") from None
 
 
+def init_checkpoint(run: Path, command: str) -> tuple[Path, dict]:
+    """(directory, state.json) of the latest checkpoint of ``run``, the run an ``--init``
+    starts from; a one-line error naming ``command`` (the kind of run) when it has none."""
+    found = latest_checkpoint(Path(run) / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"--init {run}: no checkpoints/latest there; point it at a "
+                              f"`tinysora {command}` run directory")  # fmt: skip
+    return found
+
+
 def point_latest(root: Path, final: Path, keep: int) -> None:
     """Switch ``root/latest`` to the complete checkpoint ``final`` atomically; keep the
     newest ``keep`` checkpoint directories."""

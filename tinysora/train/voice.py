@@ -35,7 +35,6 @@ from tinysora.config import Config
 from tinysora.device import resolve_device, to_device
 from tinysora.io.atomic import atomic_dir, atomic_write_text
 from tinysora.io.checkpoint import (
-    CheckpointError,
     check_state,
     load_pretrained,
     load_tensors,
@@ -48,6 +47,7 @@ from tinysora.train.trainer import (
     _flatten_optimizer,
     _unflatten_optimizer,
     check_run_dir,
+    init_checkpoint,
     latest_checkpoint,
     lr_at,
     point_latest,
@@ -215,11 +215,7 @@ class VoiceTrainer:
         its optimizers or step), except the prior's frozen codebooks, which stay this
         recipe's content model's (the decoder, flow and posterior carry over to new codes).
         Returns the step the weights come from."""
-        found = latest_checkpoint(Path(run) / "checkpoints")
-        if found is None:
-            raise CheckpointError(f"--init {run}: no checkpoints/latest there; point it at a "
-                                  "`tinysora train voice` run directory")  # fmt: skip
-        path, state = found
+        path, state = init_checkpoint(run, "train voice")
         keep = lambda state: {k: v for k, v in state.items()  # noqa: E731
                               if not k.startswith("prior.codebooks.")}  # fmt: skip
         gen = keep(load_tensors(path / "generator.safetensors"))

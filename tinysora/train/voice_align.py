@@ -116,14 +116,18 @@ class Frames:
 
     def align(self, model: FrameClassifier, log_prior: torch.Tensor,
               skippable: np.ndarray, desc: str) -> list[np.ndarray]:  # fmt: skip
-        """Each utterance's frame -> phoneme index path under ``model``."""
+        """Each utterance's frame -> phoneme index path under ``model``: every frame
+        scored at once (in chunks), then one Viterbi per utterance."""
+        total = len(self.features)
+        scores = torch.empty(total, len(log_prior))
+        for first in range(0, total, 65536):
+            frames = torch.arange(first, min(first + 65536, total))
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                scores[frames] = model(self.windows(frames)).float().log_softmax(-1) - log_prior
         paths = []
         for k in tqdm(range(len(self.lengths)), desc=desc):
-            frames = torch.arange(int(self.starts[k]), int(self.starts[k + 1]))
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(self.windows(frames))
-            scores = (logits.float().log_softmax(-1) - log_prior)[:, self.phones[k]]
-            paths.append(viterbi(scores.numpy(), skippable[self.phones[k].numpy()]))
+            mine = scores[int(self.starts[k]) : int(self.starts[k + 1]), self.phones[k]]
+            paths.append(viterbi(mine.numpy(), skippable[self.phones[k].numpy()]))
         return paths
 
 

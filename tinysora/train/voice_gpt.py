@@ -33,6 +33,7 @@ from tinysora.train.trainer import (
     TrainConfig,
     Trainer,
     check_run_dir,
+    init_checkpoint,
     latest_checkpoint,
     step_generator,
 )
@@ -203,11 +204,7 @@ def warm_start(model: Text2Semantic, run: Path) -> int:
     """Start from another voice-gpt run's latest EMA weights: every tensor of the same
     name, the head's code rows too when this model adds the pointer's (its pointer input
     and advance rows start fresh). Returns the step they come from."""
-    found = latest_checkpoint(Path(run) / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"--init {run}: no checkpoints/latest there; point it at a "
-                              "`tinysora train voice-gpt` run directory")  # fmt: skip
-    path, state = found
+    path, state = init_checkpoint(run, "train voice-gpt")
     theirs, own = load_tensors(path / "ema.safetensors"), model.state_dict()
     for key, value in theirs.items():
         if key not in own:
