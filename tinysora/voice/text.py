@@ -7,6 +7,7 @@ vocabulary (``phonemes.txt`` beside this file) that turns them into ids.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import re
 import warnings
@@ -163,16 +164,56 @@ def sentences(n: int, seed: int, caption_share: float = 0.3) -> list[str]:
 # --------------------------------------------------------------------------- phonemes
 
 
+# Where the phonemes come from: the espeak-ng library and data inside the
+# ``espeakng-loader`` wheel (a dependency, so `pip install` is all speech needs). The
+# system's libespeak-ng (apt-get install espeak-ng) is the fallback when the wheel's copy
+# cannot load, or the choice when phonemizer's PHONEMIZER_ESPEAK_LIBRARY names a library.
+LIBRARY_ENV = "PHONEMIZER_ESPEAK_LIBRARY"
+
+
 @functools.lru_cache(maxsize=1)
 def _backend():
+    """phonemizer's en-us espeak backend (one per process: espeak-ng is a C library with
+    global state, so a process phonemizes with one library only)."""
     try:
         from phonemizer.backend import EspeakBackend
+        from phonemizer.backend.espeak.wrapper import EspeakWrapper
     except ImportError as e:
-        raise TextError("phonemes need phonemizer: pip install 'tinysora[voice]'") from e
-    try:
+        raise TextError("phonemes need phonemizer: pip install phonemizer") from e
+
+    def backend():
         return EspeakBackend("en-us", preserve_punctuation=True, with_stress=True)
+
+    if not os.environ.get(LIBRARY_ENV):
+        try:
+            import espeakng_loader
+
+            EspeakWrapper.set_library(espeakng_loader.get_library_path())
+            EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
+            return backend()
+        except (ImportError, RuntimeError, OSError) as e:
+            warnings.warn(
+                f"the bundled espeak-ng (espeakng-loader) did not load ({e}); "
+                "trying the system's libespeak-ng",
+                stacklevel=2,
+            )
+            EspeakWrapper.set_library(None)
+            EspeakWrapper.set_data_path(None)
+    try:
+        return backend()
     except RuntimeError as e:
-        raise TextError("phonemes need espeak-ng: apt-get install espeak-ng") from e
+        raise TextError(
+            "phonemes need espeak-ng: pip install espeakng-loader (or apt-get install espeak-ng)"
+        ) from e
+
+
+def phoneme_engine() -> dict[str, str]:
+    """The espeak-ng that :func:`phonemize` uses: its library file and version."""
+    backend = _backend()
+    return {
+        "library": str(backend._espeak.library_path),
+        "version": ".".join(map(str, backend.version())),
+    }
 
 
 def normalize_text(text: str) -> str:
