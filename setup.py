@@ -1,14 +1,17 @@
-"""Packaging hook: the bundled model (``weights/``) ships inside the wheel as
-``tinysora/weights/``, so a non-editable ``pip install .`` finds it from any directory
-(``tinysora.io.checkpoint.resolve_model_dir``). Everything else is in pyproject.toml."""
+"""Packaging hook: the bundled models (``weights/``: video and voice) ship inside the
+wheel as ``tinysora/weights/``, so a non-editable ``pip install .`` finds them from any
+directory (``tinysora.io.checkpoint.resolve_model_dir``). Every file of ``weights/``
+ships (configs, safetensors, the voice's phoneme list and default reference clip), except
+what :data:`NOT_SHIPPED` names. Everything else is in pyproject.toml."""
 
+import fnmatch
 import shutil
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-WEIGHT_FILES = ("*.json", "*.safetensors", "README.md")
+NOT_SHIPPED = ("*.tmp", ".*", "__pycache__")
 
 
 class BuildWithWeights(build_py):
@@ -19,13 +22,12 @@ class BuildWithWeights(build_py):
         source = Path(__file__).resolve().parent / "weights"
         target = Path(self.build_lib) / "tinysora" / "weights"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target, ignore=_not_weights)
+        shutil.copytree(source, target, ignore=not_shipped)
 
 
-def _not_weights(folder: str, names: list[str]) -> list[str]:
-    """shutil.copytree's ``ignore``: every file of ``folder`` but the weight files."""
-    keep = {path.name for pattern in WEIGHT_FILES for path in Path(folder).glob(pattern)}
-    return [n for n in names if n not in keep and not (Path(folder) / n).is_dir()]
+def not_shipped(folder: str, names: list[str]) -> list[str]:
+    """shutil.copytree's ``ignore``: the names of ``folder`` that stay out of the wheel."""
+    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in NOT_SHIPPED)]
 
 
 setup(cmdclass={"build_py": BuildWithWeights})
