@@ -27,6 +27,11 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 
+def __dir__() -> list[str]:
+    """The public names (tab completion and ``dir(tinysora)``), not the loader's."""
+    return sorted(__all__)
+
+
 def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'tinysora' has no attribute {name!r}")
