@@ -119,7 +119,7 @@ def voice_recipe(path, corpus, content, steps: int, every: int):
 @pytest.fixture(scope="session")
 def tiny_voice_model(tiny_corpus, tiny_content, tmp_path_factory):
     """A tiny SoVITS model trained for two steps: its model directory."""
-    from tinysora.train.voice import train_voice
+    from tinysora.train.voice_sovits import train_voice
 
     tmp = tmp_path_factory.mktemp("voice")
     recipe = voice_recipe(tmp / "r.toml", tiny_corpus, tiny_content / "content", 2, 2)

@@ -69,7 +69,7 @@ def test_losses():
 
 def test_train_voice_resume_is_exact_and_exports(tiny_corpus, tiny_content, tmp_path):
     from tinysora.io.checkpoint import CheckpointError, load_tensors
-    from tinysora.train.voice import train_voice
+    from tinysora.train.voice_sovits import train_voice
 
     content = tiny_content / "content"
     recipe = voice_recipe(tmp_path / "r.toml", tiny_corpus, content, steps=6, every=3)

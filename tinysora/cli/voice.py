@@ -12,7 +12,7 @@ VOICE_MODELS = ("voice", "voice-content", "voice-gpt")  # `tinysora train MODEL`
 def train_voice_model(args: argparse.Namespace) -> None:
     """``tinysora train voice|voice-content|voice-gpt`` (the checks common to all are in train)."""
     if args.model == "voice":
-        from tinysora.train.voice import train_voice
+        from tinysora.train.voice_sovits import train_voice
 
         train_voice(args.config, args.out, resume=args.resume, device=args.device, init=args.init)
     elif args.model == "voice-content":

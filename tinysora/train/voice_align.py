@@ -25,8 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from tinysora.io.checkpoint import load_tensors, save_tensors
-from tinysora.train.voice import Split
 from tinysora.voice.content import ContentModel
+from tinysora.voice.data import Split
 from tinysora.voice.text import PhonemeVocab
 
 CONTEXT = 3  # frames either side the classifier sees

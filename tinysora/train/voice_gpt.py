@@ -37,9 +37,9 @@ from tinysora.train.trainer import (
     latest_checkpoint,
     step_generator,
 )
-from tinysora.train.voice import Split, load_split
 from tinysora.train.voice_align import align_splits, longest_rest
 from tinysora.voice.content import ContentModel
+from tinysora.voice.data import Split, load_split
 from tinysora.voice.gpt import GPTConfig, Text2Semantic, guided_attention_loss
 from tinysora.voice.sovits import SynthesizerTrn, spectrogram_config
 from tinysora.voice.speech import DEFAULT_VOICE

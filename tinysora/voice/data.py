@@ -1,6 +1,7 @@
 """A corpus split as tensors: every utterance's log-mel (and, for the generator, its
 samples), speaker and phoneme ids, computed once into one safetensors file and cropped
-into batches deterministically by step.
+into batches deterministically by step; with the frozen content codes beside them, the
+``Split`` every voice trainer after the content stage reads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from tinysora.io.checkpoint import load_tensors, save_tensors
 from tinysora.voice.audio import SpectrogramConfig, load_audio, mel_matrix, mel_spectrogram
+from tinysora.voice.content import ContentModel
 from tinysora.voice.corpus import read_list
 from tinysora.voice.text import PhonemeVocab
 
@@ -142,3 +144,46 @@ def crop_batch(
         mel[b, :, :take] = data.mel[s : s + take].float().T
         lengths[b], starts[b] = take, start
     return mel, lengths, ids, starts
+
+
+@dataclass
+class Split:
+    """A split's utterances and their content codes (all end to end, with offsets)."""
+
+    data: Utterances
+    codes: torch.Tensor  # (n_q, total code frames)
+    code_offsets: torch.Tensor  # (U + 1,)
+    by_speaker: dict[int, list[int]]
+
+    def utterance_codes(self, i: int) -> torch.Tensor:
+        return self.codes[:, self.code_offsets[i] : self.code_offsets[i + 1]]
+
+
+def load_split(
+    corpus: str | Path,
+    spec: SpectrogramConfig,
+    out: Path,
+    split: str,
+    content: ContentModel,
+    speakers: list[str] | None = None,
+    keep_wav: bool = True,
+) -> Split:
+    """A corpus split's features (samples too with ``keep_wav``) and content codes,
+    computed once into OUT/features (shared by the generator and the GPT stage)."""
+    path = out / "features" / f"{split}.safetensors"
+    if not path.is_file():
+        build_utterances(Path(corpus) / f"{split}.list", path, spec, speakers, keep_wav=keep_wav)
+    data = load_utterances(path)
+    codes_path = out / "features" / f"codes_{split}.safetensors"
+    if not codes_path.is_file():
+        parts = [
+            content.codes(data.utterance_mel(i)[None])[0]
+            for i in tqdm(range(len(data)), desc=f"codes {split}")
+        ]
+        offsets = torch.tensor([0] + torch.tensor([p.shape[1] for p in parts]).cumsum(0).tolist())
+        save_tensors({"codes": torch.cat(parts, dim=1), "offsets": offsets}, codes_path)
+    t = load_tensors(codes_path)
+    by_speaker: dict[int, list[int]] = {}
+    for i, s in enumerate(data.speaker.tolist()):
+        by_speaker.setdefault(s, []).append(i)
+    return Split(data, t["codes"], t["offsets"], by_speaker)

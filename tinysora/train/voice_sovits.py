@@ -55,7 +55,7 @@ from tinysora.train.trainer import (
 )
 from tinysora.voice.audio import linear_spectrogram, mel_matrix, mel_spectrogram, save_audio
 from tinysora.voice.content import ContentModel
-from tinysora.voice.data import Utterances, build_utterances, load_utterances
+from tinysora.voice.data import Split, load_split
 from tinysora.voice.sovits import (
     MultiDiscriminator,
     SoVITSConfig,
@@ -95,38 +95,6 @@ class VoiceRecipe(Config):
     loss: VoiceLossConfig = field(default_factory=VoiceLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     val_utterances: int = 8
-
-
-@dataclass
-class Split:
-    data: Utterances
-    codes: torch.Tensor  # (n_q, total code frames)
-    code_offsets: torch.Tensor  # (U + 1,)
-    by_speaker: dict[int, list[int]]
-
-    def utterance_codes(self, i: int) -> torch.Tensor:
-        return self.codes[:, self.code_offsets[i] : self.code_offsets[i + 1]]
-
-
-def load_split(corpus: str | Path, spec, out: Path, split: str, content: ContentModel,
-               speakers=None, keep_wav: bool = True) -> Split:  # fmt: skip
-    """A corpus split's features (samples too with ``keep_wav``) and content codes,
-    computed once into OUT/features (shared by the generator and the GPT stage)."""
-    path = out / "features" / f"{split}.safetensors"
-    if not path.is_file():
-        build_utterances(Path(corpus) / f"{split}.list", path, spec, speakers, keep_wav=keep_wav)
-    data = load_utterances(path)
-    codes_path = out / "features" / f"codes_{split}.safetensors"
-    if not codes_path.is_file():
-        parts = [content.codes(data.utterance_mel(i)[None])[0]
-                 for i in tqdm(range(len(data)), desc=f"codes {split}")]  # fmt: skip
-        offsets = torch.tensor([0] + torch.tensor([p.shape[1] for p in parts]).cumsum(0).tolist())
-        save_tensors({"codes": torch.cat(parts, dim=1), "offsets": offsets}, codes_path)
-    t = load_tensors(codes_path)
-    by_speaker: dict[int, list[int]] = {}
-    for i, s in enumerate(data.speaker.tolist()):
-        by_speaker.setdefault(s, []).append(i)
-    return Split(data, t["codes"], t["offsets"], by_speaker)
 
 
 def make_batch(split: Split, recipe: VoiceRecipe, ids: list[int], g: torch.Generator,
