@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch this project is pinned to (pip finds it on this kind of machine).
 TORCH := torch==2.13.0
 DEMO_PROMPT ?= a large red circle bouncing on a navy background
+DEMO_NARRATION ?= A large red circle bounces on a navy background.
 
 .PHONY: demo test test-slow test-browser lint bench bench-quick bench-serve detector-accuracy clean
 
@@ -21,11 +22,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# Generates a clip with the bundled model (weights/) and prints its path last.
+# Generates a narrated clip with the bundled models (weights/) and prints its path last.
 demo: $(VENV)/.installed
-	$(BIN)/tinysora generate "$(DEMO_PROMPT)" -o outputs/demo.mp4
+	$(BIN)/tinysora generate "$(DEMO_PROMPT)" --narrate "$(DEMO_NARRATION)" -o outputs/demo.mp4
 
-# The voice tests synthesize speech with espeak-ng and flite (installed when missing).
+# The voice tests make a small corpus with the espeak-ng and flite synthesizers
+# (installed when missing). Phonemes need no system package (the espeakng-loader wheel).
 # Test files run in one process per core (pytest-xdist), each torch at one thread.
 VOICE_APT := espeak-ng flite
 test: $(VENV)/.installed-dev
@@ -39,11 +41,10 @@ $(VENV)/.installed-browser: $(VENV)/.installed-dev
 	touch $@
 
 # The web page in Debian's Chromium (installed here when missing; Playwright's own
-# browser download is not used); espeak-ng for the narrated clip's phonemes.
+# browser download is not used).
 test-browser: $(VENV)/.installed-browser
-	@command -v chromium >/dev/null && command -v espeak-ng >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
-		espeak-ng; }
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	$(BIN)/pytest -q -m browser
 
 $(VENV)/.installed-voice-eval: $(VENV)/.installed-dev
