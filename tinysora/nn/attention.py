@@ -1,8 +1,10 @@
-"""Attention for spacetime tokens: 3D rotary positions and masked multi-head attention.
+"""The one multi-head attention of every model (the DiT, the voice's content encoder,
+SoVITS and the GPT stage), and the 3D rotary positions of spacetime tokens.
 
 Masks are boolean, True = may attend, shaped to broadcast to (B, heads, Nq, Nk).
 Packing many clips into one sequence needs only :func:`segment_mask` (tokens
-attend within their own clip) combined with the masks below.
+attend within their own clip) combined with the masks below; padded sequences
+(speech) need :func:`key_padding_mask`.
 """
 
 from __future__ import annotations
@@ -50,10 +52,16 @@ SDPA_MIN_TOKENS = 256
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, sdpa: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    sdpa: bool = False,
+    probs: bool = False,
 ):
     """softmax(q k^T / sqrt(d) + mask) v: written out with two matmuls (softmax in fp32),
-    or with ``F.scaled_dot_product_attention`` when ``sdpa``.
+    or with ``F.scaled_dot_product_attention`` when ``sdpa``. ``probs``: also return the
+    attention probabilities (B, h, Nq, Nk) fp32 (always the written-out form).
 
     Measured on this CPU (torch 2.13, bf16 fwd+bwd of the XS/2 DiT, compiled blocks):
     for 80-token clips (batch 32) the explicit form takes 0.29 s and SDPA 0.53 s (its
@@ -62,12 +70,14 @@ def attend(
     ``sdpa`` must only be set when no query row is fully masked (SDPA gives NaN there),
     as in self-attention, where a token always sees itself.
     """
-    if sdpa:
+    if sdpa and not probs:
         return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, h, Nq, Nk)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
+    weights = torch.softmax(scores.float(), dim=-1)
+    out = weights.to(v.dtype) @ v
+    return (out, weights) if probs else out
 
 
 def segment_mask(segments: torch.Tensor) -> torch.Tensor:
@@ -75,17 +85,61 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
     return (segments[:, :, None] == segments[:, None, :])[:, None]
 
 
-class Attention(nn.Module):
-    """Multi-head self- or cross-attention with optional RoPE and a boolean mask."""
+def key_padding_mask(lengths: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """Lengths (B,) of padded sequences -> (B, 1, 1, N) bool, True where a key is real
+    (None for None: nothing is padded)."""
+    if lengths is None:
+        return None
+    return (torch.arange(n, device=lengths.device)[None] < lengths[:, None])[:, None, None, :]
 
-    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, qk_norm: bool = True):
+
+class KVCache:
+    """One layer's keys and values (B, h, N, hd) of the positions decoded so far; each
+    attention call given the cache appends its new positions (autoregressive sampling)."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention with optional RoPE, a boolean mask, a KV cache
+    and the attention probabilities on request.
+
+    Projections: ``q`` and ``kv`` (self- or cross-attention over a context of any width,
+    the DiT's), or with ``fused`` one ``qkv`` (self-attention, the voice models'); then
+    the output projection, ``out`` or ``out_name`` (the bundled voice weights call it
+    ``proj``). ``qk_norm``: LayerNorm of each head's queries and keys (the DiT's).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        kv_dim: int | None = None,
+        qk_norm: bool = True,
+        fused: bool = False,
+        out_name: str = "out",
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by heads {heads}")
-        self.heads, self.head_dim = heads, dim // heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(kv_dim or dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
+        if fused and kv_dim not in (None, dim):
+            raise ValueError("a fused qkv projection is for self-attention (no kv_dim)")
+        self.heads, self.head_dim, self.fused = heads, dim // heads, fused
+        if fused:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.out_name = out_name
+        setattr(self, out_name, nn.Linear(dim, dim))
         self.q_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
         self.k_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
 
@@ -95,20 +149,36 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         rope: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        cache: KVCache | None = None,
+        sdpa: bool | None = None,
+        probs: bool = False,
+    ):
         """x (B, N, D); context (B, L, Dc) for cross-attention (else self); ``rope``: the
-        :func:`rope_table` of the tokens' positions (self-attention)."""
+        :func:`rope_table` of the tokens' positions (self-attention); ``cache``: the keys
+        and values of earlier positions, extended with x's (then x's queries see them
+        all, and ``mask`` covers the whole key span or is None). ``sdpa``: True / False
+        forces the form of :func:`attend`, None picks by length. ``probs``: return
+        (output, probabilities (B, h, N, L) fp32)."""
         b, n, d = x.shape
         ctx = x if context is None else context
-        q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
-        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, self.head_dim).unbind(2)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, h, L, hd)
+        if self.fused:
+            if context is not None:
+                raise ValueError("a fused qkv projection attends to x itself, not a context")
+            q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
+            k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, self.head_dim).unbind(2)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, h, L, hd)
         if self.q_norm is not None:  # (autocast runs the norm in fp32: back to v's dtype)
             q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        # self-attention: SDPA on CUDA always (flash / memory-efficient kernels), on the CPU
-        # from SDPA_MIN_TOKENS keys (see attend)
-        sdpa = context is None and (x.is_cuda or ctx.shape[1] >= SDPA_MIN_TOKENS)
-        y = attend(q, k, v, mask, sdpa)  # (B, h, N, hd)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        if sdpa is None:  # self-attention: SDPA on CUDA always (flash / memory-efficient
+            # kernels), on the CPU from SDPA_MIN_TOKENS keys (see attend)
+            sdpa = context is None and (x.is_cuda or k.shape[2] >= SDPA_MIN_TOKENS)
+        y = attend(q, k, v, mask, sdpa, probs)  # (B, h, N, hd)
+        y, weights = y if probs else (y, None)
+        y = getattr(self, self.out_name)(y.transpose(1, 2).reshape(b, n, d))
+        return (y, weights) if probs else y

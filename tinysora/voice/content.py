@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from tinysora.config import Config
+from tinysora.nn.attention import Attention, key_padding_mask
 
 
 @dataclass
@@ -70,30 +70,19 @@ def normalize_mel(mel: torch.Tensor, lengths: torch.Tensor | None = None) -> tor
     return (mel - mean) / (std + 1e-5)
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block with a key-padding mask."""
+class Block(Attention):
+    """Pre-LN transformer block with a key-padding mask. It is its attention (the fused
+    ``qkv`` and ``proj`` sit at the block's level, as the bundled weights name them)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.heads = heads
+        super().__init__(dim, heads, qk_norm=False, fused=True, out_name="proj")
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(self.norm1(x)), "b t (three h d) -> three b h t d",
-                            three=3, h=self.heads)  # fmt: skip
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, d)
-        x = x + self.proj(rearrange(attn, "b h t d -> b t (h d)"))
+        x = x + super().forward(self.norm1(x), mask=mask, sdpa=True)
         return x + self.mlp(self.norm2(x))
-
-
-def key_mask(lengths: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    """(B, 1, 1, T) bool: True where a key is a real frame."""
-    if lengths is None:
-        return None
-    return (torch.arange(t, device=lengths.device)[None] < lengths[:, None])[:, None, None, :]
 
 
 class ContentEncoder(nn.Module):
@@ -120,7 +109,7 @@ class ContentEncoder(nn.Module):
         x = self.inp(normalize_mel(mel, lengths).transpose(1, 2))  # (B, T, D)
         if masked is not None:
             x = torch.where(masked[..., None], self.mask_vector.to(x.dtype), x)
-        mask = key_mask(lengths, x.shape[1])
+        mask = key_padding_mask(lengths, x.shape[1])
         if mask is not None:  # padded frames are zeros, as past the end of a lone clip
             x = x * mask[:, 0, 0, :, None]
         x = x + F.gelu(self.pos(x.transpose(1, 2))).transpose(1, 2)
@@ -138,7 +127,7 @@ class ContentEncoder(nn.Module):
 
     def finish(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """Unit logits from the features of ``feature_layer`` (what ``forward`` would give)."""
-        x = self.run_blocks(x, key_mask(lengths, x.shape[1]), self.config.feature_layer,
+        x = self.run_blocks(x, key_padding_mask(lengths, x.shape[1]), self.config.feature_layer,
                             len(self.blocks))  # fmt: skip
         return self.head(self.norm(x))
 

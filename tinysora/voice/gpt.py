@@ -31,10 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tinysora.config import Config
+from tinysora.nn.attention import Attention, KVCache
 
 
 @dataclass
@@ -92,34 +92,6 @@ def prefix_lm_mask(phone_lengths: torch.Tensor, p: int, code_lengths: torch.Tens
     return (allowed[None] & valid[:, None, :])[:, None]
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x, mask=None, cache: list | None = None, weights: bool = False):
-        """x (B, N, D). ``cache``: [k, v] of the previous positions, extended in place
-        (then ``mask`` None: the new positions see everything cached and each other
-        causally; one new position at a time in sampling). ``weights``: also return the
-        attention probabilities (B, H, N, N) (computed explicitly, not by SDPA)."""
-        b, n, d = x.shape
-        h = self.heads
-        q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (B, H, N, d)
-        if cache is not None:
-            if cache:
-                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-            cache[:] = [k, v]
-        if weights:
-            scores = (q @ k.transpose(-1, -2)).float() * (d // h) ** -0.5  # (B, H, N, N)
-            probs = scores.masked_fill(~mask, -float("inf")).softmax(-1)
-            out = probs.to(v.dtype) @ v
-            return self.proj(out.transpose(1, 2).reshape(b, n, d)), probs
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
 class GPTBlock(nn.Module):
     """Pre-norm attention + MLP, dropout on both residual branches (none inside attention:
     it would force SDPA's slow path); both output projections start at zero."""
@@ -127,7 +99,7 @@ class GPTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, qk_norm=False, fused=True, out_name="proj")
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
@@ -135,8 +107,10 @@ class GPTBlock(nn.Module):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
-    def forward(self, x, mask=None, cache=None, weights: bool = False):
-        a = self.attn(self.norm1(x), mask, cache, weights)
+    def forward(self, x, mask=None, cache: KVCache | None = None, weights: bool = False):
+        """x (B, N, D); ``cache``: the layer's keys and values of earlier positions
+        (sampling); ``weights``: also return the attention probabilities (B, H, N, N)."""
+        a = self.attn(self.norm1(x), mask=mask, cache=cache, sdpa=True, probs=weights)
         a, probs = a if weights else (a, None)
         x = x + self.drop(a)
         x = x + self.drop(self.mlp(self.norm2(x)))
@@ -211,7 +185,7 @@ class Text2Semantic(nn.Module):
         logits (config.outputs,), then expects ``.send((code, pointer))`` of the chosen
         code and the phoneme the next code voices (None without a pointer)."""
         dev = phonemes.device
-        caches: list[list] = [[] for _ in self.blocks]
+        caches = [KVCache() for _ in self.blocks]
         codes = torch.cat([torch.tensor([self.config.bos], device=dev), prompt])
         phones, code_x = self.embed_phonemes(phonemes[None]), self.embed_codes(codes[None])
         if pointer is not None:  # the prompt's codes carry none; the last input predicts

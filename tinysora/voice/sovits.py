@@ -27,8 +27,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from tinysora.config import Config
+from tinysora.nn.attention import Attention, key_padding_mask
 from tinysora.voice.audio import SpectrogramConfig
-from tinysora.voice.content import Block, key_mask
+from tinysora.voice.content import Block
 
 
 @dataclass
@@ -231,26 +232,16 @@ class StyleEncoder(nn.Module):
         return self.proj(pooled)[:, :, None]
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     """Queries (code frames) attend to keys (phonemes), pre-LN, residual."""
 
     def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
+        super().__init__(dim, heads, qk_norm=False, out_name="proj")
         self.norm_q, self.norm_k = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.q, self.kv, self.proj = (
-            nn.Linear(dim, dim),
-            nn.Linear(dim, 2 * dim),
-            nn.Linear(dim, dim),
-        )
 
     def forward(self, x, context, context_mask):
-        b, t, d = x.shape
-        h = self.heads
-        q = self.q(self.norm_q(x)).view(b, t, h, d // h).transpose(1, 2)
-        k, v = self.kv(self.norm_k(context)).view(b, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=context_mask)  # (B, H, T, d)
-        return x + self.proj(out.transpose(1, 2).reshape(b, t, d))
+        y = super().forward(self.norm_q(x), self.norm_k(context), context_mask, sdpa=True)
+        return x + y
 
 
 class PriorEncoder(nn.Module):
@@ -282,11 +273,11 @@ class PriorEncoder(nn.Module):
         if frames and frames != x.shape[1]:
             x = F.interpolate(x.transpose(1, 2), size=frames, mode="linear").transpose(1, 2)
         t = x.shape[1]
-        frame_mask = key_mask(frame_lengths, t)
+        frame_mask = key_padding_mask(frame_lengths, t)
         for block in self.code_blocks:
             x = block(x, frame_mask)
         p = self.phone_emb(phonemes)
-        phone_mask = key_mask(phone_lengths, p.shape[1])
+        phone_mask = key_padding_mask(phone_lengths, p.shape[1])
         for block in self.phone_blocks:
             p = block(p, phone_mask)
         x = self.mrte(x, p, phone_mask) + self.style(g.transpose(1, 2))
