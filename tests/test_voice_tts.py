@@ -290,6 +290,39 @@ def test_speech_pipeline_whole_streamed_and_bad_input(tiny_tts, tiny_corpus, tmp
         tts("Hello.", ref_audio=ref, speed=3.0)
 
 
+def test_knobs_left_out_take_the_models_speech_json(tiny_tts, tiny_corpus, tmp_path):
+    """One place for each default: a call's knobs left out (None) take the model
+    directory's speech.json (the trainer writes SpeechConfig's), which the CLI, the
+    server and narration all go through."""
+    import shutil
+
+    from tinysora.errors import UserError
+    from tinysora.voice.speech import SpeechConfig, SpeechPipeline
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_tts / "model", model)
+    assert SpeechConfig.load(model / "speech.json") == SpeechConfig()
+    ref, _, _ = reference_wav(tiny_corpus, tmp_path / "ref.wav")
+    text = "The red ball rolls."
+    plain = SpeechPipeline.from_pretrained(model)
+    assert plain.to("cpu") is plain and plain.device == torch.device("cpu")
+    cfg = SpeechConfig(noise_scale=0.0, speed=2.0, retries=0)
+    cfg.sampling.top_k = 3
+    cfg.save(model / "speech.json")
+    tts = SpeechPipeline.from_pretrained(model)
+    assert tts.config == cfg
+    given = plain(text, ref_audio=ref, seed=1, top_k=3, noise_scale=0.0, speed=2.0, retries=0)
+    defaulted = tts(text, ref_audio=ref, seed=1)
+    assert np.array_equal(defaulted.audio, given.audio)
+    assert not np.array_equal(plain(text, ref_audio=ref, seed=1).audio, given.audio)
+    assert tts(text, ref_audio=ref, seed=1, speed=1.0).seconds > 1.5 * defaulted.seconds
+    for knob, message in (("noise_scale", "noise_scale must be in"), ("retries", "retries must")):
+        with pytest.raises(UserError, match=message):
+            tts(text, ref_audio=ref, **{knob: -1})
+    with pytest.raises(UserError, match="chunk_codes must"):
+        next(tts.stream(text, ref_audio=ref, chunk_codes=0))
+
+
 def test_speak_cli(tiny_tts, tiny_corpus, tmp_path):
     import soundfile
 

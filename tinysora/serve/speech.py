@@ -40,11 +40,12 @@ class SpeechRequest(BaseModel):
 
     text: str = Field(min_length=1, description="what to say")
     prompt_text: str | None = Field(None, description="the reference clip's transcript")
-    top_k: int = Field(1, ge=0, le=4096)
-    top_p: float = Field(1.0, gt=0, le=1)
-    temperature: float = Field(1.0, gt=0, le=5)
-    repetition_penalty: float = Field(1.0, ge=1, le=5)
-    speed: float = Field(1.0, ge=0.5, le=2.0)
+    # the knobs left out take the model's defaults (its speech.json: voice.speech.SpeechConfig)
+    top_k: int | None = Field(None, ge=0, le=4096, description="default: the model's")
+    top_p: float | None = Field(None, gt=0, le=1, description="default: the model's")
+    temperature: float | None = Field(None, gt=0, le=5, description="default: the model's")
+    repetition_penalty: float | None = Field(None, ge=1, le=5, description="default: the model's")
+    speed: float | None = Field(None, ge=0.5, le=2.0, description="default: the model's")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="default: a random one")
     media_type: Literal["wav", "ogg", "aac"] = "wav"
     streaming: bool = False

@@ -42,7 +42,8 @@ from tinysora.voice.content import ContentModel
 from tinysora.voice.data import Split, load_split
 from tinysora.voice.gpt import GPTConfig, Text2Semantic, guided_attention_loss
 from tinysora.voice.sovits import SynthesizerTrn, spectrogram_config
-from tinysora.voice.speech import DEFAULT_VOICE
+from tinysora.voice.speech import CONFIG_NAME as SPEECH_CONFIG
+from tinysora.voice.speech import DEFAULT_VOICE, SpeechConfig
 from tinysora.voice.text import PhonemeVocab
 
 
@@ -308,5 +309,6 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
             shutil.copyfile(voice / name, model_dir / name)
     model.load_state_dict(trainer.ema_state())
     save_pretrained(model.eval().cpu(), c, model_dir / "gpt")
+    SpeechConfig().save(model_dir / SPEECH_CONFIG)  # the pipeline's defaults, beside it
     print(f"saved {model_dir}")
     return model_dir

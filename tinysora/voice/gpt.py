@@ -182,8 +182,9 @@ class Text2Semantic(nn.Module):
                pointer: int | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
         """KV-cached decoding of one sequence. phonemes (P,), prompt (T0,) codes;
         ``pointer``: (a pointer model) the phoneme the first new code voices. Yields the
-        logits (config.outputs,), then expects ``.send((code, pointer))`` of the chosen
-        code and the phoneme the next code voices (None without a pointer)."""
+        logits (config.outputs,) on the CPU (where the sampler draws), then expects
+        ``.send((code, pointer))`` of the chosen code and the phoneme the next code voices
+        (None without a pointer)."""
         dev = phonemes.device
         caches = [KVCache() for _ in self.blocks]
         codes = torch.cat([torch.tensor([self.config.bos], device=dev), prompt])
@@ -200,7 +201,7 @@ class Text2Semantic(nn.Module):
         while True:
             for block, cache in zip(self.blocks, caches, strict=True):
                 x = block(x, mask, cache)
-            code, pointer = yield self.head(self.norm(x[0, -1])).float()
+            code, pointer = yield self.head(self.norm(x[0, -1])).float().cpu()
             x, mask = self.embed_codes(torch.tensor([[code]], device=dev), position), None
             if pointer is not None:
                 x = x + self.pointed(phones, torch.tensor([[pointer]], device=dev))
@@ -279,13 +280,14 @@ LENGTH_MARGIN = (0.8, 1.25)  # the length guard's bounds, beyond the corpus's ra
 
 
 @dataclass
-class SamplingConfig:
-    """GPT-SoVITS's knobs (api_v2 ``/tts``). The defaults are what measured best with the
+class SamplingConfig(Config):
+    """GPT-SoVITS's knobs (api_v2 ``/tts``); the speech pipeline's defaults hold one
+    (``voice.speech.SpeechConfig``). These defaults are what measured best with the
     bundled pointer model (weights/README.md): greedy codes, no repetition penalty (the
     pointer, not sampling, keeps it from looping; the seed still varies the pointer's
     moves, the rhythm). GPT-SoVITS's own: top_k 15, repetition_penalty 1.35."""
 
-    top_k: int = 1
+    top_k: int = 1  # 0 = off
     top_p: float = 1.0
     temperature: float = 1.0
     repetition_penalty: float = 1.0

@@ -22,16 +22,17 @@ import re
 import unicodedata
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tinysora.config import Config
 from tinysora.errors import UserError
-from tinysora.io.checkpoint import load_pretrained
+from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
 from tinysora.voice.audio import AudioError, check_reference
-from tinysora.voice.convert import BUNDLED, VoiceConverter
+from tinysora.voice.convert import VoiceConverter
 from tinysora.voice.gpt import Generation, SamplingConfig, Text2Semantic, sample_codes
 from tinysora.voice.text import TextError, normalize_text, phonemize
 
@@ -105,15 +106,66 @@ class Reference:
 
 
 DEFAULT_VOICE = ("default_voice.wav", "default_voice.txt")  # in a model directory
+CONFIG_NAME = "speech.json"  # the pipeline's defaults, in a model directory
+
+
+@dataclass
+class SpeechConfig(Config):
+    """The speech pipeline's defaults: every knob a call leaves out (None) takes its value
+    here, in the API, ``tinysora speak``, narration and ``POST /v1/speech`` alike. Saved
+    as ``speech.json`` beside the model's weights; a model directory without one (an
+    older run) takes these."""
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the GPT's knobs
+    speed: float = 1.0  # 0.5-2.0: the codes stretched in time before SoVITS
+    noise_scale: float = 0.3  # SoVITS's prior noise (measured best with the pointer model)
+    retries: int = 2  # resamplings of a piece that ends in a loop or at the length bound
+    # streaming: the first chunk after first_chunk_codes + lookahead_codes codes (0.5 s of
+    # speech), then one about every chunk_codes, each vocoded with context_codes before
+    # its new codes and lookahead_codes after
+    first_chunk_codes: int = 8
+    chunk_codes: int = 25
+    lookahead_codes: int = 4
+    context_codes: int = 25
+
+    def given(self, **knobs) -> SpeechConfig:
+        """This config with the knobs that are not None in place of its values (sampling
+        knobs by their names: top_k, top_p, ...), each checked with a one-line error."""
+        knobs = {k: v for k, v in knobs.items() if v is not None}
+        names = {f.name for f in fields(SamplingConfig)}
+        sampling = replace(self.sampling, **{k: v for k, v in knobs.items() if k in names})
+        cfg = replace(self, sampling=sampling, **{k: v for k, v in knobs.items() if k not in names})
+        check_settings(cfg)
+        return cfg
 
 
 class SpeechPipeline:
-    def __init__(self, gpt: Text2Semantic, voice: VoiceConverter,
-                 default_voice: tuple[Path, str] | None = None):  # fmt: skip
+    """The GPT stage and the voice converter (content encoder + SoVITS) of one model, its
+    phoneme vocabulary, its defaults (``config``) and its default voice."""
+
+    def __init__(
+        self,
+        gpt: Text2Semantic,
+        voice: VoiceConverter,
+        config: SpeechConfig | None = None,
+        default_voice: tuple[Path, str] | None = None,
+    ):
         self.gpt, self.voice = gpt.eval(), voice
+        self.config = config if config is not None else SpeechConfig()
         self.vocab = voice.vocab
         self.space = self.vocab.index[" "]
         self.default_voice = default_voice  # (clip, its transcript): ref_audio=None
+
+    def to(self, device: str | torch.device) -> SpeechPipeline:
+        """Move the models to ``device`` (inputs follow them; the audio comes back as
+        numpy arrays)."""
+        self.gpt.to(device)
+        self.voice.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.gpt.parameters()).device
 
     @property
     def sample_rate(self) -> int:
@@ -125,16 +177,21 @@ class SpeechPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None) -> SpeechPipeline:
-        """A directory with ``gpt/``, ``content/``, ``sovits/`` and ``phonemes.txt`` (the
-        bundled ``weights/voice`` by default, or ``tinysora train voice-gpt``'s OUT/model)."""
-        root = Path(directory) if directory is not None else BUNDLED
+        """A directory with ``gpt/``, ``content/``, ``sovits/`` and ``phonemes.txt`` (and
+        optionally ``speech.json`` and a default voice), found as the video model is
+        (``io.checkpoint.resolve_model_dir``: the bundled model's ``voice/`` by default),
+        or ``tinysora train voice-gpt``'s OUT/model."""
+        root = resolve_model_dir(directory, "voice")
         if not (root / "gpt").is_dir():
-            raise UserError(f"'{root}' has no gpt/ (the text-to-speech stage); train one: "
-                            "tinysora train voice-gpt --config configs/voice_gpt.toml")  # fmt: skip
+            raise UserError(
+                f"'{root}' has no gpt/ (the text-to-speech stage); train one: "
+                "tinysora train voice-gpt --config configs/voice_gpt.toml"
+            )
         gpt = load_pretrained(Text2Semantic, root / "gpt")
+        config = SpeechConfig.load(root / CONFIG_NAME) if (root / CONFIG_NAME).is_file() else None
         clip, transcript = (root / name for name in DEFAULT_VOICE)
         default = (clip, transcript.read_text().strip()) if clip.is_file() else None
-        return cls(gpt, VoiceConverter.from_pretrained(root), default)
+        return cls(gpt, VoiceConverter.from_pretrained(root), config, default)
 
     # ------------------------------------------------------------------ inputs
     def pieces(self, text: str) -> list[Piece]:
@@ -170,7 +227,7 @@ class SpeechPipeline:
             ref_audio, ref_text = self.default_voice
         wav = self.voice.samples(ref_audio)
         wav = check_reference(wav, self.sample_rate)
-        mel = self.voice.log_mel(wav)
+        mel = self.voice.log_mel(wav).to(self.device)
         codes = self.voice.content.codes(mel)[0, 0]  # (T0,) first quantizer
         phonemes = []
         if ref_text:
@@ -179,30 +236,43 @@ class SpeechPipeline:
 
     def _prompt(self, ref: Reference, piece: Piece) -> torch.Tensor:
         ids = [*ref.phonemes, self.space, *piece.phonemes] if ref.phonemes else piece.phonemes
-        return torch.tensor(ids)
+        return torch.tensor(ids, device=self.device)
 
     # ------------------------------------------------------------------ synthesis
-    def codes(self, ref: Reference, piece: Piece, sampling: SamplingConfig, seed: int,
-              retries: int) -> tuple[Generation, int]:  # fmt: skip
+    def codes(
+        self, ref: Reference, piece: Piece, sampling: SamplingConfig, seed: int, retries: int
+    ) -> tuple[Generation, int]:
         """The piece's codes, resampled (next seed) while a run ends in a loop or at the
         length bound; returns the first clean run, else the last, and the attempts."""
         for attempt in range(retries + 1):
             g = torch.Generator().manual_seed(seed + 7919 * attempt)
-            *_, result = sample_codes(self.gpt, self._prompt(ref, piece), ref.codes,
-                                      len(piece.phonemes), sampling, g)  # fmt: skip
+            prompt = self._prompt(ref, piece)
+            *_, result = sample_codes(self.gpt, prompt, ref.codes, len(piece.phonemes), sampling, g)
             if result.stop == "eos":
                 break
         return result, attempt + 1
 
-    def vocode(self, codes: list[int], ref: Reference, piece: Piece, noise_scale: float,
-               seed: int, speed: float) -> np.ndarray:  # fmt: skip
+    def vocode(
+        self,
+        codes: list[int],
+        ref: Reference,
+        piece: Piece,
+        noise_scale: float,
+        seed: int,
+        speed: float,
+    ) -> np.ndarray:
         if not codes:
             return np.zeros(0, np.float32)
+        dev = self.device
         wav = self.voice.sovits.infer(
-            torch.tensor(codes)[None, None], torch.tensor([piece.phonemes]), ref.mel,
-            noise_scale, torch.Generator().manual_seed(seed), speed,
-        )  # fmt: skip
-        return wav.float().numpy()
+            torch.tensor(codes, device=dev)[None, None],
+            torch.tensor([piece.phonemes], device=dev),
+            ref.mel,
+            noise_scale,
+            torch.Generator().manual_seed(seed),
+            speed,
+        )
+        return wav.float().cpu().numpy()
 
     def _inputs(self, text: str, ref_audio, ref_text) -> tuple[list[Piece], Reference]:
         """The text's pieces and the encoded reference (or the one given), both checked."""
@@ -219,26 +289,42 @@ class SpeechPipeline:
         text: str,
         ref_audio: str | Path | np.ndarray | Reference | None = None,
         ref_text: str | None = None,
-        top_k: int = 1,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        repetition_penalty: float = 1.0,
-        speed: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        repetition_penalty: float | None = None,
+        speed: float | None = None,
         seed: int = 0,
-        noise_scale: float = 0.3,
-        retries: int = 2,
+        noise_scale: float | None = None,
+        retries: int | None = None,
     ) -> SpeechOutput:
-        sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
+        """Say ``text`` in the reference's voice; a knob left None takes ``config``'s."""
+        cfg = self.config.given(
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            repetition_penalty=repetition_penalty,
+            speed=speed,
+            noise_scale=noise_scale,
+            retries=retries,
+        )
         pieces, ref = self._inputs(text, ref_audio, ref_text)
         parts, info = [], []
         for k, piece in enumerate(pieces):
-            result, attempts = self.codes(ref, piece, sampling, seed + k, retries)
-            parts.append(self.vocode(result.codes, ref, piece, noise_scale, seed + k, speed))
+            result, attempts = self.codes(ref, piece, cfg.sampling, seed + k, cfg.retries)
+            wav = self.vocode(result.codes, ref, piece, cfg.noise_scale, seed + k, cfg.speed)
+            parts.append(wav)
             if k < len(pieces) - 1:
-                parts.append(self._silence(piece.pause_s, speed))
-            info.append({"text": piece.text, "phonemes": len(piece.phonemes),
-                         "codes": len(result.codes), "stop": result.stop,
-                         "attempts": attempts})  # fmt: skip
+                parts.append(self._silence(piece.pause_s, cfg.speed))
+            info.append(
+                {
+                    "text": piece.text,
+                    "phonemes": len(piece.phonemes),
+                    "codes": len(result.codes),
+                    "stop": result.stop,
+                    "attempts": attempts,
+                }
+            )
         return SpeechOutput(np.concatenate(parts), self.sample_rate, info)
 
     @torch.no_grad()
@@ -247,34 +333,46 @@ class SpeechPipeline:
         text: str,
         ref_audio: str | Path | np.ndarray | Reference | None = None,
         ref_text: str | None = None,
-        top_k: int = 1,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        repetition_penalty: float = 1.0,
-        speed: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        repetition_penalty: float | None = None,
+        speed: float | None = None,
         seed: int = 0,
-        noise_scale: float = 0.3,
-        first_chunk_codes: int = 8,
-        chunk_codes: int = 25,
-        lookahead_codes: int = 4,
-        context_codes: int = 25,
+        noise_scale: float | None = None,
+        first_chunk_codes: int | None = None,
+        chunk_codes: int | None = None,
+        lookahead_codes: int | None = None,
+        context_codes: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield float32 audio chunks as the GPT's codes come: the first after
-        ``first_chunk_codes`` + ``lookahead_codes`` codes (0.5 s of speech), then about
-        every ``chunk_codes``. Each chunk is SoVITS on the new codes with
-        ``context_codes`` before them and ``lookahead_codes`` after, cross-faded into the
-        last one. A loop is cut where it is found (no resampling: its start may already
-        be out)."""
-        sampling = check_sampling(top_k, top_p, temperature, repetition_penalty, speed)
+        ``first_chunk_codes`` + ``lookahead_codes`` codes, then about every
+        ``chunk_codes``. Each chunk is SoVITS on the new codes with ``context_codes``
+        before them and ``lookahead_codes`` after, cross-faded into the last one. A loop
+        is cut where it is found (no resampling: its start may already be out). A knob
+        left None takes ``config``'s."""
+        cfg = self.config.given(
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            repetition_penalty=repetition_penalty,
+            speed=speed,
+            noise_scale=noise_scale,
+            first_chunk_codes=first_chunk_codes,
+            chunk_codes=chunk_codes,
+            lookahead_codes=lookahead_codes,
+            context_codes=context_codes,
+        )
         pieces, ref = self._inputs(text, ref_audio, ref_text)
         for k, piece in enumerate(pieces):
             g = torch.Generator().manual_seed(seed + k)
             codes: list[int] = []
-            window = _StreamWindow(self, ref, piece, noise_scale, seed + k, speed,
-                                   context_codes, lookahead_codes)  # fmt: skip
-            due = first_chunk_codes + lookahead_codes
-            for item in sample_codes(self.gpt, self._prompt(ref, piece), ref.codes,
-                                     len(piece.phonemes), sampling, g):  # fmt: skip
+            window = _StreamWindow(self, ref, piece, cfg, seed + k)
+            due = cfg.first_chunk_codes + cfg.lookahead_codes
+            prompt = self._prompt(ref, piece)
+            for item in sample_codes(
+                self.gpt, prompt, ref.codes, len(piece.phonemes), cfg.sampling, g
+            ):
                 if isinstance(item, Generation):
                     codes = item.codes
                     break
@@ -283,12 +381,12 @@ class SpeechPipeline:
                     chunk = window.emit(codes, final=False)
                     if len(chunk):
                         yield chunk
-                    due = len(codes) + chunk_codes
+                    due = len(codes) + cfg.chunk_codes
             chunk = window.emit(codes, final=True)
             if len(chunk):
                 yield chunk
             if k < len(pieces) - 1:
-                yield self._silence(piece.pause_s, speed)
+                yield self._silence(piece.pause_s, cfg.speed)
 
 
 class _StreamWindow:
@@ -296,12 +394,11 @@ class _StreamWindow:
 
     FADE_S = 0.02
 
-    def __init__(self, tts: SpeechPipeline, ref, piece, noise_scale, seed, speed, context,
-                 lookahead):  # fmt: skip
+    def __init__(self, tts: SpeechPipeline, ref, piece, cfg: SpeechConfig, seed: int):
         self.tts, self.ref, self.piece = tts, ref, piece
-        self.noise_scale, self.seed, self.speed = noise_scale, seed, speed
-        self.context, self.lookahead = context, lookahead
-        self.samples_per_code = 2 * tts.voice.spec.hop / speed
+        self.noise_scale, self.seed, self.speed = cfg.noise_scale, seed, cfg.speed
+        self.context, self.lookahead = cfg.context_codes, cfg.lookahead_codes
+        self.samples_per_code = 2 * tts.voice.spec.hop / cfg.speed
         self.fade = int(self.FADE_S * tts.sample_rate)
         self.done = 0  # codes whose audio is out
         self.tail = np.zeros(0, np.float32)  # audio past the last cut, to fade into
@@ -326,19 +423,39 @@ class _StreamWindow:
         return new
 
 
-def check_sampling(top_k, top_p, temperature, repetition_penalty, speed) -> SamplingConfig:
+def check_settings(cfg: SpeechConfig) -> None:
     """The knobs, each checked with a one-line error naming it."""
-    if not (isinstance(top_k, int) and top_k >= 0):
-        raise UserError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not 0.0 < temperature <= 5.0:
-        raise UserError(f"temperature must be in (0, 5], got {temperature!r}")
-    if not 1.0 <= repetition_penalty <= 5.0:
-        raise UserError(f"repetition_penalty must be in [1, 5], got {repetition_penalty!r}")
-    if not SPEEDS[0] <= speed <= SPEEDS[1]:
-        raise UserError(f"speed must be in [{SPEEDS[0]:g}, {SPEEDS[1]:g}], got {speed!r}")
-    return SamplingConfig(top_k, top_p, temperature, repetition_penalty)
+    s = cfg.sampling
+    if not (isinstance(s.top_k, int) and s.top_k >= 0):
+        raise UserError(f"top_k must be an integer >= 0 (0 = off), got {s.top_k!r}")
+    if not 0.0 < s.top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1], got {s.top_p!r}")
+    if not 0.0 < s.temperature <= 5.0:
+        raise UserError(f"temperature must be in (0, 5], got {s.temperature!r}")
+    if not 1.0 <= s.repetition_penalty <= 5.0:
+        raise UserError(f"repetition_penalty must be in [1, 5], got {s.repetition_penalty!r}")
+    if not SPEEDS[0] <= cfg.speed <= SPEEDS[1]:
+        raise UserError(f"speed must be in [{SPEEDS[0]:g}, {SPEEDS[1]:g}], got {cfg.speed!r}")
+    if not 0.0 <= cfg.noise_scale <= 2.0:
+        raise UserError(f"noise_scale must be in [0, 2], got {cfg.noise_scale!r}")
+    counts = {
+        "retries": (cfg.retries, 0),
+        "history": (s.history, 0),
+        "first_chunk_codes": (cfg.first_chunk_codes, 1),
+        "chunk_codes": (cfg.chunk_codes, 1),
+        "lookahead_codes": (cfg.lookahead_codes, 0),
+        "context_codes": (cfg.context_codes, 0),
+    }
+    for name, (value, low) in counts.items():
+        if not (isinstance(value, int) and value >= low):
+            raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-__all__ = ["SpeechPipeline", "SpeechOutput", "AudioError", "TextError", "clean_text"]
+__all__ = [
+    "SpeechPipeline",
+    "SpeechConfig",
+    "SpeechOutput",
+    "AudioError",
+    "TextError",
+    "clean_text",
+]
