@@ -22,6 +22,12 @@ from tinysora.pipeline import TextToVideoPipeline
 from tinysora.train.lora import train_lora
 
 PROMPT = "a small red circle moving left on a black background"
+# The adapter moves the test's latents by 2.1% of their norm (measured); "material" is 1%.
+MATERIAL = 0.01
+# The exported model generates within 3.8% (bf16 compute; 1.7% in fp32) of the adapter's
+# effect from the adapter's latents, measured: the bf16 rounding of the merged weights.
+# An export that merged nothing is 100% away.
+EXPORT_SHARE = 0.1
 RECIPE = """batch_size = 2
 [train]
 steps = 4
@@ -73,7 +79,8 @@ def test_load_scale_and_merge(run):
     base = latents(pipe)
     with_adapter = latents(TextToVideoPipeline.from_pretrained(model).load_lora(adapter))
     off = latents(TextToVideoPipeline.from_pretrained(model).load_lora(adapter, scale=0.0))
-    assert (with_adapter - base).abs().max() > 1e-3
+    effect = float((with_adapter - base).norm())
+    assert effect > MATERIAL * float(base.norm()), "the adapter hardly moves the output"
     assert torch.equal(off, base)  # scale 0: the adapter adds exact zeros
     # merged into the weights (in memory): the same velocities as the adapter
     dit = load_lora(load_pretrained(DiT, model / "dit"), adapter)
@@ -84,11 +91,17 @@ def test_load_scale_and_merge(run):
         merged = merge_lora(dit)
         assert not any("lora" in k for k in merged.state_dict())
         assert_close_fp32(merged(x, t, text, mask), expected, rtol=1e-4)
-    # and as a model directory, from the CLI
+    # and as a model directory, from the CLI: the same merge, stored in bf16
     out = root / "merged"
     assert main(["export", str(root / "run"), "--merge-lora", "-o", str(out)]) == 0
-    assert set(load_file(out / "dit" / "model.safetensors")) == set(pipe.dit.state_dict())
-    assert (latents(TextToVideoPipeline.from_pretrained(out)) - with_adapter).abs().max() < 0.05
+    stored = load_file(out / "dit" / "model.safetensors")
+    assert set(stored) == set(pipe.dit.state_dict())
+    differ = [k for k, v in merged.state_dict().items() if not torch.equal(stored[k], v.bfloat16())]
+    assert not differ, f"the export is not the merged adapter: {differ[:5]}"
+    # its generation is the adapter's, up to the bf16 rounding of the merged weights
+    exported = latents(TextToVideoPipeline.from_pretrained(out))
+    moved = float((exported - with_adapter).norm())
+    assert moved < EXPORT_SHARE * effect, f"{moved:.3g} from the adapter's, effect {effect:.3g}"
 
 
 def test_generate_with_an_adapter_from_the_cli(run, tmp_path, capsys):
