@@ -1,5 +1,7 @@
 """Shared test fixtures."""
 
+import time
+
 import pytest
 import torch
 
@@ -22,6 +24,19 @@ def at_one_thread(fn, *args):
         return fn(*args)
     finally:
         torch.set_num_threads(before)
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition()`` every ``interval`` seconds until it returns something truthy
+    (returned); fail the test with ``what`` (and the last value) after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +116,7 @@ steps = {steps}
 warmup_steps = 2
 lr = 2e-4
 betas = [0.8, 0.99]
+bf16 = false
 checkpoint_every = {every}
 eval_every = {every}
 log_every = 2

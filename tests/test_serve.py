@@ -13,15 +13,25 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_until
 from PIL import Image
 from tiny import save_tiny_model
 
 from tinysora.io.video import read_video, write_video
+from tinysora.serve import process
+from tinysora.serve.process import FINAL, submit
 from tinysora.serve.process import ServerProcess as Server
-from tinysora.serve.process import submit, wait_for
 
 LONG = {"num_frames": 65, "height": 256, "width": 256, "num_inference_steps": 100}
 QUICK = {"num_frames": 9}
+JOB_S = 120  # the longest wait for a job's status
+
+
+def wait_for(client, job_id: str, until=FINAL) -> dict:
+    """The job once its status is in ``until``; fails the test after ``JOB_S``."""
+    job = process.wait_for(client, job_id, until, timeout=JOB_S)
+    assert job["status"] in until, f"job {job_id} still {job['status']} after {JOB_S} s: {job}"
+    return job
 
 
 @pytest.fixture(scope="module")
@@ -213,9 +223,12 @@ def test_a_failing_job_fails_alone_with_its_message(server, tmp_path):
 def test_cancel_a_running_and_a_queued_job_then_delete(server):
     with server.client() as c:
         running, queued = submit(c, **LONG), submit(c, **LONG)
-        job = wait_for(c, running, until=("running",))
-        while job["progress"] == 0:
-            job = c.get(f"/v1/videos/{running}").json()
+        wait_for(c, running, until=("running",))
+        job = wait_until(
+            lambda: (j := c.get(f"/v1/videos/{running}").json())["progress"] > 0 and j,
+            JOB_S,
+            "the running job's first progress",
+        )
         assert 0 < job["progress"] < 1 and job["eta_s"] > 0
         assert c.get(f"/v1/videos/{queued}").json()["status"] == "queued"
         for job_id in (queued, running):
