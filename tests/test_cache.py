@@ -127,7 +127,7 @@ def test_train_dit_from_the_cache(data, vae, tmp_path, one_thread):
     model = train_dit(recipe, tmp_path / "run", data=tmp_path / "cache")
     pipe = TextToVideoPipeline.from_pretrained(model)
     frames = pipe("a red ball", num_frames=9, progress=False).frames
-    assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.uint8
+    assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.float32
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["data"] == str(
         tmp_path / "cache"
     )

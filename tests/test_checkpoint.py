@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from tinysora.io import checkpoint
 from tinysora.io.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -20,6 +21,7 @@ from tinysora.io.checkpoint import (
     load_into,
     load_pretrained,
     load_tensors,
+    resolve_model_dir,
     save_pretrained,
     save_tensors,
 )
@@ -253,3 +255,54 @@ def test_load_vae_errors(tmp_path):
     (tmp_path / "vae" / WEIGHTS_NAME).unlink()
     with pytest.raises(CheckpointError, match="not found"):
         load_pretrained(VideoVAE, tmp_path / "vae")
+
+
+# ----------------------------------------------------------------------------- named models
+
+
+@pytest.fixture
+def bundled(tmp_path, monkeypatch):
+    """Bundled weights with a second named model (``fast/``) beside the default."""
+    root = tmp_path / "weights"
+    (root / "dit").mkdir(parents=True)
+    (root / "dit" / "config.json").write_text("{}")
+    (root / "fast").mkdir()
+    (root / "fast" / "pipeline.json").write_text("{}")
+    (root / "voice").mkdir()  # not a pipeline: no name
+    monkeypatch.setattr(checkpoint, "BUNDLED_DIRS", (tmp_path / "absent", root))
+    monkeypatch.delenv(checkpoint.MODEL_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return root
+
+
+def test_the_real_bundled_model_is_named_default():
+    assert (
+        resolve_model_dir("default")
+        == resolve_model_dir()
+        == checkpoint.bundled_models()["default"]
+    )
+    assert resolve_model_dir("default", "vae") == resolve_model_dir(None, "vae")
+
+
+def test_named_models_resolve_to_bundled_directories(bundled, monkeypatch):
+    assert checkpoint.bundled_models() == {"default": bundled, "fast": bundled / "fast"}
+    assert resolve_model_dir() == resolve_model_dir("default") == bundled
+    assert resolve_model_dir("fast", "vae") == bundled / "fast" / "vae"
+    monkeypatch.setenv(checkpoint.MODEL_ENV, "fast")
+    assert resolve_model_dir(None, "dit") == bundled / "fast" / "dit"
+
+
+def test_a_directory_wins_over_a_name(bundled):
+    Path("fast").mkdir()
+    assert resolve_model_dir("fast", "vae") == Path("fast")
+
+
+def test_an_unknown_name_lists_the_known_ones(bundled, monkeypatch):
+    with pytest.raises(CheckpointError, match=r"no model 'slow'.*\(known: default, fast\)$"):
+        resolve_model_dir("slow")
+    monkeypatch.setenv(checkpoint.MODEL_ENV, "slow")
+    with pytest.raises(CheckpointError, match="no model 'slow'"):
+        resolve_model_dir()
+    monkeypatch.setattr(checkpoint, "BUNDLED_DIRS", ())
+    with pytest.raises(CheckpointError, match="known: none"):
+        resolve_model_dir("default")

@@ -198,7 +198,7 @@ def test_world_does_not_import_torch(tmp_path):
         ([CAPTION, "--height", "60"], "height 60"),
         ([CAPTION, "--width", "600"], "width 600"),
         ([CAPTION, "--height", "24"], "height 24"),
-        ([CAPTION, "--frames", "0"], "frames 0"),
+        ([CAPTION, "--frames", "0"], "--frames"),
         (["a red circle and a red square"], "red"),
         (["a red circle and a blue square and a green triangle"], "2 objects"),
         ([CAPTION, "--fps", "0"], "fps"),

@@ -86,10 +86,14 @@ def test_resolve_device_refuses_what_is_not_here(name, needle):
 )
 def test_cli_device_cuda_without_a_gpu_is_one_line_error(tmp_path, monkeypatch, capsys, args):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()  # the inputs exist: only the device is wrong
+    (tmp_path / "recipe.toml").write_text("")
+    (tmp_path / "in.mp4").write_bytes(b"")
+    before = sorted(tmp_path.iterdir())
     assert main(args) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "no CUDA GPU" in lines[0] and "--device cpu" in lines[0], lines
-    assert list(tmp_path.iterdir()) == []  # nothing loaded, nothing written
+    assert sorted(tmp_path.iterdir()) == before  # nothing loaded, nothing written
 
 
 @no_cuda

@@ -14,6 +14,8 @@ from tiny import save_tiny_model
 
 from tinysora.config import ConfigError
 from tinysora.diffusion.flow import FlowConfig, timestep_shift
+from tinysora.io.checkpoint import CheckpointError
+from tinysora.io.frames import load_video, to_uint8, to_unit
 from tinysora.io.video import read_video
 from tinysora.pipeline import (
     PipelineConfig,
@@ -41,9 +43,26 @@ def test_generates_frames_and_is_deterministic(pipe):
     a = pipe(PROMPT, generator=torch.Generator().manual_seed(1), progress=False).frames
     b = pipe(PROMPT, generator=torch.Generator().manual_seed(1), progress=False).frames
     c = pipe(PROMPT, generator=torch.Generator().manual_seed(2), progress=False).frames
-    assert a.shape == (17, 64, 64, 3) and a.dtype == np.uint8
+    assert a.shape == (17, 64, 64, 3) and a.dtype == np.float32
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_np_frames_are_floats_in_0_1_and_to_uint8_gives_the_bytes(pipe, tmp_path):
+    """diffusers' convention: "np" is float in [0, 1]; the uint8 bytes (those of "pil",
+    and of every file the CLI writes) come back exactly with to_uint8."""
+    g = torch.Generator().manual_seed(4)
+    frames = pipe(PROMPT, num_frames=5, generator=g, progress=False).frames
+    assert frames.dtype == np.float32 and frames.min() >= 0 and frames.max() <= 1
+    g = torch.Generator().manual_seed(4)
+    pil = pipe(PROMPT, num_frames=5, generator=g, output_type="pil", progress=False).frames
+    as_bytes = np.stack([np.asarray(im) for im in pil])
+    assert np.array_equal(to_uint8(frames), as_bytes)
+    assert np.array_equal(np.load(export_to_video(frames, tmp_path / "x.npy")), as_bytes)
+    assert np.array_equal(to_uint8(to_unit(as_bytes)), as_bytes)
+    every = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(to_uint8(to_unit(every)), every)  # exact for every byte
+    assert np.array_equal(load_video(frames), as_bytes)  # "np" frames condition as given
 
 
 def test_one_generator_per_prompt_makes_a_batch_reproduce_lone_runs(pipe):
@@ -93,6 +112,12 @@ def test_bad_arguments(pipe):
         pipe(PROMPT, output_type="gif", progress=False)
     with pytest.raises(ValueError, match="euler"):
         pipe(PROMPT, sampler="ddim_magic", progress=False)
+    with pytest.raises(PipelineError, match="num_inference_steps must be >= 1, got 0"):
+        pipe(PROMPT, num_inference_steps=0, progress=False)  # not the default's 30 steps
+    with pytest.raises(PipelineError, match="guidance_scale must be a finite number"):
+        pipe(PROMPT, guidance_scale=float("nan"), progress=False)
+    with pytest.raises(CheckpointError, match=r"no model 'fast-ish'.*known: default"):
+        TextToVideoPipeline.from_pretrained("fast-ish")
 
 
 def test_export_and_cli(pipe, model_dir, tmp_path):
@@ -120,8 +145,9 @@ def test_bad_output_name_fails_before_loading_or_sampling(model_dir, tmp_path):
     res = subprocess.run(cmd + ["--model", str(model_dir)], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "tinysora: error: cannot write video 'x.mp5': unsupported format ('.mp5'); use one of "
-        ".gif, .mkv, .mov, .mp4, .npy, .png"
+        "tinysora: error: generate: argument -o/--output: cannot write video 'x.mp5': "
+        "unsupported format ('.mp5'); use one of .gif, .mkv, .mov, .mp4, .npy, .png "
+        "(see `tinysora generate -h`)"
     ]  # (no "sampling" progress bar before it)
 
 

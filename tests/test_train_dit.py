@@ -191,7 +191,7 @@ def test_eval_adherence_cli_writes_a_report(trained, tmp_path, capsys):
     argv = [*argv, "--groups", "single", "--guidance", "1.5", "--sampler", "heun"]
     assert main(argv) == 0
     assert main([*argv[:-1], "ddim"]) == 2
-    assert "unknown sampler 'ddim'" in capsys.readouterr().err
+    assert "invalid choice: 'ddim'" in capsys.readouterr().err
 
 
 def test_packed_training_on_a_mixture_of_sizes(tmp_path, one_thread):

@@ -7,9 +7,13 @@
                  generator=torch.Generator().manual_seed(0))
     export_to_video(video.frames, "out.mp4", fps=8)
 
+``video.frames`` are float32 in [0, 1], diffusers' convention; ``tinysora.io.frames.to_uint8``
+gives the uint8 bytes that ``export_to_video`` writes.
+
 A model directory holds ``vae/`` and ``dit/`` (each config.json + model.safetensors)
-and ``pipeline.json`` (:class:`PipelineConfig`, the sampling defaults). Which directory
-``from_pretrained()`` loads without one: ``tinysora.io.checkpoint.resolve_model_dir``.
+and ``pipeline.json`` (:class:`PipelineConfig`, the sampling defaults). What
+``from_pretrained(X)`` loads (a directory, a bundled model's name such as ``"default"``,
+or nothing): ``tinysora.io.checkpoint.resolve_model_dir``.
 Sizes the VAE / patch grid cannot take are rounded to the nearest legal size with a
 warning: height and width to a multiple of 16 (VAE factor 8 x patch 2) within
 32..512, frames to 1 + 4k.
@@ -49,6 +53,8 @@ from tinysora.io.frames import (
     load_image,
     load_video,
     tensor_to_frames,
+    to_uint8,
+    to_unit,
 )
 from tinysora.io.video import write_video
 from tinysora.text.encoder import TextEncoder
@@ -150,12 +156,13 @@ def narrated_length(seconds: float, fps: float, num_frames: int) -> tuple[int, i
 def export_to_video(
     frames, path: str | os.PathLike, fps: float = 8.0, audio=None, audio_rate: int | None = None
 ) -> Path:
-    """Write uint8 (T, H, W, 3) frames (or a list of PIL images) as mp4/gif/png/npy;
-    ``audio`` (mono float samples at ``audio_rate``) as the mp4's AAC track, fitted to
-    the clip's length (tinysora.io.video)."""
+    """Write (T, H, W, 3) frames, float in [0, 1] (``output_type="np"``) or uint8, or a
+    list of PIL images, as mp4/gif/png/npy (floats become bytes by ``io.frames.to_uint8``,
+    as diffusers' ``export_to_video`` does); ``audio`` (mono float samples at
+    ``audio_rate``) as the mp4's AAC track, fitted to the clip's length (io.video)."""
     if isinstance(frames, list):
         frames = np.stack([np.asarray(f) for f in frames])
-    return write_video(path, frames, fps=fps, audio=audio, audio_rate=audio_rate)
+    return write_video(path, to_uint8(frames), fps=fps, audio=audio, audio_rate=audio_rate)
 
 
 def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:
@@ -167,7 +174,9 @@ def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:
     return prompts, negatives
 
 
-def _check_conditioning(image, first_image, last_image, video, strength, extend, loop):
+def check_conditioning(image, first_image, last_image, video, strength, extend, loop) -> None:
+    """PipelineError unless the conditioning arguments go together (cheap: callers run it
+    before loading a model)."""
     if image is not None and first_image is not None:
         raise PipelineError("give either image or first_image (both mean frame 0)")
     if strength is not None and not 0 < strength <= 1:
@@ -282,7 +291,7 @@ class TextToVideoPipeline:
 
     def _run(self, steps, guidance_scale, sampler, callback, progress) -> _Run:
         run = _Run(
-            steps=steps or self.config.num_inference_steps,
+            steps=self.config.num_inference_steps if steps is None else steps,
             scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
             sample=get_sampler(sampler or self.config.sampler),
             callback=callback,
@@ -290,6 +299,8 @@ class TextToVideoPipeline:
         )
         if run.steps < 1:
             raise PipelineError(f"num_inference_steps must be >= 1, got {run.steps}")
+        if not math.isfinite(run.scale):
+            raise PipelineError(f"guidance_scale must be a finite number, got {run.scale}")
         return run
 
     def _legal_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -376,10 +387,13 @@ class TextToVideoPipeline:
 
     @staticmethod
     def _output(clips: list[np.ndarray], single: bool, output_type: str) -> VideoOutput:
+        """uint8 clips as ``output_type`` asks: float32 in [0, 1] or PIL images."""
         if output_type == "pil":
             from PIL import Image
 
             clips = [[Image.fromarray(f) for f in clip] for clip in clips]
+        else:
+            clips = [to_unit(clip) for clip in clips]
         return VideoOutput(clips[0] if single else clips)
 
     # ----------------------------------------------------------------- conditioning tasks
@@ -485,7 +499,8 @@ class TextToVideoPipeline:
           from a first generated window (memory bounded by the window);
         * ``loop``: the clip ends where it starts (its last frame pinned to frame 0).
 
-        Images: PIL, uint8 (H, W, 3) or a path; videos: uint8 (T, H, W, 3) or a path.
+        Images: PIL, (H, W, 3) or a path; videos: (T, H, W, 3) or a path (arrays uint8,
+        or float in [0, 1] as ``output_type="np"`` returns them).
         Inputs of another size are resized (centre crop to the aspect) with a warning.
         Given latent frames enter the DiT clean at t = 0 and come out as given.
         """
@@ -494,7 +509,7 @@ class TextToVideoPipeline:
         if output_type not in OUTPUT_TYPES:
             raise PipelineError(f"output_type must be 'np', 'pil' or 'latent', got {output_type!r}")
         run = self._run(num_inference_steps, guidance_scale, sampler, callback, progress)
-        _check_conditioning(image, first_image, last_image, video, strength, extend, loop)
+        check_conditioning(image, first_image, last_image, video, strength, extend, loop)
         windowed = extend is not None or (window is not None and window < num_frames)
         if (windowed or loop) and len(prompts) != 1:
             raise PipelineError("extend, window and loop take one prompt at a time")

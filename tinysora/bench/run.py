@@ -64,6 +64,7 @@ from tinysora.bench.timing import (
 from tinysora.config import Config, ConfigError
 from tinysora.device import compute_dtype
 from tinysora.eval.metrics import write_json
+from tinysora.io.atomic import write_problem
 from tinysora.perf import matmul_gflops, matmul_peak
 from tinysora.train.recipe import DiTRecipe
 
@@ -185,10 +186,22 @@ def settings_from_args(args: argparse.Namespace) -> BenchConfig:
         s.steps = args.steps
     if args.data_files is not None:
         s.data_files = s.data_steps = args.data_files
-    counts = {"--repeats": s.repeats, "--batch": s.train_batch or 1, "--steps": s.steps or 1}
+    counts = {
+        "--repeats": s.repeats,
+        "--batch": s.train_batch or 1,
+        "--steps": s.steps or 1,
+        "--threads": args.threads or 1,
+        "--data-files": s.data_files,
+        "--frames": min(s.scaling_frames),
+        "--vae-frames": min(s.vae_frames),
+        "--peak-sizes": min(s.peak_sizes),
+    }
     for flag, value in counts.items():
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    problem = write_problem(args.json) if args.json else None
+    if problem is not None:
+        raise ConfigError(f"--json {args.json}: {problem}")
     if s.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {s.warmup}")
     return s
@@ -208,11 +221,11 @@ class Progress:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every section, write the JSON report and print a summary; returns the report."""
+    settings = settings_from_args(args)  # bad options fail before any work
     compare.require_diffusers()
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = settings_from_args(args)
     name = args.name or ("quick" if args.quick else "full")
     today = datetime.date.today().isoformat()
     out = Path(args.json) if args.json else RESULTS_DIR / f"{today}-{name}.json"

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from tinysora.device import resolve_device
 from tinysora.errors import UserError
-from tinysora.io.frames import VideoOutput, fit_video, load_video
+from tinysora.io.frames import VideoOutput, fit_video, load_video, to_uint8
 
 OUTPUT_TYPES = ("np", "pil", "latent", "pt")
 LIBRARIES = ("diffusers", "transformers")
@@ -249,11 +249,11 @@ class DiffusersVideoPipeline:
         if output_type == "pt":
             clips = list(frames)
         else:
-            clips = [(f * 255).round().to(torch.uint8).numpy() for f in frames]
+            clips = [f.numpy() for f in frames]  # "np": float32 in [0, 1], as diffusers'
             if output_type == "pil":
                 from PIL import Image
 
-                clips = [[Image.fromarray(im) for im in clip] for clip in clips]
+                clips = [[Image.fromarray(im) for im in to_uint8(clip)] for clip in clips]
         return VideoOutput(clips[0] if isinstance(prompt, str) else clips)
 
 

@@ -13,13 +13,12 @@ import warnings
 
 from tinysora import __version__
 from tinysora.cli import serve, train, video, voice
+from tinysora.cli.common import EXIT_USAGE, ArgumentParser
 from tinysora.errors import UserError
-
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tinysora",
         description="tinysora: a Sora-style text-to-video system that runs on a CPU.",
     )
@@ -36,10 +35,17 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code (2: a one-line error, from argparse too)."""
     warnings.showwarning = _one_line_warning
-    parser = build_parser()
+    try:
+        return _run(build_parser(), argv)
+    except SystemExit as e:  # argparse's usage errors, --help and --version
+        return int(e.code or 0)
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args, extra = parser.parse_known_args(argv)
-    if args.command == "bench":
+    if args.command == "bench":  # the bench parses its own options
         args.bench_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

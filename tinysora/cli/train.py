@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from tinysora.cli.common import ALLOW_PICKLE_HELP, DEVICE_HELP, CliError
+from tinysora.cli.common import (
+    ALLOW_PICKLE_HELP,
+    DEVICE_HELP,
+    SAMPLERS,
+    ArgumentParser,
+    CliError,
+    existing_dir,
+    existing_file,
+    float_in,
+    fps,
+    output_dir,
+    output_file,
+    positive_int,
+)
 from tinysora.cli.voice import VOICE_MODELS, train_voice_model
 
 
@@ -45,6 +58,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise CliError(str(e)) from None
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``--size HxW`` -> (height, width), both >= 1 (the folder config checks the rest)."""
+    try:
+        height, width = (positive_int(v) for v in text.lower().split("x"))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected HxW such as 64x64, got {text!r}") from None
+    return height, width
+
+
 def _cmd_prepare(args: argparse.Namespace) -> None:
     import logging
     from pathlib import Path
@@ -53,10 +75,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     from tinysora.data.folder import FolderConfig
 
     logging.basicConfig(format="tinysora: %(message)s", level=logging.WARNING)
-    try:
-        height, width = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise CliError(f"--size must look like 64x64 (height x width), got {args.size!r}") from None
+    height, width = args.size
     folder = FolderConfig(
         fps=args.fps, frames=args.frames, height=height, width=width, native_size=args.packing
     )
@@ -85,7 +104,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from tinysora.bench import run
 
     # the bench's own parser is built only here: it imports torch (slow for `tinysora --help`)
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tinysora bench", description="speed, MFU and the side by side with diffusers"
     )
     run.add_arguments(parser)
@@ -99,29 +118,35 @@ def _add_eval_parsers(sub) -> None:
     def command(name: str, help_text: str, generates: bool) -> argparse.ArgumentParser:
         p = ev_sub.add_parser(name, help=help_text)
         p.set_defaults(func=_cmd_eval)
-        p.add_argument("--json", help="also write the full report here")
+        p.add_argument("--json", type=output_file(".json"), help="also write the full report here")
         p.add_argument("--device", help=DEVICE_HELP)
         if generates:
             p.add_argument("--model", help="model directory (default: bundled weights/)")
-            p.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
-            p.add_argument("--height", type=int, default=64, help="height (default 64)")
-            p.add_argument("--width", type=int, default=64, help="width (default 64)")
-            p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-            p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
-            p.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
-            p.add_argument("--lora", help="a LoRA adapter to load into the model")
-            p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength")
+            p.add_argument(
+                "--frames", type=positive_int, default=17, help="frames per clip (default 17)"
+            )
+            p.add_argument("--height", type=positive_int, default=64, help="height (default 64)")
+            p.add_argument("--width", type=positive_int, default=64, help="width (default 64)")
+            p.add_argument(
+                "--steps", type=positive_int, help="sampling steps (default: the model's)"
+            )
+            p.add_argument("--guidance", type=float_in(0), help="guidance (default: the model's)")
+            p.add_argument("--sampler", choices=SAMPLERS, help="(default: the model's)")
+            p.add_argument(
+                "--lora", type=existing_dir, help="a LoRA adapter to load into the model"
+            )
+            p.add_argument("--lora-scale", type=float_in(), default=1.0, help="adapter strength")
             p.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
         return p
 
     p = command("adherence", "prompt adherence of generations, judged by the detector", True)
-    p.add_argument("--n", type=int, default=200, help="prompts per group (default 200)")
+    p.add_argument("--n", type=positive_int, default=200, help="prompts per group (default 200)")
     p.add_argument("--groups", nargs="+", default=["single", "two", "held_out", "paraphrased"])
     p = command("dynamics", "motion smoothness, temporal consistency, object permanence", True)
-    p.add_argument("--n", type=int, default=100, help="scenes per group (default 100)")
+    p.add_argument("--n", type=positive_int, default=100, help="scenes per group (default 100)")
     p.add_argument("--truth", action="store_true", help="judge ground-truth renders instead")
     p = command("tasks", "conditioning tasks: image-to-video, extension, interpolation, ...", True)
-    p.add_argument("--n", type=int, default=50, help="scenes per task (default 50)")
+    p.add_argument("--n", type=positive_int, default=50, help="scenes per task (default 50)")
     p.add_argument(
         "--tasks",
         nargs="+",
@@ -130,20 +155,22 @@ def _add_eval_parsers(sub) -> None:
     )
     p.add_argument(
         "--long-frames",
-        type=int,
+        type=positive_int,
         default=129,
         help="extension: length of the extended clip, generated --frames at a time (default 129)",
     )
     p = command("vae", "VAE reconstruction quality, compression, speed and memory", False)
     p.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
-    p.add_argument("--n", type=int, default=200, help="clips per quality set (default 200)")
-    p.add_argument("--_probe", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=positive_int, default=200, help="clips per quality set (200)")
+    p.add_argument("--_probe", type=positive_int, help=argparse.SUPPRESS)
     p = command(
         "voice", "the voice model: resynthesis + conversion (or --tts), judged offline", False
     )
     p.add_argument("--model", help="voice model directory (default: bundled weights/voice)")
-    p.add_argument("--corpus", default="runs/voice/corpus", help="a tinysora voice corpus")
-    p.add_argument("--n", type=int, help="held-out sentences (default 50; --tts 100)")
+    p.add_argument(
+        "--corpus", type=existing_dir, default="runs/voice/corpus", help="a tinysora voice corpus"
+    )
+    p.add_argument("--n", type=positive_int, help="held-out sentences (default 50; --tts 100)")
     p.add_argument(
         "--tts",
         action="store_true",
@@ -151,11 +178,15 @@ def _add_eval_parsers(sub) -> None:
         "corpus engines' own audio (WER, similarity, DNSMOS, duration, RTF, first audio)",
     )
     p = command("all", "every evaluation on one static HTML page (+ JSON)", True)
-    p.add_argument("--html", required=True, help="output directory for index.html and images")
-    p.add_argument("--n", type=int, default=50, help="prompts / clips per measurement")
-    p.add_argument("--log", help="a training log.jsonl to plot the learning curve from")
     p.add_argument(
-        "--long-frames", type=int, default=129, help="conditioning tasks: extension length"
+        "--html", type=output_dir, required=True, help="output directory for index.html and images"
+    )
+    p.add_argument("--n", type=positive_int, default=50, help="prompts / clips per measurement")
+    p.add_argument(
+        "--log", type=existing_file, help="a training log.jsonl to plot the learning curve from"
+    )
+    p.add_argument(
+        "--long-frames", type=positive_int, default=129, help="conditioning tasks: extension length"
     )
 
 
@@ -167,17 +198,25 @@ def add_parsers(sub) -> None:
         choices=["vae", "dit", "lora", *VOICE_MODELS],
         help="what to train",
     )
-    train.add_argument("--config", help="recipe, e.g. configs/vae_shapes.toml (lora: optional)")
-    train.add_argument("--out", required=True, help="run directory (checkpoints, log, model)")
+    train.add_argument(
+        "--config", type=existing_file, help="recipe, e.g. configs/vae_shapes.toml (lora: optional)"
+    )
+    train.add_argument(
+        "--out", type=output_dir, required=True, help="run directory (checkpoints, log, model)"
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--data", help="dit: a cache of your own clips (`tinysora prepare`)")
+    train.add_argument(
+        "--data", type=existing_dir, help="dit: a cache of your own clips (`tinysora prepare`)"
+    )
     train.add_argument(
         "--init",
         help="dit, lora: start from this model directory's DiT; voice: from this run's "
         "latest checkpoint (generator + discriminators; codebooks from --config's content); "
         "voice-gpt: from this run's latest EMA weights",
     )
-    train.add_argument("--rank", type=int, default=8, help="lora: adapter rank (default 8)")
+    train.add_argument(
+        "--rank", type=positive_int, default=8, help="lora: adapter rank (default 8)"
+    )
     train.add_argument("--device", help=DEVICE_HELP + "; under torchrun: cuda:LOCAL_RANK")
     train.set_defaults(func=_cmd_train)
 
@@ -189,16 +228,22 @@ def add_parsers(sub) -> None:
         "encode them with the VAE and the text encoder into safetensors shards. Run it "
         "again after an interruption to continue.",
     )
-    prep.add_argument("data", help="folder of videos with captions")
-    prep.add_argument("--out", required=True, help="cache directory to write (or continue)")
+    prep.add_argument("data", type=existing_dir, help="folder of videos with captions")
+    prep.add_argument(
+        "--out", type=output_dir, required=True, help="cache directory to write (or continue)"
+    )
     prep.add_argument("--vae", help="VAE directory (default: the bundled model's)")
-    prep.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
-    prep.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (17)")
-    prep.add_argument("--size", default="64x64", help="HxW, multiples of 16 (default 64x64)")
+    prep.add_argument("--fps", type=fps, default=8.0, help="frames per second (default 8)")
+    prep.add_argument(
+        "--frames", type=positive_int, default=17, help="frames per clip, 1 + 4k (17)"
+    )
+    prep.add_argument(
+        "--size", type=_size, default="64x64", help="HxW, multiples of 16 (default 64x64)"
+    )
     prep.add_argument(
         "--packing", action="store_true", help="keep each file's size (for Patch n' Pack)"
     )
-    prep.add_argument("--shard-clips", type=int, default=64, help="clips per shard (64)")
+    prep.add_argument("--shard-clips", type=positive_int, default=64, help="clips per shard (64)")
     prep.add_argument("--device", help=DEVICE_HELP)
     prep.set_defaults(func=_cmd_prepare)
 

@@ -5,7 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tinysora.cli.common import ALLOW_PICKLE_HELP, DEVICE_HELP, CliError
+from tinysora.cli.common import (
+    ALLOW_PICKLE_HELP,
+    DEVICE_HELP,
+    SAMPLERS,
+    CliError,
+    existing_dir,
+    existing_file,
+    float_in,
+    fps,
+    nonnegative_int,
+    output_dir,
+    positive_int,
+    seed,
+    video_output,
+)
 
 
 def _cmd_world(args: argparse.Namespace) -> None:
@@ -13,16 +27,10 @@ def _cmd_world(args: argparse.Namespace) -> None:
     from tinysora.worlds.shapes import check_size, parse_caption, render, sample_scene
 
     check_size(args.height, args.width, args.frames)
-    if args.fps <= 0:
-        raise CliError(f"--fps must be > 0, got {args.fps}")
-    if args.seed < 0:
-        raise CliError(f"--seed must be >= 0, got {args.seed}")
     if args.caption is not None:
         scene = parse_caption(args.caption, seed=args.seed)
     else:
         scene = sample_scene(args.seed)
-    if args.output == "":
-        raise CliError("-o/--output is empty; give a file name such as clip.mp4")
     out = args.output if args.output is not None else f"outputs/world_{args.seed}.mp4"
     frames = render(scene, args.height, args.width, args.frames)
     path = write_video(out, frames, fps=args.fps)
@@ -38,7 +46,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
     from tinysora.io.video import check_output_path
-    from tinysora.pipeline import TextToVideoPipeline, export_to_video
+    from tinysora.pipeline import TextToVideoPipeline, check_conditioning, export_to_video
 
     out = args.output or f"outputs/generate_{args.seed}.mp4"
     suffix = check_output_path(out)  # a bad name fails now, not after sampling
@@ -48,6 +56,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         raise CliError("--voice, --voice-text and --voice-model go with --narrate TEXT")
     if args.voice_text and not args.voice:
         raise CliError("--voice-text is the transcript of --voice REF.wav; give the clip too")
+    conditioning = (args.image, args.first, args.last, args.video, args.strength, args.extend)
+    check_conditioning(*conditioning, args.loop)
     pipe = TextToVideoPipeline.from_pretrained(args.model, allow_pickle=args.allow_pickle)
     if args.lora:
         pipe.load_lora(args.lora, args.lora_scale)
@@ -135,42 +145,61 @@ def add_parsers(sub) -> None:
         "caption is printed last.",
     )
     world.add_argument("caption", nargs="?", help="e.g. 'a small red circle moving left'")
-    world.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
-    world.add_argument("--frames", type=int, default=17, help="frame count T >= 1 (default 17)")
-    world.add_argument("--height", type=int, default=64, help="multiple of 8 in 32..512")
-    world.add_argument("--width", type=int, default=64, help="multiple of 8 in 32..512")
-    world.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+    world.add_argument("--seed", type=seed, default=0, help="scene seed (default 0)")
     world.add_argument(
-        "-o", "--output", help="output .mp4/.gif/.png/.npy (default outputs/world_SEED.mp4)"
+        "--frames", type=positive_int, default=17, help="frame count T >= 1 (default 17)"
+    )
+    world.add_argument("--height", type=positive_int, default=64, help="multiple of 8 in 32..512")
+    world.add_argument("--width", type=positive_int, default=64, help="multiple of 8 in 32..512")
+    world.add_argument("--fps", type=fps, default=8.0, help="frames per second (default 8)")
+    world.add_argument(
+        "-o",
+        "--output",
+        type=video_output,
+        help="output .mp4/.gif/.png/.npy (default outputs/world_SEED.mp4)",
     )
     world.set_defaults(func=_cmd_world)
 
     gen = sub.add_parser("generate", help="generate a video from a prompt")
     gen.add_argument("prompt", help="e.g. 'a small red circle moving left on a black background'")
-    gen.add_argument("-o", "--output", help="output .mp4/.gif/.png/.npy (default outputs/)")
-    gen.add_argument("--frames", type=int, default=17, help="frame count (1 + 4k; default 17)")
-    gen.add_argument("--height", type=int, default=64, help="multiple of 16 in 32..512")
-    gen.add_argument("--width", type=int, default=64, help="multiple of 16 in 32..512")
-    gen.add_argument("--fps", type=float, help="frames per second (default: the model's)")
-    gen.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    gen.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
-    gen.add_argument("--sampler", help="euler, heun or dpmpp_2m (default: the model's)")
+    gen.add_argument(
+        "-o", "--output", type=video_output, help="output .mp4/.gif/.png/.npy (default outputs/)"
+    )
+    gen.add_argument(
+        "--frames", type=positive_int, default=17, help="frame count (1 + 4k; default 17)"
+    )
+    gen.add_argument("--height", type=positive_int, default=64, help="multiple of 16 in 32..512")
+    gen.add_argument("--width", type=positive_int, default=64, help="multiple of 16 in 32..512")
+    gen.add_argument("--fps", type=fps, help="frames per second (default: the model's)")
+    gen.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's)")
+    gen.add_argument("--guidance", type=float_in(0), help="classifier-free guidance scale >= 0")
+    gen.add_argument("--seed", type=seed, default=0, help="noise seed (same seed, same video)")
+    gen.add_argument("--sampler", choices=SAMPLERS, help="(default: the model's)")
     gen.add_argument("--negative-prompt", help="what to steer away from")
     gen.add_argument("--model", help="model directory (default: bundled weights/)")
-    gen.add_argument("--lora", help="a LoRA adapter directory (`tinysora train lora`)")
-    gen.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (1)")
-    gen.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
-    gen.add_argument("--image", help="image-to-video: this image is frame 0")
-    gen.add_argument("--first", help="keyframe: the first frame (with --last: interpolation)")
-    gen.add_argument("--last", help="keyframe: the last frame")
-    gen.add_argument("--video", help="video to re-generate under the prompt (with --strength)")
     gen.add_argument(
-        "--strength", type=float, help="SDEdit noise level in (0, 1]: low keeps more of --video"
+        "--lora", type=existing_dir, help="a LoRA adapter directory (`tinysora train lora`)"
     )
-    gen.add_argument("--extend", type=int, help="continue --video by this many frames")
+    gen.add_argument("--lora-scale", type=float_in(), default=1.0, help="adapter strength (1)")
+    gen.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    gen.add_argument("--image", type=existing_file, help="image-to-video: this image is frame 0")
     gen.add_argument(
-        "--window", type=int, help="frames per generation window for long clips (e.g. 17)"
+        "--first", type=existing_file, help="keyframe: the first frame (with --last: interpolation)"
+    )
+    gen.add_argument("--last", type=existing_file, help="keyframe: the last frame")
+    gen.add_argument(
+        "--video",
+        type=existing_file,
+        help="video to re-generate under the prompt (with --strength)",
+    )
+    gen.add_argument(
+        "--strength",
+        type=float_in(0, 1, open_low=True),
+        help="SDEdit noise level in (0, 1]: low keeps more of --video",
+    )
+    gen.add_argument("--extend", type=positive_int, help="continue --video by this many frames")
+    gen.add_argument(
+        "--window", type=positive_int, help="frames per generation window for long clips (e.g. 17)"
     )
     gen.add_argument("--loop", action="store_true", help="make the clip end where it starts")
     gen.add_argument(
@@ -178,16 +207,24 @@ def add_parsers(sub) -> None:
         help="a voice-over to speak (mp4/mov/mkv get an AAC track); the clip is extended to "
         "the speech's length, never cut (past 17 frames or --frames: window by window)",
     )
-    gen.add_argument("--voice", help="narration: a 3-10 s clip of the voice (default: bundled)")
+    gen.add_argument(
+        "--voice",
+        type=existing_file,
+        help="narration: a 3-10 s clip of the voice (default: bundled)",
+    )
     gen.add_argument("--voice-text", help="narration: the --voice clip's transcript (optional)")
     gen.add_argument("--voice-model", help="narration: speech model (default: weights/voice)")
     gen.add_argument("--device", help=DEVICE_HELP)
     gen.set_defaults(func=_cmd_generate)
 
     export = sub.add_parser("export", help="export a DiT run's checkpoint as a model directory")
-    export.add_argument("run", help="run directory of `tinysora train dit`")
-    export.add_argument("-o", "--output", required=True, help="model directory to write")
-    export.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    export.add_argument("run", type=existing_dir, help="run directory of `tinysora train dit`")
+    export.add_argument(
+        "-o", "--output", type=output_dir, required=True, help="model directory to write"
+    )
+    export.add_argument(
+        "--step", type=nonnegative_int, help="checkpoint step (default: the latest)"
+    )
     export.add_argument(
         "--merge-lora", action="store_true", help="a LoRA run: merge its adapter into the model"
     )
@@ -196,8 +233,12 @@ def add_parsers(sub) -> None:
     vae = sub.add_parser("vae", help="video VAE tools")
     vae_sub = vae.add_subparsers(dest="vae_command", metavar="COMMAND", required=True)
     rt = vae_sub.add_parser("roundtrip", help="encode and decode a video, report PSNR")
-    rt.add_argument("input", help="video (.mp4/.gif/.npy/...) with H, W divisible by 8")
-    rt.add_argument("-o", "--output", required=True, help="reconstruction (.mp4/.gif/.npy)")
+    rt.add_argument(
+        "input", type=existing_file, help="video (.mp4/.gif/.npy/...) with H, W divisible by 8"
+    )
+    rt.add_argument(
+        "-o", "--output", type=video_output, required=True, help="reconstruction (.mp4/.gif/.npy)"
+    )
     rt.add_argument("--model", help="VAE directory (default: bundled weights/vae)")
     rt.add_argument("--device", help=DEVICE_HELP)
     rt.set_defaults(func=_cmd_vae_roundtrip)

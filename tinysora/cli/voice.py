@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from tinysora.cli.common import CliError
+from tinysora.cli.common import (
+    AUDIO_SUFFIXES,
+    CliError,
+    existing_file,
+    float_in,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    positive_float,
+    positive_int,
+    seed,
+)
 
 VOICE_MODELS = ("voice", "voice-content", "voice-gpt")  # `tinysora train MODEL`
 
@@ -31,10 +42,6 @@ def _cmd_voice_corpus(args: argparse.Namespace) -> None:
     from tinysora.voice.corpus import build_corpus
 
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-    if args.jobs < 1:
-        raise CliError(f"--jobs must be >= 1, got {args.jobs}")
-    if min(args.test_per_voice) < 0:
-        raise CliError(f"--test-per-voice must be >= 0, got {args.test_per_voice}")
     summary = build_corpus(
         args.out, args.hours, engines, args.seed, args.jobs, tuple(args.test_per_voice)
     )
@@ -49,8 +56,6 @@ def _cmd_voice_corpus(args: argparse.Namespace) -> None:
 def _cmd_voice_convert(args: argparse.Namespace) -> None:
     from tinysora.voice.convert import VoiceConverter
 
-    if not args.output:
-        raise CliError("-o/--output is empty; give a file name such as out.wav")
     vc = VoiceConverter.from_pretrained(args.model)
     wav = vc(args.source, args.ref, text=args.text, seed=args.seed)
     path = vc.save(wav, args.output)
@@ -58,12 +63,8 @@ def _cmd_voice_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_speak(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from tinysora.voice.speech import SpeechPipeline
 
-    if Path(args.output).suffix.lower() not in (".wav", ".flac", ".ogg"):
-        raise CliError(f"-o {args.output!r}: use a .wav, .flac or .ogg name")
     if args.ref_text and not args.ref:
         raise CliError("--ref-text is the transcript of --ref REF.wav; give the clip too")
     tts = SpeechPipeline.from_pretrained(args.model)
@@ -95,14 +96,18 @@ def add_parsers(sub) -> None:
         description="Needs: apt-get install espeak-ng flite festival festvox-kallpc16k "
         "festvox-kdlpc16k festvox-us-slt-hts. Resumes an interrupted run in the same --out.",
     )
-    corpus.add_argument("--out", required=True, help="corpus directory")
-    corpus.add_argument("--hours", type=float, default=3.0, help="hours of training speech")
+    corpus.add_argument("--out", type=output_dir, required=True, help="corpus directory")
+    corpus.add_argument(
+        "--hours", type=positive_float, default=3.0, help="hours of training speech"
+    )
     corpus.add_argument("--engines", default="espeak,flite,festival", help="comma-separated")
-    corpus.add_argument("--seed", type=int, default=0)
-    corpus.add_argument("--jobs", type=int, default=2, help="synthesizer processes at once")
+    corpus.add_argument("--seed", type=seed, default=0)
+    corpus.add_argument(
+        "--jobs", type=positive_int, default=2, help="synthesizer processes at once"
+    )
     corpus.add_argument(
         "--test-per-voice",
-        type=int,
+        type=nonnegative_int,
         nargs=2,
         default=[4, 24],
         metavar=("SEEN", "UNSEEN"),
@@ -110,12 +115,20 @@ def add_parsers(sub) -> None:
     )
     corpus.set_defaults(func=_cmd_voice_corpus)
     conv = voice_sub.add_parser("convert", help="say SOURCE's words in REF's voice")
-    conv.add_argument("source", help="speech to convert (any audio file)")
-    conv.add_argument("--ref", required=True, help="3-10 s clip of the target voice")
-    conv.add_argument("-o", "--output", required=True, help="output .wav / .flac / .ogg")
+    conv.add_argument("source", type=existing_file, help="speech to convert (any audio file)")
+    conv.add_argument(
+        "--ref", type=existing_file, required=True, help="3-10 s clip of the target voice"
+    )
+    conv.add_argument(
+        "-o",
+        "--output",
+        type=output_file(*AUDIO_SUFFIXES),
+        required=True,
+        help="output .wav / .flac / .ogg",
+    )
     conv.add_argument("--model", help="voice model directory (default: bundled weights/voice)")
     conv.add_argument("--text", help="SOURCE's transcript (optional: helps the words)")
-    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--seed", type=seed, default=0)
     conv.set_defaults(func=_cmd_voice_convert)
 
     speak = sub.add_parser(
@@ -126,15 +139,23 @@ def add_parsers(sub) -> None:
     )
     speak.add_argument("text", help="what to say (up to 2000 characters)")
     speak.add_argument(
-        "--ref", help="3-10 s clip of the voice to speak in (default: the model's default voice)"
+        "--ref",
+        type=existing_file,
+        help="3-10 s clip of the voice to speak in (default: the model's default voice)",
     )
     speak.add_argument("--ref-text", help="REF's transcript (optional: a better prompt)")
-    speak.add_argument("-o", "--output", required=True, help="output .wav / .flac / .ogg")
+    speak.add_argument(
+        "-o",
+        "--output",
+        type=output_file(*AUDIO_SUFFIXES),
+        required=True,
+        help="output .wav / .flac / .ogg",
+    )
     speak.add_argument("--model", help="speech model directory (default: bundled weights/voice)")
-    speak.add_argument("--seed", type=int, default=0)
-    speak.add_argument("--speed", type=float, default=1.0, help="0.5-2.0 (default 1)")
-    speak.add_argument("--top-k", type=int, default=1, help="(default 1: greedy codes)")
-    speak.add_argument("--top-p", type=float, default=1.0, help="(default 1.0)")
-    speak.add_argument("--temperature", type=float, default=1.0, help="(default 1.0)")
-    speak.add_argument("--repetition-penalty", type=float, default=1.0, help="(default 1.0)")
+    speak.add_argument("--seed", type=seed, default=0)
+    speak.add_argument("--speed", type=float_in(), default=1.0, help="0.5-2.0 (default 1)")
+    speak.add_argument("--top-k", type=nonnegative_int, default=1, help="(default 1: greedy codes)")
+    speak.add_argument("--top-p", type=float_in(), default=1.0, help="(default 1.0)")
+    speak.add_argument("--temperature", type=float_in(), default=1.0, help="(default 1.0)")
+    speak.add_argument("--repetition-penalty", type=float_in(), default=1.0, help="(default 1.0)")
     speak.set_defaults(func=_cmd_speak)

@@ -119,10 +119,10 @@ def prepare(
     device = resolve_device(device)
     out = Path(out)
     folder = folder or FolderConfig()
+    source = VideoFolder(data, folder)  # a bad folder fails before any model loads
     vae_dir = resolve_model_dir(vae_dir, "vae")
     vae = load_pretrained(VideoVAE, vae_dir)
     encoder = text_encoder or TextEncoder()
-    source = VideoFolder(data, folder)
     made = {
         "format": FORMAT,
         "vae": vae_identity(vae_dir, vae),

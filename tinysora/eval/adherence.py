@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from tinysora.errors import UserError
 from tinysora.eval.metrics import wilson, write_json
+from tinysora.io.frames import to_uint8
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import detect, judge
@@ -80,15 +81,17 @@ def generate_seeded(
     starts = range(0, len(prompts), batch)
     for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
         chunk = prompts[start : start + batch]
-        clips += pipe(
-            chunk,
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
-            progress=False,
-        ).frames
+        clips += to_uint8(
+            pipe(
+                chunk,
+                num_frames=frames,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
+                progress=False,
+            ).frames
+        )
     return clips
 
 

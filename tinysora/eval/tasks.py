@@ -56,6 +56,7 @@ from tqdm import tqdm
 from tinysora.errors import UserError
 from tinysora.eval.adherence import ATTRIBUTES, group_prompts, load_pipe
 from tinysora.eval.metrics import wilson, write_json
+from tinysora.io.frames import to_uint8
 from tinysora.nn.metrics import psnr
 from tinysora.pipeline import CONTEXT_LATENTS, TextToVideoPipeline, legal_size
 from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR
@@ -323,7 +324,7 @@ def _seeded(k: int) -> torch.Generator:
 
 
 def _call(pipe: TextToVideoPipeline, prompt: str, k: int, setup: Setup, **kwargs) -> np.ndarray:
-    return pipe(
+    video = pipe(
         prompt,
         num_frames=setup.frames,
         height=setup.height,
@@ -332,7 +333,8 @@ def _call(pipe: TextToVideoPipeline, prompt: str, k: int, setup: Setup, **kwargs
         generator=_seeded(k),
         progress=False,
         **kwargs,
-    ).frames
+    )
+    return to_uint8(video.frames)
 
 
 def run_image_to_video(pipe, scene: Scene, k: int, setup: Setup) -> tuple[dict, np.ndarray, list]:

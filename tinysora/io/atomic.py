@@ -17,6 +17,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def write_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be written as a new file or folder (None when it can): the
+    check to run before long work that ends in a write."""
+    target = Path(path)
+    if target.is_dir():
+        return f"'{target}' is a folder"
+    for folder in target.absolute().parents:  # the first existing one is where it lands
+        if folder.exists():
+            if not folder.is_dir():
+                return f"'{folder}' is a file, not a folder"
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return f"folder '{folder}' is not writable"
+            return None
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

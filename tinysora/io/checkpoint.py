@@ -7,12 +7,14 @@ so nothing is silently left at random init. Training checkpoints (model + optimi
 + trainer state) live in ``tinysora.train.trainer``; they use the same safetensors
 files.
 
-Where the bundled model is (:func:`resolve_model_dir`), first match wins:
+Which model directory loads (:func:`resolve_model_dir`), first match wins:
 
-1. the directory given (``--model DIR``, ``from_pretrained(DIR)``);
-2. the ``TINYSORA_MODEL`` environment variable;
-3. the package's own copy, ``tinysora/weights/`` in an installed wheel;
-4. ``weights/`` of the source checkout the package runs from (editable installs).
+1. the one given (``--model X``, ``from_pretrained(X)``): an existing directory, else
+   the name of a bundled model (``default``: the bundled weights themselves; each
+   sub-directory of them with a ``pipeline.json`` is a model of that name);
+2. the ``TINYSORA_MODEL`` environment variable (a directory or a name);
+3. the bundled weights: the package's own copy, ``tinysora/weights/`` in an installed
+   wheel, else ``weights/`` of the source checkout the package runs from.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from tinysora.io.atomic import atomic_dir, atomic_file, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PIPELINE_NAME = "pipeline.json"  # a text-to-video model directory's sampling defaults
 MODEL_ENV = "TINYSORA_MODEL"
+DEFAULT_MODEL = "default"  # the bundled weights' own name
 _PACKAGE = Path(__file__).resolve().parents[1]
 BUNDLED_DIRS = (_PACKAGE / "weights", _PACKAGE.parent / "weights")  # wheel, source checkout
 
@@ -114,16 +118,36 @@ def load_pretrained(model_cls: type[nn.Module], directory: str | os.PathLike) ->
     return model.eval()
 
 
-def resolve_model_dir(directory: str | os.PathLike | None = None, component: str = "") -> Path:
-    """The model directory to load (see the module doc for the order), or its
-    ``component`` sub-directory (``"vae"``, ``"dit"``)."""
-    if directory:
-        return Path(directory)
-    if os.environ.get(MODEL_ENV):
-        return Path(os.environ[MODEL_ENV]) / component
+def bundled_models() -> dict[str, Path]:
+    """The bundled models by name: ``default`` (the bundled weights) first, then each
+    sub-directory of it holding a ``pipeline.json``; empty without bundled weights."""
     for root in BUNDLED_DIRS:
         if (root / "dit" / CONFIG_NAME).is_file():
-            return root / component
+            named = sorted(p.parent for p in root.glob(f"*/{PIPELINE_NAME}"))
+            return {DEFAULT_MODEL: root, **{p.name: p for p in named}}
+    return {}
+
+
+def resolve_model_dir(directory: str | os.PathLike | None = None, component: str = "") -> Path:
+    """The model directory to load (see the module doc for the order): a directory given
+    is returned as it is; otherwise the ``component`` sub-directory (``"vae"``, ``"dit"``)
+    of the named, configured or bundled model."""
+    if directory:
+        if Path(directory).exists():
+            return Path(directory)
+        models = bundled_models()
+        if str(directory) in models:
+            return models[str(directory)] / component
+        known = ", ".join(models) or "none, no bundled weights found"
+        raise CheckpointError(
+            f"no model '{os.fspath(directory)}': not a directory, nor a bundled model's name "
+            f"(known: {known})"
+        )
+    if os.environ.get(MODEL_ENV):
+        return resolve_model_dir(os.environ[MODEL_ENV]) / component
+    models = bundled_models()
+    if models:
+        return models[DEFAULT_MODEL] / component
     raise CheckpointError(
         f"no bundled model found (looked in {', '.join(map(str, BUNDLED_DIRS))}); "
         f"pass --model DIR or set {MODEL_ENV}"

@@ -63,7 +63,7 @@ import numpy as np
 from PIL import Image
 
 from tinysora.errors import UserError
-from tinysora.io.atomic import atomic_file
+from tinysora.io.atomic import atomic_file, write_problem
 
 __all__ = [
     "VideoError",
@@ -160,14 +160,6 @@ def _is_int_at_least(value: Any, minimum: int) -> bool:
 # ------------------------------------------------------------------------------ writing
 
 
-def _blocking_file(folder: Path) -> Path | None:
-    """The first existing ancestor of ``folder`` (itself included) that is not a directory."""
-    for candidate in (folder, *folder.parents):
-        if candidate.exists():
-            return None if candidate.is_dir() else candidate
-    return None
-
-
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
 
@@ -177,11 +169,7 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        blocker = _blocking_file(target.parent)
-        if blocker is not None:
-            reason = f"'{blocker}' is a file, not a folder"
-        else:
-            reason = f"cannot create folder '{target.parent}' ({_reason(exc)})"
+        reason = write_problem(target) or f"cannot create folder '{target.parent}' ({_reason(exc)})"
         raise _error("write", path, reason) from exc
     if target.is_dir():
         raise _error("write", path, "a folder with that name already exists")
@@ -302,8 +290,8 @@ def _sheet_layout(count: int, columns: int | None) -> tuple[int, int]:
 
 
 def check_output_path(path: str | os.PathLike[str]) -> str:
-    """The lower-case suffix of a path :func:`write_video` can write; VideoError otherwise
-    (call it before long work that ends in a write)."""
+    """The lower-case suffix of a path :func:`write_video` can write; VideoError otherwise,
+    for the format or the place (call it before long work that ends in a write)."""
     suffix = Path(path).suffix.lower()
     if suffix not in _WRITE_SUFFIXES:
         shown = f"'{suffix}'" if suffix else "no extension"
@@ -312,6 +300,9 @@ def check_output_path(path: str | os.PathLike[str]) -> str:
         )
     if Path(path).is_dir():
         raise _error("write", path, "a folder with that name already exists")
+    problem = write_problem(path)
+    if problem is not None:
+        raise _error("write", path, problem)
     return suffix
 
 

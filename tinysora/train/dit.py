@@ -31,6 +31,7 @@ from tinysora.io.checkpoint import (
     resolve_model_dir,
     save_pretrained,
 )
+from tinysora.io.frames import to_uint8
 from tinysora.perf import peak_flops
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.text.encoder import TextEncoder, default_encoder_path
@@ -143,7 +144,7 @@ def sampler(recipe: DiTRecipe, device: torch.device):
                 generator=torch.Generator().manual_seed(0),
                 progress=False,
             ).frames
-            videos[f"{i}_{prompt[:48]}"] = frames
+            videos[f"{i}_{prompt[:48]}"] = to_uint8(frames)
         return videos
 
     return sample_fn
