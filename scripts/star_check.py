@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from tinysora.eval.metrics import wilson, write_json
 from tinysora.eval.star import judge_star
+from tinysora.io.frames import to_uint8
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.worlds.shapes import BACKGROUNDS, COLORS, SIZES
 
@@ -58,7 +59,8 @@ def main() -> None:
         pipe.load_lora(args.lora)
     rows = []
     for k, (prompt, color, motion) in enumerate(tqdm(prompts(args.n, args.seen), desc="star")):
-        clip = pipe(prompt, generator=torch.Generator().manual_seed(k), progress=False).frames
+        video = pipe(prompt, generator=torch.Generator().manual_seed(k), progress=False)
+        clip = to_uint8(video.frames)
         rows.append({"seed": k, "prompt": prompt, **judge_star(clip, color, motion)})
     report = {"model": args.model, "lora": args.lora, "held_out_pairs": not args.seen}
     for key in ("star", "color", "motion", "all_right"):
