@@ -1,21 +1,26 @@
-"""Kill -9 a real training process at a random moment, resume it, get the same weights.
+"""Kill -9 a real training process at random moments, resume it, get the same weights.
 
-The run is a separate ``python -m tinysora.cli train dit`` process, killed with SIGKILL
-while it trains (possibly in the middle of a checkpoint write), then continued with
-``--resume``; its final weights must equal an uninterrupted run's bit for bit (same
-machine, same process count, same threads).
+The run is a separate ``python -m tinysora.cli train`` process, killed with SIGKILL
+several times, each time at a moment drawn from a seeded RNG: inside a checkpoint write
+(once its temporary folder appears, plus a random few milliseconds) or at a random time
+after the start (loading, data preparation, a step, a save, the export). Each time it
+is continued with ``--resume``; the final weights, EMA and optimizer state must equal an
+uninterrupted run's bit for bit (same machine, same process count, same threads). A
+failure names the seed; ``TINYSORA_KILL_SEED=N`` draws the same moments again.
 """
 
 from __future__ import annotations
 
 import os
-import signal
+import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_until
 from safetensors.torch import load_file
 from test_trainer import RECIPE
 from tiny import start_alongside, tiny_recipe
@@ -27,6 +32,13 @@ VAE_RECIPE = (
     .replace("checkpoint_every = 2\n", f"checkpoint_every = {EVERY}\nkeep_checkpoints = 3\n")
     .replace("eval_every = 2\n", "eval_every = 100000\n")
 )
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+RUN_S = 600  # the longest one attempt may take (measured: 10-20 s beside another run)
+# A random-time kill lands within this many seconds of the attempt's start (measured on
+# the 2-core machine beside the uninterrupted run: the DiT recipe's imports take ~4.6 s,
+# its data ~5.5 s, its 60 steps with 12 checkpoints ~4 s, the export ~2.5 s); a
+# mid-save kill lands this many seconds into a checkpoint write (one takes 20-50 ms).
+ATTEMPT_S, SAVE_JITTER_S = 16.0, 0.02
 
 
 def dit_recipe(root):
@@ -42,42 +54,109 @@ def dit_recipe(root):
     return recipe
 
 
-# the VAE's in-process crash test runs in `make test`; its real kill -9 in `make test-slow`
-@pytest.mark.parametrize("model", ["dit", pytest.param("vae", marks=pytest.mark.slow)])
-def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, model):
+def kill_plan(rng: random.Random, kills: int) -> list[tuple]:
+    """The kills' moments in order: ("save", checkpoints to let pass, seconds into the
+    next write) or ("time", seconds after the start); the first mid-save one is sure."""
+    plan = [("save", rng.randrange(3), round(rng.uniform(0, SAVE_JITTER_S), 4))]
+    for _ in range(kills - 1):
+        if rng.random() < 0.5:
+            plan.append(("save", rng.randrange(3), round(rng.uniform(0, SAVE_JITTER_S), 4)))
+        else:
+            plan.append(("time", round(rng.uniform(0, ATTEMPT_S), 2)))
+    rng.shuffle(plan)
+    return plan
+
+
+def saving(checkpoints: Path) -> set[str]:
+    """The checkpoint writes in progress: their temporary folders."""
+    return {p.name for p in checkpoints.glob(".step_*.tmp")}
+
+
+def attempt(cmd: list[str], run: Path, log: Path, moment: tuple) -> str:
+    """Start the run (``--resume`` when ``run`` exists) and SIGKILL it at ``moment``;
+    "killed", or "ended" when it finished first."""
+    args = cmd + [str(run)] + (["--resume"] if run.exists() else [])
+    with open(log, "a") as out:
+        process = subprocess.Popen(args, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if moment[0] == "time":
+            process.wait(timeout=moment[1])
+            return "ended"
+        _, let_pass, into = moment
+        seen: set[str] = set()
+
+        def next_write():
+            if process.poll() is not None:
+                return "ended"
+            seen.update(saving(run / "checkpoints"))
+            return len(seen) > let_pass and "saving"
+
+        if wait_until(next_write, RUN_S, "a checkpoint write", interval=0.001) == "ended":
+            return "ended"
+        time.sleep(into)
+        return "killed"
+    except subprocess.TimeoutExpired:
+        return "killed"
+    finally:
+        process.kill()  # SIGKILL (a no-op when it has ended)
+        process.wait(timeout=60)
+
+
+def run_killed_and_whole(tmp_path: Path, model: str, kills: int):
+    """A run killed ``kills`` times at random moments and resumed, and an uninterrupted
+    one alongside; (its final directory, the whole run's, a note naming the seed)."""
     if model == "dit":
         recipe = dit_recipe(tmp_path)
     else:
         recipe = tmp_path / "vae.toml"
         recipe.write_text(VAE_RECIPE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tinysora.cli", "train", model, "--config", str(recipe), "--out"]
     # the uninterrupted run goes alongside the one that gets killed (one thread each)
     whole = start_alongside(cmd + [str(tmp_path / "whole")], tmp_path / "side.err")
-    run = tmp_path / "killed"
-    killed = subprocess.Popen(
-        cmd + [str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    latest = run / "checkpoints" / "latest"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and killed.poll() is None:
-        if latest.is_file() and latest.read_text().strip() >= f"step_{2 * EVERY:08d}":
-            break
-        time.sleep(0.001)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    stopped_at = latest.read_text().strip()
-    assert stopped_at < f"step_{STEPS:08d}", "the run ended before the kill"
-    resumed = subprocess.run(cmd + [str(run), "--resume"], env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from step {int(stopped_at[5:])}" in resumed.stdout
+    seed = int(os.environ.get("TINYSORA_KILL_SEED") or random.randrange(2**32))
+    plan = kill_plan(random.Random(seed), kills)
+    run, log = tmp_path / "killed", tmp_path / "killed.log"
+    try:
+        outcomes = [attempt(cmd, run, log, moment) for moment in plan]
+        events = "; ".join(f"{m} -> {o}" for m, o in zip(plan, outcomes, strict=True))
+        note = f"kills {events} (TINYSORA_KILL_SEED={seed} draws them again)"
+        latest = run / "checkpoints" / "latest"
+        stopped_at = latest.read_text().strip() if latest.is_file() else None
+        resumed = subprocess.run(
+            cmd + [str(run), "--resume"], env=ENV, capture_output=True, text=True, timeout=RUN_S
+        )
+        assert resumed.returncode == 0, f"{resumed.stderr[-2000:]}\n{note}"
+        if stopped_at is not None:
+            assert f"resumed from step {int(stopped_at[5:])}" in resumed.stdout, note
+        assert whole.wait(timeout=RUN_S) == 0, (tmp_path / "side.err").read_text()[-2000:]
+    finally:
+        whole.kill()
+        whole.wait(timeout=60)
+    assert "killed" in outcomes, f"every attempt ended before its kill: {note}"
+    return run, tmp_path / "whole", note
 
-    assert whole.wait() == 0, (tmp_path / "side.err").read_text()[-2000:]
+
+def assert_same_final_checkpoint(run: Path, whole: Path, note: str) -> None:
     final = f"checkpoints/step_{STEPS:08d}"
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
-        a, b = load_file(tmp_path / "whole" / final / name), load_file(run / final / name)
-        assert a.keys() == b.keys()
+        a, b = load_file(whole / final / name), load_file(run / final / name)
+        assert a.keys() == b.keys(), note
         differ = [k for k in a if not torch.equal(a[k], b[k])]
-        assert not differ, f"{name}: {differ[:5]}"
+        assert not differ, f"{name}: {differ[:5]}; {note}"
     kept = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
-    assert len(kept) == 3 and kept[-1] == f"step_{STEPS:08d}"
+    assert len(kept) == 3 and kept[-1] == f"step_{STEPS:08d}", f"{kept}; {note}"
+    assert not saving(run / "checkpoints"), f"a half-written checkpoint is left; {note}"
+
+
+# `make test`: the DiT killed twice; `make test-slow`: more kills, and the VAE's run
+@pytest.mark.parametrize(
+    ("model", "kills"),
+    [
+        ("dit", 2),
+        pytest.param("dit", 5, marks=pytest.mark.slow),
+        pytest.param("vae", 3, marks=pytest.mark.slow),
+    ],
+)
+def test_kill_9_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_path, model, kills):
+    run, whole, note = run_killed_and_whole(tmp_path, model, kills)
+    assert_same_final_checkpoint(run, whole, note)
