@@ -143,7 +143,7 @@ def test_importing_the_pipeline_loads_no_training_eval_or_bench_code():
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('tinysora'))))"
     )
     loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.split()
     assert "tinysora.pipeline" in loaded
     assert not [m for m in loaded if top(m) in {"train", "eval", "bench", "cli"}], loaded

@@ -27,6 +27,7 @@ from tinysora.pipeline import (
 from tinysora.text.encoder import TextEncoder
 
 PROMPT = "a small red circle moving left on a black background"
+CLI_S = 300  # the longest a `tinysora generate` of the tiny model may take (a few seconds)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_export_and_cli(pipe, model_dir, tmp_path):
     out = tmp_path / "cli.mp4"
     cmd = [sys.executable, "-m", "tinysora.cli", "generate", PROMPT, "-o", str(out)]
     args = ["--model", str(model_dir), "--seed", "3", "--height", "60"]
-    res = subprocess.run(cmd + args, capture_output=True, text=True)
+    res = subprocess.run(cmd + args, capture_output=True, text=True, timeout=CLI_S)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == str(out.resolve())
     assert read_video(out)[0].shape == (17, 64, 64, 3)
@@ -142,7 +143,9 @@ def test_export_and_cli(pipe, model_dir, tmp_path):
 
 def test_bad_output_name_fails_before_loading_or_sampling(model_dir, tmp_path):
     cmd = [sys.executable, "-m", "tinysora.cli", "generate", PROMPT, "-o", "x.mp5"]
-    res = subprocess.run(cmd + ["--model", str(model_dir)], capture_output=True, text=True)
+    res = subprocess.run(
+        cmd + ["--model", str(model_dir)], capture_output=True, text=True, timeout=CLI_S
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "tinysora: error: generate: argument -o/--output: cannot write video 'x.mp5': "
@@ -180,7 +183,7 @@ def test_sampling_config_and_old_pipeline_json(tmp_path):
 
 def test_missing_model_is_a_one_line_error(tmp_path):
     cmd = [sys.executable, "-m", "tinysora.cli", "generate", PROMPT, "--model", str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_S)
     assert res.returncode == 2
     assert res.stderr.startswith("tinysora: error: no text-to-video model")
     assert len(res.stderr.strip().splitlines()) == 1
