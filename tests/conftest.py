@@ -1,5 +1,8 @@
 """Shared test fixtures."""
 
+import os
+import random
+import subprocess
 import time
 
 import pytest
@@ -37,6 +40,63 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
         time.sleep(interval)
+
+
+def kill_seed() -> int:
+    """The seed of a test's kill moments: ``TINYSORA_KILL_SEED`` (to draw a failure's
+    moments again), else a fresh one each run."""
+    return int(os.environ.get("TINYSORA_KILL_SEED") or random.randrange(2**32))
+
+
+def kill_note(plan: list[tuple], outcomes: list[str], seed: int) -> str:
+    """The kills and the seed, for a failure message."""
+    kills = "; ".join(f"{m} -> {o}" for m, o in zip(plan, outcomes, strict=True))
+    return f"kills {kills} (TINYSORA_KILL_SEED={seed} draws them again)"
+
+
+def kill_plan(rng, kills: int, span_s: float, jitter_s: float = 0.02) -> list[tuple]:
+    """Moments to SIGKILL a process at, in order: ("write", writes to let pass, seconds into
+    the next) or ("time", seconds after its start, up to ``span_s``); the first drawn is a
+    mid-write one. Values are rounded so that a failure message shows them plainly."""
+
+    def write():
+        return ("write", rng.randrange(3), round(rng.uniform(0, jitter_s), 4))
+
+    plan = [write()]
+    for _ in range(kills - 1):
+        plan.append(write() if rng.random() < 0.5 else ("time", round(rng.uniform(0, span_s), 2)))
+    rng.shuffle(plan)
+    return plan
+
+
+def run_and_kill(args, env, log, moment: tuple, writing, timeout: float = 600) -> str:
+    """Run ``args`` (output appended to the file ``log``) and SIGKILL it at ``moment`` (of
+    ``kill_plan``; ``writing()`` names the writes in progress: their temporary files):
+    "killed", or "ended" when it finished first."""
+    with open(log, "a") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if moment[0] == "time":
+            process.wait(timeout=moment[1])
+            return "ended"
+        _, let_pass, into = moment
+        seen: set[str] = set()
+
+        def next_write():
+            if process.poll() is not None:
+                return "ended"
+            seen.update(writing())
+            return len(seen) > let_pass and "writing"
+
+        if wait_until(next_write, timeout, "a write to kill", interval=0.001) == "ended":
+            return "ended"
+        time.sleep(into)
+        return "killed"
+    except subprocess.TimeoutExpired:
+        return "killed"
+    finally:
+        process.kill()  # SIGKILL (nothing when it has ended)
+        process.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import tinysora.train.trainer as trainer_module
 import tinysora.train.vae as train_vae_module
 from tinysora.data.datasets import WorldBatches, WorldDataConfig
 from tinysora.io.checkpoint import load_pretrained, load_tensors
-from tinysora.train.trainer import TrainConfig, Trainer, lr_at
+from tinysora.train.trainer import TrainConfig, Trainer
 from tinysora.train.vae import VAERecipe, train_vae
 from tinysora.vae.model import VAEConfig, VideoVAE
 from tinysora.worlds.shapes import render, sample_scene
@@ -36,33 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [*MODULE, *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=ENV)
-
-
-# ----------------------------------------------------------------------------- lr schedule
-
-
-def test_lr_warmup_is_linear():
-    cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
-    for step in range(10):
-        assert lr_at(cfg, step) == pytest.approx(1e-3 * (step + 1) / 10)
-    assert lr_at(cfg, 9) == pytest.approx(1e-3)
-    assert lr_at(cfg, 10) == pytest.approx(1e-3)  # cosine starts at the peak
-
-
-def test_lr_cosine_ends_at_min_ratio():
-    cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
-    lrs = [lr_at(cfg, s) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
-    assert lr_at(cfg, 55) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # halfway
-    assert lr_at(cfg, 100) == pytest.approx(1e-4)
-    assert lr_at(cfg, 5000) == pytest.approx(1e-4)  # clamped past the end
-    assert lr_at(cfg, 99) > 1e-4
-
-
-def test_lr_without_warmup():
-    cfg = TrainConfig(steps=10, lr=2e-3, warmup_steps=0, min_lr_ratio=0.0)
-    assert lr_at(cfg, 0) == pytest.approx(2e-3)
-    assert lr_at(cfg, 10) == pytest.approx(0.0, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- toy problem

@@ -143,11 +143,11 @@ def test_train_voice_content_resumes_after_kill(tiny_corpus, tmp_path):
     while not latest.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     assert latest.exists(), "no checkpoint before the kill"
     step = int(latest.read_text().strip().split("_")[1])
     assert 0 < step < 40
-    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "content" / "model.safetensors").is_file()
     assert f"resumed from step {step}" in done.stdout

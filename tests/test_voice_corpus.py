@@ -200,11 +200,11 @@ def test_corpus_cli_and_errors(tmp_path):
     cli = [sys.executable, "-m", "tinysora", "voice", "corpus"]
     done = subprocess.run(cli + ["--out", str(tmp_path / "c"), "--hours", "0.005", "--engines",
                                  "flite", "--test-per-voice", "1", "1"],
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "train voices" in done.stdout and (tmp_path / "c" / "train.list").is_file()
     bad = subprocess.run(cli + ["--out", str(tmp_path / "d"), "--engines", "espeak,bogus"],
-                         capture_output=True, text=True)  # fmt: skip
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
     assert bad.returncode == 2 and "unknown engine(s) ['bogus']" in bad.stderr
     assert bad.stderr.count("\n") == 1
     with pytest.raises(CorpusError, match="--hours must be positive"):
@@ -215,7 +215,7 @@ def test_missing_engine_names_the_package(tmp_path):
     """With no synthesizer on PATH, the command names the packages to install."""
     cli = [sys.executable, "-m", "tinysora", "voice", "corpus", "--out", str(tmp_path)]
     env = {**os.environ, "PATH": str(tmp_path)}
-    done = subprocess.run(cli + ["--engines", "flite,festival"], capture_output=True, text=True,
+    done = subprocess.run(cli + ["--engines", "flite,festival"], capture_output=True, text=True, timeout=600,
                           env=env)  # fmt: skip
     assert done.returncode == 2
     assert "apt-get install -y flite festival festvox-kallpc16k" in done.stderr

@@ -66,7 +66,7 @@ def test_eval_voice_end_to_end(tiny_corpus, tiny_voice_model, tmp_path):
     out = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "tinysora", "eval", "voice", "--model", str(tiny_voice_model),
            "--corpus", str(tiny_corpus), "--n", "2", "--json", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True,
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resynthesis  WER" in done.stdout and "RTF" in done.stdout
@@ -86,7 +86,7 @@ def test_eval_voice_tts_end_to_end(tiny_corpus, tiny_tts, tmp_path):
     cmd = [sys.executable, "-m", "tinysora", "eval", "voice", "--tts", "--model",
            str(tiny_tts / "model"), "--corpus", str(tiny_corpus), "--n", "3",
            "--json", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True,
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tts          WER" in done.stdout and "first streamed audio" in done.stdout

@@ -332,7 +332,7 @@ def test_speak_cli(tiny_tts, tiny_corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--model", str(tiny_tts / "model"), "--ref", str(ref), "-o", str(out)]
     done = subprocess.run(cli + ["Hello there \U0001f600.", *common, "--seed", "2"],
-                          capture_output=True, text=True, env=env)  # fmt: skip
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "skipped 1 character" in done.stderr and "wrote" in done.stdout
     assert soundfile.info(str(out)).samplerate == 16000 and soundfile.info(str(out)).duration > 0
@@ -341,7 +341,7 @@ def test_speak_cli(tiny_tts, tiny_corpus, tmp_path):
                          (["Hi.", *common, "--speed", "9"], "speed must be in"),
                          (["Hi.", "--model", str(tmp_path), "--ref", str(ref), "-o", str(out)],
                           "has no gpt/")):  # fmt: skip
-        fail = subprocess.run(cli + bad, capture_output=True, text=True, env=env)
+        fail = subprocess.run(cli + bad, capture_output=True, text=True, timeout=600, env=env)
         assert fail.returncode == 2 and fail.stderr.count("\n") == 1, fail.stderr
         assert message in fail.stderr
 
@@ -366,7 +366,7 @@ def test_generate_narrated_video(tiny_tts, tiny_corpus, tmp_path):
            "--steps", "2", "--frames", "5", "-o", str(out), "--voice-model",
            str(tiny_tts / "model"), "--voice", str(ref)]  # fmt: skip
     text = "The red circle moves to the left. Then it stops."
-    done = subprocess.run(cli + ["--narrate", text], capture_output=True, text=True, env=env)
+    done = subprocess.run(cli + ["--narrate", text], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
     video, audio = video_info(out), audio_info(out)
     assert audio["codec"] == "aac" and video["codec"] == "h264"
@@ -374,7 +374,7 @@ def test_generate_narrated_video(tiny_tts, tiny_corpus, tmp_path):
     assert video["frames"] > 5  # extended from --frames 5 to hold the speech
     assert abs(audio["seconds"] - seconds) <= 1 / video["fps"]
     silent = subprocess.run(cli[:-4] + ["-o", str(tmp_path / "x.gif"), "--narrate", "Hi."],
-                            capture_output=True, text=True, env=env)  # fmt: skip
+                            capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert silent.returncode == 2 and ".mp4, .mov or .mkv" in silent.stderr
 
 
@@ -402,6 +402,6 @@ def test_bundled_speech_model_speaks_in_its_default_voice(tmp_path):
     wav = tmp_path / "said.wav"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "tinysora", "speak", "Hello there.", "-o",
-                           str(wav)], capture_output=True, text=True, env=env)  # fmt: skip
+                           str(wav)], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert soundfile.info(str(wav)).duration > 0.3

@@ -8,6 +8,10 @@ A model plugs in with two functions:
   same data as an uninterrupted one);
 * ``loss_fn(model, batch) -> (loss, {name: float})``.
 
+Networks trained beside the model with their own optimizers (a GAN's discriminators)
+come as an :class:`Auxiliary`: the loss steps them between its parts, the trainer keeps
+their lr on the schedule and their weights and optimizers in the checkpoints.
+
 Checkpoints are directories ``<out>/checkpoints/step_<N>/`` holding
 ``model.safetensors``, ``ema.safetensors``, ``optimizer.safetensors`` and
 ``state.json``; a directory is written under a temporary name and renamed when
@@ -48,6 +52,7 @@ class TrainConfig(Config):
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8  # AdamW's (VITS's GAN trains with 1e-9)
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 = no EMA
     bf16: bool = True  # bf16 autocast where the CPU computes bf16 natively (tinysora.device)
@@ -136,13 +141,61 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the recipe's settings; fused: one kernel for all parameters (a DiT XS/2
+    step: 61 -> 16 ms on one core)."""
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        fused=True,
+    )
+
+
+class Auxiliary:
+    """Networks trained in the same loop as the model, each with its own optimizer (a GAN's
+    discriminators). The Trainer makes their optimizers (the model's settings), follows
+    its lr schedule with them and checkpoints and resumes their weights and optimizers
+    with the model's (``<name>.safetensors``, ``<name>_optimizer.safetensors``); the loss
+    steps one with :meth:`update` between its parts (the discriminator's step, then the
+    generator's loss against the updated discriminator). One process only."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.grad_clip = math.inf
+
+    def bind(self, cfg: TrainConfig) -> None:
+        """Make the optimizers (the Trainer calls it)."""
+        if distributed.world() > 1:
+            raise ConfigError("a recipe with auxiliary networks (a GAN) trains in one process")
+        self.grad_clip = cfg.grad_clip
+        for name, module in self.modules.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            self.optimizers[name] = make_optimizer(params, cfg)
+
+    def update(self, name: str, loss: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of network ``name`` on ``loss``; returns its gradient norm
+        (before clipping to ``grad_clip``)."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        optimizer.step()
+        return norm
+
+
 class Trainer:
     """Train ``model`` (already on its device) with ``loss_fn`` on ``batch_fn``'s batches.
 
     Optional: ``eval_fn(model) -> scores`` every ``eval_every`` steps; ``sample_fn(model)
     -> {name: uint8 (T, H, W, 3) frames}`` every ``sample_every`` steps into TensorBoard;
     ``flops_per_step(batch)`` and ``peak_flops`` for the log's MFU; ``tokens_per_step(batch)``
-    for its tokens/s (of all processes together).
+    for its tokens/s (of all processes together); ``auxiliary`` networks (a GAN's) that
+    the loss steps.
     """
 
     def __init__(
@@ -157,6 +210,7 @@ class Trainer:
         peak_flops: float | None = None,
         sample_fn: Callable[[nn.Module], dict[str, np.ndarray]] | None = None,
         tokens_per_step: Callable[[Any], int] | None = None,
+        auxiliary: Auxiliary | None = None,
     ):
         self.model, self.cfg, self.out = model, cfg, Path(out)
         self.loss_fn, self.batch_fn, self.eval_fn = loss_fn, batch_fn, eval_fn
@@ -169,10 +223,10 @@ class Trainer:
         # which swaps the parameters for shards: the optimizer is made after it)
         self.net = distributed.wrap(model, cfg.parallel)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # fused: one kernel for all parameters (a DiT XS/2 step: 61 -> 16 ms on one core)
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
-        )
+        self.optimizer = make_optimizer(self.params, cfg)
+        self.auxiliary = auxiliary
+        if auxiliary is not None:
+            auxiliary.bind(cfg)
         self.ema = (
             {k: v.detach().clone().float() for k, v in model.state_dict().items()}
             if cfg.ema_decay > 0
@@ -204,6 +258,8 @@ class Trainer:
             opt_tensors, opt_meta = _flatten_optimizer(optimizer)
             save_tensors(opt_tensors, tmp / "optimizer.safetensors")
             state = {"step": self.step, "optimizer": opt_meta, "config": self.cfg.to_dict()}
+            if self.auxiliary is not None:
+                state["auxiliary"] = self._save_auxiliary(tmp)
             atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
         point_latest(self.ckpt_root, final, self.cfg.keep_checkpoints)
         return final
@@ -222,8 +278,34 @@ class Trainer:
             self.ema = distributed.like_shards(ema, self.ema)
         optimizer = _unflatten_optimizer(load_tensors(path / "optimizer.safetensors"), state)
         distributed.load_optimizer_state(self.model, self.optimizer, optimizer)
+        if self.auxiliary is not None:
+            self._load_auxiliary(path, state)
         self.step = int(state["step"])
         return True
+
+    def _save_auxiliary(self, folder: Path) -> dict:
+        """The auxiliary networks' weights and optimizers into ``folder``; returns their
+        optimizers' param groups (for state.json)."""
+        groups = {}
+        for name, module in self.auxiliary.modules.items():
+            save_tensors(module.state_dict(), folder / f"{name}.safetensors")
+            optimizer = self.auxiliary.optimizers[name]
+            tensors, groups[name] = _flatten_optimizer(
+                distributed.full_optimizer_state(module, optimizer)
+            )
+            save_tensors(tensors, folder / f"{name}_optimizer.safetensors")
+        return groups
+
+    def _load_auxiliary(self, path: Path, state: dict) -> None:
+        for name, module in self.auxiliary.modules.items():
+            if name not in state.get("auxiliary", {}):
+                raise CheckpointError(f"'{path}' has no {name} (the recipe trains one)")
+            weights = load_tensors(path / f"{name}.safetensors")
+            check_state(module.state_dict(), weights, str(path))
+            module.load_state_dict(weights)
+            tensors = load_tensors(path / f"{name}_optimizer.safetensors")
+            optimizer = _unflatten_optimizer(tensors, {"optimizer": state["auxiliary"][name]})
+            distributed.load_optimizer_state(module, self.auxiliary.optimizers[name], optimizer)
 
     # ------------------------------------------------------------------ loop
     def ema_state(self) -> dict[str, torch.Tensor]:
@@ -283,7 +365,10 @@ class Trainer:
             while self.step < end:
                 batch = distributed.shard(self.batch_fn(self.step))  # this rank's share
                 batch = to_device(batch, self.device)
-                for group in self.optimizer.param_groups:
+                optimizers = [self.optimizer]
+                if self.auxiliary is not None:
+                    optimizers += self.auxiliary.optimizers.values()
+                for group in (g for opt in optimizers for g in opt.param_groups):
                     group["lr"] = lr_at(cfg, self.step)
                 with autocast(self.device, cfg.bf16):
                     loss, metrics = self.loss_fn(self.net, batch)

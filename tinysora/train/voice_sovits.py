@@ -9,10 +9,18 @@ term is left here. The reference voice of an example is another utterance of the
 speaker, and ``no_text`` of the examples drop their phonemes (``[<bos>]`` only), which is
 how voice conversion runs without a transcript.
 
+The loop is the shared ``train.trainer.Trainer`` (schedule, clipping, logs, atomic
+checkpoints, resume); the discriminators are its ``Auxiliary`` network, stepped by the
+loss before the generator's part. (Run directories of the earlier SoVITS loop, whose
+checkpoints held ``generator.safetensors`` and optimizer state by parameter index, do not
+resume; ``--init`` still starts from them.)
+
 Output directory::
 
     OUT/features/           log-mels, samples and codes of the corpus splits
-    OUT/checkpoints/        generator, discriminators, both optimizers (atomic, resumable)
+    OUT/checkpoints/        the one Trainer's: the generator as its model, the
+                            discriminators as its auxiliary network, both optimizers
+                            (atomic, resumable)
     OUT/log.jsonl           losses, lr, s/step; validation mel L1 of held-out sentences
     OUT/samples/step_N/     resynthesized held-out sentences (wav)
     OUT/model/              content/ + sovits/ (config.json + model.safetensors): the voice
@@ -20,40 +28,31 @@ Output directory::
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from tinysora.config import Config
 from tinysora.device import resolve_device, to_device
-from tinysora.io.atomic import atomic_dir, atomic_write_text
-from tinysora.io.checkpoint import (
-    check_state,
-    load_pretrained,
-    load_tensors,
-    save_pretrained,
-    save_tensors,
-)
-from tinysora.train.board import Board
+from tinysora.io.checkpoint import check_state, load_pretrained, load_tensors, save_pretrained
 from tinysora.train.trainer import (
+    Auxiliary,
     TrainConfig,
-    _flatten_optimizer,
-    _unflatten_optimizer,
+    Trainer,
     check_run_dir,
     init_checkpoint,
-    latest_checkpoint,
-    lr_at,
-    point_latest,
     step_generator,
 )
-from tinysora.voice.audio import linear_spectrogram, mel_matrix, mel_spectrogram, save_audio
+from tinysora.voice.audio import (
+    SpectrogramConfig,
+    linear_spectrogram,
+    mel_matrix,
+    mel_spectrogram,
+    save_audio,
+)
 from tinysora.voice.content import ContentModel
 from tinysora.voice.data import Split, load_split
 from tinysora.voice.sovits import (
@@ -97,8 +96,9 @@ class VoiceRecipe(Config):
     val_utterances: int = 8
 
 
-def make_batch(split: Split, recipe: VoiceRecipe, ids: list[int], g: torch.Generator,
-               bos: int, no_text: float) -> dict:  # fmt: skip
+def make_batch(
+    split: Split, recipe: VoiceRecipe, ids: list[int], g: torch.Generator, bos: int, no_text: float
+) -> dict:
     """Padded tensors of utterances ``ids``: codes, samples, phonemes, a reference."""
     c, hop = recipe.model, recipe.model.hop
     items = []
@@ -140,179 +140,87 @@ def make_batch(split: Split, recipe: VoiceRecipe, ids: list[int], g: torch.Gener
     return batch
 
 
-class VoiceTrainer:
-    """Generator + discriminators, their AdamW optimizers, checkpoints and the loop."""
+class GANStep:
+    """The SoVITS recipe's pieces for the Trainer: batches of a step, the two-part loss
+    (the discriminators' step, then the generator's loss) and the validation."""
 
-    def __init__(self, recipe: VoiceRecipe, out: Path, train: Split, val: Split, vocab, device):
-        self.recipe, self.out, self.train, self.val = recipe, out, train, val
-        self.device = device
-        cfg = recipe.train
-        self.spec = spectrogram_config(recipe.model)
-        self.mel_fb = mel_matrix(self.spec).to(device)
-        torch.manual_seed(cfg.seed)
-        self.gen = SynthesizerTrn(recipe.model).to(device)
-        self.disc = MultiDiscriminator(recipe.model.disc_channels).to(device)
-        make = lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],  # noqa: E731
-                                           lr=cfg.lr, betas=cfg.betas, eps=1e-9)  # fmt: skip
-        self.opt_g, self.opt_d = make(self.gen), make(self.disc)
-        self.bos = vocab.bos
-        self.step = 0
+    def __init__(self, recipe: VoiceRecipe, out: Path, train: Split, val: Split, bos: int):
+        self.recipe, self.out, self.train, self.val, self.bos = recipe, out, train, val, bos
+        self.spec: SpectrogramConfig = spectrogram_config(recipe.model)
+        self.mel_fb = mel_matrix(self.spec)
+        self.disc = MultiDiscriminator(recipe.model.disc_channels)
+        self.auxiliary = Auxiliary({"discriminator": self.disc})
+        self.trainer: Trainer | None = None  # set once the Trainer exists (its step)
 
-    # ------------------------------------------------------------------ checkpoints
-    @property
-    def ckpt_root(self) -> Path:
-        return self.out / "checkpoints"
-
-    def save_checkpoint(self) -> None:
-        final = self.ckpt_root / f"step_{self.step:08d}"
-        for stale in self.ckpt_root.glob(".step_*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        with atomic_dir(final) as tmp:
-            save_tensors(self.gen.state_dict(), tmp / "generator.safetensors")
-            save_tensors(self.disc.state_dict(), tmp / "discriminator.safetensors")
-            meta = {}
-            for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-                tensors, meta[name] = _flatten_optimizer(opt.state_dict())
-                save_tensors(tensors, tmp / f"{name}.safetensors")
-            state = {"step": self.step, **meta}
-            atomic_write_text(tmp / "state.json", json.dumps(state))
-        point_latest(self.ckpt_root, final, self.recipe.train.keep_checkpoints)
-
-    def warm_start(self, run: Path) -> int:
-        """Fine-tune from another run: its latest generator and discriminator weights (not
-        its optimizers or step), except the prior's frozen codebooks, which stay this
-        recipe's content model's (the decoder, flow and posterior carry over to new codes).
-        Returns the step the weights come from."""
-        path, state = init_checkpoint(run, "train voice")
-        keep = lambda state: {k: v for k, v in state.items()  # noqa: E731
-                              if not k.startswith("prior.codebooks.")}  # fmt: skip
-        gen = keep(load_tensors(path / "generator.safetensors"))
-        check_state(keep(self.gen.state_dict()), gen, str(path))
-        self.gen.load_state_dict(gen, strict=False)
-        disc = load_tensors(path / "discriminator.safetensors")
-        check_state(self.disc.state_dict(), disc, str(path))
-        self.disc.load_state_dict(disc)
-        return int(state["step"])
-
-    def load_checkpoint(self) -> bool:
-        found = latest_checkpoint(self.ckpt_root)
-        if found is None:
-            return False
-        path, state = found
-        self.gen.load_state_dict(load_tensors(path / "generator.safetensors"))
-        self.disc.load_state_dict(load_tensors(path / "discriminator.safetensors"))
-        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-            tensors = load_tensors(path / f"{name}.safetensors")
-            sd = _unflatten_optimizer(tensors, {"optimizer": state[name]})
-            sd["state"] = {int(k): v for k, v in sd["state"].items()}  # parameter indices
-            opt.load_state_dict(sd)
-        self.step = int(state["step"])
-        return True
-
-    # ------------------------------------------------------------------ loop
     def mel(self, wav: torch.Tensor) -> torch.Tensor:
-        return mel_spectrogram(wav, self.spec, self.mel_fb)
+        return mel_spectrogram(wav, self.spec, self.mel_fb.to(wav.device))
 
-    def batch(self, step: int) -> tuple[dict, torch.Generator]:
+    def batch(self, step: int) -> dict:
+        """Step ``step``'s examples (a function of the seed and the step); ``generator``:
+        the step's draws of segments and posterior noise."""
         g = step_generator(self.recipe.train.seed, step)
         ids = torch.randint(len(self.train.data), (self.recipe.data.batch_size,), generator=g)
-        batch = make_batch(self.train, self.recipe, ids.tolist(), g, self.bos,
-                           self.recipe.data.no_text)  # fmt: skip
-        batch = to_device(batch, self.device)
-        batch["spec"] = linear_spectrogram(batch["wav"], self.spec)
-        return batch, g
+        batch = make_batch(
+            self.train, self.recipe, ids.tolist(), g, self.bos, self.recipe.data.no_text
+        )
+        return {**batch, "generator": g}
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def loss(self, gen: SynthesizerTrn, batch: dict) -> tuple[torch.Tensor, dict]:
         c, w = self.recipe.model, self.recipe.loss
-        batch, g = self.batch(step)
-        out = self.gen(batch, g)
+        batch = {**batch, "spec": linear_spectrogram(batch["wav"], self.spec)}
+        out = gen(batch, batch["generator"])
         seg = c.segment_frames * c.hop
         real = slice_segments(batch["wav"][:, None], out["starts"] * c.hop, seg)
         fake = out["wav"]
         r, f, _, _ = self.disc(real, fake.detach())
         loss_d = discriminator_loss(r, f)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        grad_d = torch.nn.utils.clip_grad_norm_(self.disc.parameters(), 1e3)
-        self.opt_d.step()
+        grad_d = self.auxiliary.update("discriminator", loss_d)
         r, f, fr, ff = self.disc(real, fake)
         mel_l1 = F.l1_loss(self.mel(fake[:, 0]), self.mel(real[:, 0]))
         kl = kl_loss(out["z_p"], out["logs_q"], out["m_p"], out["logs_p"], out["mask"])
         adv, fm = generator_loss(f), feature_loss(fr, ff)
         loss_g = w.adversarial * adv + w.feature * fm + w.mel * mel_l1 + w.kl * kl
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        grad_g = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.gen.parameters() if p.requires_grad], 1e3
-        )
-        self.opt_g.step()
-        values = {"loss": loss_g, "loss_d": loss_d, "mel_l1": mel_l1, "kl": kl, "adv": adv,
-                  "fm": fm, "grad_g": grad_g, "grad_d": grad_d}  # fmt: skip
-        return {k: float(v.detach()) for k, v in values.items()}
+        metrics = {"loss_d": loss_d, "mel_l1": mel_l1, "kl": kl, "adv": adv, "fm": fm}
+        return loss_g, {**{k: v.detach() for k, v in metrics.items()}, "grad_d": grad_d}
 
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, gen: SynthesizerTrn) -> dict[str, float]:
         """Resynthesis of held-out sentences (their codes + phonemes, another utterance of
         the voice as reference): mel L1 against the real audio; wavs into OUT/samples."""
-        self.gen.eval()
         n = min(self.recipe.val_utterances, len(self.val.data))
-        folder = self.out / "samples" / f"step_{self.step:08d}"
+        folder = self.out / "samples" / f"step_{self.trainer.step:08d}"
+        device = next(gen.parameters()).device
         losses = []
         for i in range(n):
-            batch = make_batch(self.val, self.recipe, [i], torch.Generator().manual_seed(i),
-                               self.bos, 0.0)  # fmt: skip
-            batch = to_device(batch, self.device)
-            wav = self.gen.infer(batch["codes"], batch["phonemes"], batch["ref_mel"],
-                                 generator=torch.Generator().manual_seed(i))  # fmt: skip
+            g = torch.Generator().manual_seed(i)
+            batch = to_device(make_batch(self.val, self.recipe, [i], g, self.bos, 0.0), device)
+            wav = gen.infer(
+                batch["codes"],
+                batch["phonemes"],
+                batch["ref_mel"],
+                generator=torch.Generator().manual_seed(i),
+            )
             real = batch["wav"][0, : len(wav)]
             losses.append(float(F.l1_loss(self.mel(wav[None]), self.mel(real[None]))))
             save_audio(folder / f"{i:02d}.wav", wav.cpu(), self.spec.sample_rate)
-        self.gen.train()
         return {"val_mel_l1": sum(losses) / len(losses)}
 
-    def log(self, record: dict, board: Board | None) -> None:
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if board is not None:
-            board.record(record)
 
-    def fit(self, stop_at: int | None = None) -> None:
-        cfg = self.recipe.train
-        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        board = Board(self.out) if cfg.tensorboard else None
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train voice", unit="step",
-                   dynamic_ncols=True)  # fmt: skip
-        window, t0 = [], time.perf_counter()
-        try:
-            while self.step < end:
-                for opt in (self.opt_g, self.opt_d):
-                    for group in opt.param_groups:
-                        group["lr"] = lr_at(cfg, self.step)
-                metrics = self.train_step(self.step)
-                if not math.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step}; "
-                                             "lower the lr")  # fmt: skip
-                self.step += 1
-                window.append(metrics)
-                bar.update(1)
-                done = self.step % cfg.checkpoint_every == 0 or self.step == end
-                if self.step % cfg.log_every == 0 or done:
-                    record = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
-                    record.update(step=self.step, lr=lr_at(cfg, self.step - 1),
-                                  s_per_step=(time.perf_counter() - t0) / len(window))  # fmt: skip
-                    self.log(record, board)
-                    bar.set_postfix(mel=f"{record['mel_l1']:.3f}", d=f"{record['loss_d']:.3f}")
-                    window, t0 = [], time.perf_counter()
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == end):
-                    scores = self.validate()
-                    self.log({"step": self.step, "eval": scores}, board)
-                    bar.write(f"step {self.step}: val mel L1 {scores['val_mel_l1']:.4f}")
-                if done:
-                    self.save_checkpoint()
-        finally:
-            bar.close()
-            if board is not None:
-                board.close()
+def warm_start(gen: SynthesizerTrn, disc: MultiDiscriminator, run: Path) -> int:
+    """Fine-tune from another run: its latest generator and discriminator weights (not
+    its optimizers or step), except the prior's frozen codebooks, which stay this
+    recipe's content model's (the decoder, flow and posterior carry over to new codes).
+    Returns the step the weights come from."""
+    path, state = init_checkpoint(run, "train voice")
+    keep = lambda state: {k: v for k, v in state.items() if not k.startswith("prior.codebooks.")}  # noqa: E731
+    # (a run of the earlier SoVITS loop named the generator's file generator.safetensors)
+    name = "model" if (path / "model.safetensors").is_file() else "generator"
+    weights = keep(load_tensors(path / f"{name}.safetensors"))
+    check_state(keep(gen.state_dict()), weights, str(path))
+    gen.load_state_dict(weights, strict=False)
+    disc_weights = load_tensors(path / "discriminator.safetensors")
+    check_state(disc.state_dict(), disc_weights, str(path))
+    disc.load_state_dict(disc_weights)
+    return int(state["step"])
 
 
 def train_voice(
@@ -340,18 +248,32 @@ def train_voice(
     spec, corpus = spectrogram_config(recipe.model), recipe.data.corpus
     train = load_split(corpus, spec, out, "train", content)
     val = load_split(corpus, spec, out, "test_seen", content, train.data.speakers)
-    trainer = VoiceTrainer(recipe, out, train, val, vocab, device)
+    torch.manual_seed(recipe.train.seed)
+    gen = SynthesizerTrn(recipe.model)
+    step = GANStep(recipe, out, train, val, vocab.bos)
     with torch.no_grad():  # the frozen codebooks, copied from the content model
-        for book, vq in zip(trainer.gen.prior.codebooks, content.codec.quantizers, strict=True):
+        for book, vq in zip(gen.prior.codebooks, content.codec.quantizers, strict=True):
             book.weight.copy_(vq.codebook)
+    gen.to(device)
+    step.disc.to(device)
+    trainer = Trainer(
+        gen,
+        recipe.train,
+        out,
+        step.loss,
+        step.batch,
+        eval_fn=step.validate,
+        auxiliary=step.auxiliary,
+    )
+    step.trainer = trainer
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")
     elif init is not None:
-        print(f"initialized from {init} (step {trainer.warm_start(Path(init))})")
+        print(f"initialized from {init} (step {warm_start(gen, step.disc, Path(init))})")
     trainer.fit(stop_at)
     model_dir = out / "model"
     save_pretrained(content, content.config, model_dir / "content")
-    save_pretrained(trainer.gen.eval().cpu(), recipe.model, model_dir / "sovits")
+    save_pretrained(gen.eval().cpu(), recipe.model, model_dir / "sovits")
     shutil.copyfile(Path(recipe.data.corpus) / "phonemes.txt", model_dir / "phonemes.txt")
     print(f"saved {model_dir}")
     return model_dir

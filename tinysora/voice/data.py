@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tinysora.io.atomic import atomic_write_text
 from tinysora.io.checkpoint import load_tensors, save_tensors
 from tinysora.voice.audio import SpectrogramConfig, load_audio, mel_matrix, mel_spectrogram
 from tinysora.voice.content import ContentModel
@@ -101,9 +102,12 @@ def build_utterances(
     if keep_wav:
         tensors["wav"] = torch.cat(wavs)
     out = Path(out)
-    save_tensors(tensors, out)
     meta.update(speakers=names, skipped=skipped, spec=spec.__dict__)
-    out.with_suffix(".json").write_text(json.dumps(meta))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the metadata first: the tensors' file marks the split done (a run killed between
+    # the two writes computes it again)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta))
+    save_tensors(tensors, out)
     return out
 
 
