@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import random
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_note, kill_plan, kill_seed, run_and_kill
 from safetensors.torch import load_file
 from tiny import save_tiny_vae, start_alongside, tiny_recipe
 
@@ -21,12 +21,17 @@ from tinysora.io.checkpoint import save_tensors
 from tinysora.io.video import write_video
 from tinysora.pipeline import TextToVideoPipeline
 from tinysora.text.encoder import default_encoder_path
+from tinysora.text.vocabulary import from_captions
 from tinysora.train.dit import run_steps, train_dit
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.steps import cached_packed_steps
 from tinysora.worlds.shapes import render, sample_scene
 
 SIZE = FolderConfig(fps=8, frames=9, height=64, width=64)
+# A random-time kill of `prepare` (28 files, a shard each) lands within this many seconds
+# of its start (measured: 3.9 s in all, imports 2.5 s, then ~35 ms a file).
+PREPARE_S = 5.0
+PREPARE_TIMEOUT_S = 600
 
 
 def make_folder(root, files: int):
@@ -70,7 +75,10 @@ def test_prepare_writes_shards_an_index_and_reads_back(data, vae, tmp_path, one_
     assert (again.clips, again.encoded) == (6, 0)
 
 
-def test_prepare_resumes_after_kill_9_to_the_same_cache(vae, tmp_path):
+def test_prepare_resumes_after_kill_9_at_random_moments_to_the_same_cache(vae, tmp_path):
+    """``prepare`` killed three times at moments drawn from a seeded RNG (inside a shard's
+    write, or at a random time), each time run again: the cache equals an uninterrupted
+    one's. ``TINYSORA_KILL_SEED=N`` draws the same moments again."""
     data = make_folder(tmp_path / "clips", 28)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -87,38 +95,40 @@ def test_prepare_resumes_after_kill_9_to_the_same_cache(vae, tmp_path):
         "1",
         "--out",
     ]
-
-    def run(out):
-        subprocess.run(cmd + [str(out)], env=env, check=True, capture_output=True)
-
     # the uninterrupted run goes alongside the one that gets killed (one thread each)
     whole_run = start_alongside(cmd + [str(tmp_path / "whole")], tmp_path / "side.err")
-    killed = subprocess.Popen(
-        cmd + [str(tmp_path / "killed")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    index = tmp_path / "killed" / "index.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and killed.poll() is None:
-        if index.is_file() and len(json.loads(index.read_text())["shards"]) >= 3:
-            break
-        time.sleep(0.002)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    partial = json.loads(index.read_text())
-    assert not partial["complete"], "prepare finished before the kill; the test needs more files"
-    run(tmp_path / "killed")  # the same command continues
-    assert whole_run.wait() == 0, (tmp_path / "side.err").read_text()[-2000:]
+    seed = kill_seed()
+    plan = kill_plan(random.Random(seed), 3, span_s=PREPARE_S)
+    out = tmp_path / "killed"
+
+    def writing() -> set[str]:  # shards (and the index) being written
+        return {p.name for p in out.glob(".*.tmp")}
+
+    try:
+        log = tmp_path / "killed.log"
+        outcomes = [
+            run_and_kill(cmd + [str(out)], env, log, moment, writing, PREPARE_TIMEOUT_S)
+            for moment in plan
+        ]
+        note = kill_note(plan, outcomes, seed)
+        again = subprocess.run(
+            cmd + [str(out)], env=env, capture_output=True, text=True, timeout=PREPARE_TIMEOUT_S
+        )  # the same command continues
+        assert again.returncode == 0, f"{again.stderr[-2000:]}\n{note}"
+        side = (tmp_path / "side.err").read_text
+        assert whole_run.wait(timeout=PREPARE_TIMEOUT_S) == 0, side()[-2000:]
+    finally:
+        whole_run.kill()
+        whole_run.wait(timeout=60)
+    assert "killed" in outcomes, f"prepare ended before every kill: {note}"
     whole = json.loads((tmp_path / "whole" / "index.json").read_text())
-    resumed = json.loads(index.read_text())
-    assert resumed["complete"] and resumed["shards"] == whole["shards"]
-    assert resumed["skipped"] == whole["skipped"]
+    resumed = json.loads((out / "index.json").read_text())
+    assert resumed["complete"] and resumed["shards"] == whole["shards"], note
+    assert resumed["skipped"] == whole["skipped"], note
     for shard in whole["shards"]:
         a = load_file(tmp_path / "whole" / shard["file"])
-        b = load_file(tmp_path / "killed" / shard["file"])
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        b = load_file(out / shard["file"])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), note
 
 
 def test_train_dit_from_the_cache(data, vae, tmp_path, one_thread):
@@ -128,6 +138,9 @@ def test_train_dit_from_the_cache(data, vae, tmp_path, one_thread):
     pipe = TextToVideoPipeline.from_pretrained(model)
     frames = pipe("a red ball", num_frames=9, progress=False).frames
     assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.float32
+    # the model knows the words of the cache's captions, and only those (no world_mix)
+    captions = LatentCache(tmp_path / "cache").captions
+    assert len(captions) == 6 and pipe.config.vocabulary == from_captions(captions)
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["data"] == str(
         tmp_path / "cache"
     )

@@ -11,16 +11,16 @@ failure names the seed; ``TINYSORA_KILL_SEED=N`` draws the same moments again.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import wait_until
+from conftest import kill_note, kill_plan, kill_seed, run_and_kill
 from safetensors.torch import load_file
 from test_trainer import RECIPE
 from tiny import start_alongside, tiny_recipe
@@ -54,52 +54,9 @@ def dit_recipe(root):
     return recipe
 
 
-def kill_plan(rng: random.Random, kills: int) -> list[tuple]:
-    """The kills' moments in order: ("save", checkpoints to let pass, seconds into the
-    next write) or ("time", seconds after the start); the first mid-save one is sure."""
-    plan = [("save", rng.randrange(3), round(rng.uniform(0, SAVE_JITTER_S), 4))]
-    for _ in range(kills - 1):
-        if rng.random() < 0.5:
-            plan.append(("save", rng.randrange(3), round(rng.uniform(0, SAVE_JITTER_S), 4)))
-        else:
-            plan.append(("time", round(rng.uniform(0, ATTEMPT_S), 2)))
-    rng.shuffle(plan)
-    return plan
-
-
 def saving(checkpoints: Path) -> set[str]:
     """The checkpoint writes in progress: their temporary folders."""
     return {p.name for p in checkpoints.glob(".step_*.tmp")}
-
-
-def attempt(cmd: list[str], run: Path, log: Path, moment: tuple) -> str:
-    """Start the run (``--resume`` when ``run`` exists) and SIGKILL it at ``moment``;
-    "killed", or "ended" when it finished first."""
-    args = cmd + [str(run)] + (["--resume"] if run.exists() else [])
-    with open(log, "a") as out:
-        process = subprocess.Popen(args, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        if moment[0] == "time":
-            process.wait(timeout=moment[1])
-            return "ended"
-        _, let_pass, into = moment
-        seen: set[str] = set()
-
-        def next_write():
-            if process.poll() is not None:
-                return "ended"
-            seen.update(saving(run / "checkpoints"))
-            return len(seen) > let_pass and "saving"
-
-        if wait_until(next_write, RUN_S, "a checkpoint write", interval=0.001) == "ended":
-            return "ended"
-        time.sleep(into)
-        return "killed"
-    except subprocess.TimeoutExpired:
-        return "killed"
-    finally:
-        process.kill()  # SIGKILL (a no-op when it has ended)
-        process.wait(timeout=60)
 
 
 def run_killed_and_whole(tmp_path: Path, model: str, kills: int):
@@ -113,13 +70,16 @@ def run_killed_and_whole(tmp_path: Path, model: str, kills: int):
     cmd = [sys.executable, "-m", "tinysora.cli", "train", model, "--config", str(recipe), "--out"]
     # the uninterrupted run goes alongside the one that gets killed (one thread each)
     whole = start_alongside(cmd + [str(tmp_path / "whole")], tmp_path / "side.err")
-    seed = int(os.environ.get("TINYSORA_KILL_SEED") or random.randrange(2**32))
-    plan = kill_plan(random.Random(seed), kills)
+    seed = kill_seed()
+    plan = kill_plan(random.Random(seed), kills, ATTEMPT_S, SAVE_JITTER_S)
     run, log = tmp_path / "killed", tmp_path / "killed.log"
     try:
-        outcomes = [attempt(cmd, run, log, moment) for moment in plan]
-        events = "; ".join(f"{m} -> {o}" for m, o in zip(plan, outcomes, strict=True))
-        note = f"kills {events} (TINYSORA_KILL_SEED={seed} draws them again)"
+        outcomes = []
+        for moment in plan:  # --resume once the run exists
+            args = cmd + [str(run)] + (["--resume"] if run.exists() else [])
+            writing = functools.partial(saving, run / "checkpoints")
+            outcomes.append(run_and_kill(args, ENV, log, moment, writing, RUN_S))
+        note = kill_note(plan, outcomes, seed)
         latest = run / "checkpoints" / "latest"
         stopped_at = latest.read_text().strip() if latest.is_file() else None
         resumed = subprocess.run(
