@@ -146,11 +146,11 @@ def test_generate_eval_and_serve_take_a_diffusers_directory(modelscope, tmp_path
     size = ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2"]
     out = tmp_path / "out.mp4"
     gen = [*cli, "generate", "a red circle", "--model", str(modelscope), *size, "-o", str(out)]
-    subprocess.run(gen, check=True, capture_output=True)
+    subprocess.run(gen, check=True, capture_output=True, timeout=300)
     assert read_video(out)[0].shape == (5, 32, 32, 3)
     report = tmp_path / "adherence.json"
     ev = [*cli, "eval", "adherence", "--model", str(modelscope), *size, "--n", "2"]
-    subprocess.run([*ev, "--groups", "single", "--json", str(report)], check=True)
+    subprocess.run([*ev, "--groups", "single", "--json", str(report)], check=True, timeout=300)
     assert json.loads(report.read_text())["single"]["prompts"] == 2
     with ServerProcess(modelscope, tmp_path / "serve") as server, server.client() as c:
         job = wait_for(c, submit(c, num_frames=5, height=32, width=32, num_inference_steps=2))
