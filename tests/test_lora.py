@@ -13,12 +13,13 @@ from test_cache import make_folder
 from tiny import save_tiny_model
 
 from tinysora.cli import main
-from tinysora.data.cache import prepare
+from tinysora.data.cache import LatentCache, prepare
 from tinysora.data.folder import FolderConfig
 from tinysora.dit.lora import LoraError, load_lora, merge_lora
 from tinysora.dit.model import DiT
 from tinysora.io.checkpoint import load_pretrained
 from tinysora.pipeline import TextToVideoPipeline
+from tinysora.text.vocabulary import ADAPTER_VOCABULARY, from_captions
 from tinysora.train.lora import train_lora
 
 PROMPT = "a small red circle moving left on a black background"
@@ -71,6 +72,10 @@ def test_adapter_files_and_a_frozen_base(run):
         plain = key.replace(".base_layer", "")
         if "lora_" not in key:
             assert torch.equal(value, base[plain]), key
+    # the words of the adapter's captions go with it (the base saved none)
+    words = json.loads((adapter / ADAPTER_VOCABULARY).read_text())
+    assert words == from_captions(LatentCache(root / "cache").captions) != {}
+    assert TextToVideoPipeline.from_pretrained(model).load_lora(adapter).config.vocabulary == words
 
 
 def test_load_scale_and_merge(run):
@@ -95,6 +100,8 @@ def test_load_scale_and_merge(run):
     out = root / "merged"
     assert main(["export", str(root / "run"), "--merge-lora", "-o", str(out)]) == 0
     stored = load_file(out / "dit" / "model.safetensors")
+    words = json.loads((root / "run" / "adapter" / ADAPTER_VOCABULARY).read_text())
+    assert TextToVideoPipeline.from_pretrained(out).config.vocabulary == words
     assert set(stored) == set(pipe.dit.state_dict())
     differ = [k for k, v in merged.state_dict().items() if not torch.equal(stored[k], v.bfloat16())]
     assert not differ, f"the export is not the merged adapter: {differ[:5]}"

@@ -3,9 +3,12 @@ and the real packaged MiniLM text encoder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,11 +23,13 @@ from tinysora.io.video import read_video
 from tinysora.pipeline import (
     PipelineConfig,
     PipelineError,
+    PromptWarning,
     TextToVideoPipeline,
     export_to_video,
     legal_size,
 )
 from tinysora.text.encoder import TextEncoder
+from tinysora.worlds.captions import vocabulary
 
 PROMPT = "a small red circle moving left on a black background"
 CLI_S = 300  # the longest a `tinysora generate` of the tiny model may take (a few seconds)
@@ -187,3 +192,35 @@ def test_missing_model_is_a_one_line_error(tmp_path):
     assert res.returncode == 2
     assert res.stderr.startswith("tinysora: error: no text-to-video model")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_prompt_words_the_model_does_not_know_are_warned(pipe, model_dir, tmp_path):
+    """The pipeline checks prompts against the vocabulary in pipeline.json (the server
+    gets the check too); the CLI shows it as one line."""
+    saved = pipe.config
+    pipe.config = dataclasses.replace(saved, vocabulary=vocabulary())
+    try:
+        with pytest.warns(PromptWarning, match=r"astronaut, riding -> rising\?, horse, mars"):
+            pipe("an astronaut riding a horse on mars", num_frames=1, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pipe(PROMPT, num_frames=1, progress=False)  # every word known: silent
+        pipe.config = saved  # no vocabulary saved: no check
+        pipe("an astronaut riding a horse on mars", num_frames=1, progress=False)
+    finally:
+        pipe.config = saved
+    model = tmp_path / "model"
+    for part in ("vae", "dit"):
+        shutil.copytree(model_dir / part, model / part)
+    dataclasses.replace(saved, vocabulary=vocabulary()).save(model / "pipeline.json")
+    cmd = [sys.executable, "-m", "tinysora", "generate", "a smal red cirlce", "--frames", "1"]
+    res = subprocess.run(
+        [*cmd, "--model", str(model), "-o", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    warned = [line for line in res.stderr.splitlines() if "not trained on" in line]
+    assert len(warned) == 1 and warned[0].startswith("tinysora: warning: words the model")
+    assert "smal -> small?, cirlce -> circle? (it knows colours: red," in warned[0]

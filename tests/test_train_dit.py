@@ -26,7 +26,7 @@ from tinysora.train.dit import train_dit
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.steps import _kept_tokens, packed_steps
 from tinysora.train.validation import val_loss_fn
-from tinysora.worlds.captions import paraphrase
+from tinysora.worlds.captions import paraphrase, vocabulary
 from tinysora.worlds.detect import DetectedObject, Detection, judge
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, SplitMix64, parse_caption, sample_scene
 
@@ -61,6 +61,7 @@ def test_train_dit_writes_a_loadable_pipeline(trained):
     assert pipe.dit.config.in_channels == 4
     frames = pipe("a red ball", num_frames=5, progress=False).frames
     assert frames.shape == (5, 64, 64, 3)
+    assert pipe.config.vocabulary == vocabulary()  # the Shapes World's caption words
 
 
 def test_train_dit_refuses_to_overwrite_and_resumes(trained):

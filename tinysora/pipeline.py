@@ -26,6 +26,7 @@ them (keyframes, extension, loop) and last ``__call__``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import warnings
@@ -58,6 +59,7 @@ from tinysora.io.frames import (
 )
 from tinysora.io.video import write_video
 from tinysora.text.encoder import TextEncoder
+from tinysora.text.vocabulary import ADAPTER_VOCABULARY, merge, unknown_words_warning
 from tinysora.vae.model import SPACE_FACTOR, TIME_FACTOR, VideoVAE, latent_frames
 
 MIN_SIDE, MAX_SIDE = 32, 512
@@ -68,6 +70,10 @@ FLOW_KEYS = ("shift_base_tokens", "base_shift", "max_shift", "shared_noise")  # 
 
 class PipelineError(UserError, ValueError):
     """Bad arguments to the pipeline (the message names the fix)."""
+
+
+class PromptWarning(UserWarning):
+    """A prompt has words the model was not trained on (``text.vocabulary``)."""
 
 
 @dataclass
@@ -90,6 +96,9 @@ class PipelineConfig(Config):
     base_shift: float = 1.0
     max_shift: float = 4.0
     shared_noise: float = 0.0  # VideoFusion noise, as the model trained (diffusion.flow)
+    # the words of its training captions, by kind (text.vocabulary); a prompt's other
+    # words get a warning. Written at export; empty: not checked
+    vocabulary: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data, *, where: str = "") -> PipelineConfig:
@@ -269,10 +278,17 @@ class TextToVideoPipeline:
         return 1, TIME_FACTOR
 
     def load_lora(self, directory: str | os.PathLike, scale: float = 1.0) -> TextToVideoPipeline:
-        """Add a LoRA adapter (``tinysora train lora``) to the DiT, its update times ``scale``."""
+        """Add a LoRA adapter (``tinysora train lora``) to the DiT, its update times ``scale``;
+        the words of its training captions join the model's vocabulary."""
         from tinysora.dit.lora import load_lora  # peft loads accelerate: only when asked
 
         load_lora(self.dit, directory, scale)
+        words = Path(directory) / ADAPTER_VOCABULARY
+        if words.is_file():
+            added = json.loads(words.read_text())
+            self.config = dataclasses.replace(
+                self.config, vocabulary=merge(self.config.vocabulary, added)
+            )
         return self
 
     def set_sampling(self, guidance_scale: float | None = None, sampler: str | None = None):
@@ -505,6 +521,9 @@ class TextToVideoPipeline:
         Given latent frames enter the DiT clean at t = 0 and come out as given.
         """
         prompts, negatives = _prompt_lists(prompt, negative_prompt)
+        unknown = unknown_words_warning(prompts, self.config.vocabulary)
+        if unknown is not None:
+            warnings.warn(unknown, PromptWarning, stacklevel=3)  # the caller, past no_grad
         single = isinstance(prompt, str)
         if output_type not in OUTPUT_TYPES:
             raise PipelineError(f"output_type must be 'np', 'pil' or 'latent', got {output_type!r}")

@@ -56,7 +56,6 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
-    check.__name__ = "integer"
     return check
 
 
@@ -74,8 +73,7 @@ def float_in(
         bounds.append(f"> {low:g}" if open_low else f">= {low:g}")
     if high is not None:
         bounds.append(f"<= {high:g}")
-    what = " and ".join(bounds) if bounds else ""
-    what = f"a finite number {what}".strip()
+    what = f"a finite number {' and '.join(bounds)}".strip()
 
     def check(text: str) -> float:
         value = _parsed(text, float, "a number")
@@ -87,7 +85,6 @@ def float_in(
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
-    check.__name__ = "number"
     return check
 
 
@@ -109,7 +106,6 @@ def output_file(*suffixes: str) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"{text!r}: use a {names} name")
         return _writable(text)
 
-    check.__name__ = "output file"
     return check
 
 

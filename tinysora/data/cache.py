@@ -246,6 +246,11 @@ class LatentCache:
         return len(self.items)
 
     @property
+    def captions(self) -> list[str]:
+        """Every clip's caption: the words a model trained on this cache knows."""
+        return [info["text"] for _, _, info in self.items]
+
+    @property
     def vae(self) -> dict:
         return self.index["vae"]
 

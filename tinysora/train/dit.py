@@ -7,7 +7,9 @@ A run (recipe: ``tinysora.train.recipe``):
 2. **Training** (``tinysora.train.steps`` for what a step does, ``Trainer`` for the
    loop, checkpoints and resume); ``init_from`` starts from a model directory's DiT.
 3. **Export**: ``OUT/model/`` = ``vae/`` (copied) + ``dit/`` (EMA weights, bf16) +
-   ``pipeline.json`` — a directory ``TextToVideoPipeline.from_pretrained`` loads.
+   ``pipeline.json`` — a directory ``TextToVideoPipeline.from_pretrained`` loads. Its
+   ``vocabulary`` (the words of the training captions, :func:`training_vocabulary`) is
+   fixed in the run's ``recipe.json`` when training starts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tinysora.data.cache import LatentCache
 from tinysora.device import resolve_device
 from tinysora.dit.model import DiT
 from tinysora.io.checkpoint import (
+    PIPELINE_NAME,
     CheckpointError,
     load_into,
     load_pretrained,
@@ -33,8 +36,9 @@ from tinysora.io.checkpoint import (
 )
 from tinysora.io.frames import to_uint8
 from tinysora.perf import peak_flops
-from tinysora.pipeline import TextToVideoPipeline
+from tinysora.pipeline import PipelineConfig, TextToVideoPipeline
 from tinysora.text.encoder import TextEncoder, default_encoder_path
+from tinysora.text.vocabulary import Vocabulary, from_captions, merge
 from tinysora.train import distributed
 from tinysora.train.latents import build_latent_cache, build_mixture_cache
 from tinysora.train.recipe import DiTRecipe
@@ -49,6 +53,7 @@ from tinysora.train.steps import (
 from tinysora.train.trainer import Trainer, check_run_dir
 from tinysora.train.validation import val_loss_fn
 from tinysora.vae.model import VideoVAE
+from tinysora.worlds import captions
 
 
 def train_dit(
@@ -72,6 +77,7 @@ def train_dit(
     out.mkdir(parents=True, exist_ok=True)
     steps = run_steps(recipe, out, device)
     recipe.model.in_channels = steps.latent_channels
+    recipe.pipeline.vocabulary = training_vocabulary(recipe)
     if distributed.is_main():
         recipe.save(out / "recipe.json")
     torch.manual_seed(recipe.train.seed)
@@ -215,8 +221,24 @@ def _cache_steps(recipe: DiTRecipe) -> Steps:
     return (cached_packed_steps if recipe.packing.enabled else cached_steps)(recipe, cache)
 
 
+def training_vocabulary(recipe: DiTRecipe) -> Vocabulary:
+    """The words of the captions ``recipe`` trains on (``text.vocabulary``): those of its
+    cache, the Shapes World's (without a cache, or mixed in), and the ones the model it
+    starts from already knew."""
+    parts = [recipe.pipeline.vocabulary]
+    if recipe.init_from:
+        init = resolve_model_dir(recipe.init_from) / PIPELINE_NAME
+        parts += [PipelineConfig.load(init).vocabulary] if init.is_file() else []
+    if recipe.data:
+        parts.append(from_captions(LatentCache(recipe.data).captions))
+    if not recipe.data or recipe.world_mix > 0:
+        parts.append(captions.vocabulary())
+    return merge(*parts)
+
+
 def _dit_weights(directory: str) -> Path:
-    path = Path(directory) / "dit" / "model.safetensors"
+    """The DiT weights of model directory (or bundled model name) ``directory``."""
+    path = resolve_model_dir(directory) / "dit" / "model.safetensors"
     if not path.is_file():
         raise ConfigError(
             f"init_from = '{directory}' has no dit/model.safetensors; give a model directory "
@@ -232,7 +254,7 @@ def export_model(recipe: DiTRecipe, weights: dict[str, torch.Tensor], directory:
     directory.mkdir(parents=True, exist_ok=True)
     save_pretrained(final, recipe.model, directory / "dit", dtype=torch.bfloat16)
     shutil.copytree(resolve_model_dir(recipe.vae, "vae"), directory / "vae", dirs_exist_ok=True)
-    recipe.pipeline.with_shift_of(recipe.flow).save(directory / "pipeline.json")
+    recipe.pipeline.with_shift_of(recipe.flow).save(directory / PIPELINE_NAME)
     print(f"saved {directory}")
     return directory
 

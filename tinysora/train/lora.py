@@ -26,7 +26,9 @@ from tinysora.device import resolve_device
 from tinysora.dit.lora import add_lora, merge_lora, save_lora
 from tinysora.dit.model import DiT, DiTConfig
 from tinysora.errors import UserError
+from tinysora.io.atomic import atomic_write_text
 from tinysora.io.checkpoint import (
+    PIPELINE_NAME,
     CheckpointError,
     load_config,
     load_into,
@@ -36,8 +38,9 @@ from tinysora.io.checkpoint import (
     save_pretrained,
 )
 from tinysora.pipeline import PipelineConfig
+from tinysora.text.vocabulary import ADAPTER_VOCABULARY
 from tinysora.train import distributed
-from tinysora.train.dit import fit, run_steps
+from tinysora.train.dit import fit, run_steps, training_vocabulary
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.trainer import TrainConfig, check_run_dir
 
@@ -70,6 +73,7 @@ def train_lora(
     adapter directory ``out/adapter``."""
     init, out = resolve_model_dir(init), Path(out)
     recipe = lora_recipe(init, str(data), config)
+    recipe.pipeline.vocabulary = training_vocabulary(recipe)
     check_run_dir(out, resume)
     if recipe.train.parallel == "fsdp":
         raise ConfigError("LoRA trains small adapters on a frozen model: use parallel = 'ddp'")
@@ -88,6 +92,8 @@ def train_lora(
     if distributed.is_main():
         load_into(dit, dict(weights), "EMA weights")
         save_lora(model, out / "adapter")
+        vocabulary = json.dumps(recipe.pipeline.vocabulary, indent=1)
+        atomic_write_text(out / "adapter" / ADAPTER_VOCABULARY, vocabulary + "\n")
         print(f"saved {out / 'adapter'}")
     distributed.barrier()
     distributed.shutdown()
@@ -116,5 +122,6 @@ def export_merged(run: str | Path, directory: str | Path, step: int | None = Non
     directory = Path(directory)
     save_pretrained(merged, merged.config, directory / "dit", dtype=torch.bfloat16)
     shutil.copytree(init / "vae", directory / "vae", dirs_exist_ok=True)
-    shutil.copy(init / "pipeline.json", directory / "pipeline.json")
+    # the base's sampling defaults, with the adapter's training words (recipe.json)
+    DiTRecipe.load(run / "recipe.json").pipeline.save(directory / PIPELINE_NAME)
     return directory

@@ -8,7 +8,16 @@ with every variant switched on.
 
 from __future__ import annotations
 
-from tinysora.worlds.shapes import ObjectSpec, Scene, SplitMix64
+from tinysora.worlds.shapes import (
+    BACKGROUNDS,
+    COLORS,
+    MOTIONS,
+    SHAPES,
+    SIZES,
+    ObjectSpec,
+    Scene,
+    SplitMix64,
+)
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "circle": ("ball", "disc"),
@@ -64,3 +73,20 @@ def paraphrase(
     if rng.uniform() >= p_drop_background:
         text += f" on a {scene.background} background"
     return text
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """Every word the training captions use (:func:`paraphrase` of the grammar in
+    docs/WORLD.md), by kind, canonical words before synonyms: what a DiT trained on the
+    Shapes World knows (saved as ``pipeline.json``'s ``vocabulary``)."""
+
+    def kind(values) -> list[str]:
+        return [*values, *(s for v in values for s in SYNONYMS.get(v, ()))]
+
+    return {
+        "colours": kind(COLORS),
+        "shapes": kind(SHAPES),
+        "motions": kind(MOTIONS),
+        "sizes": kind(SIZES),
+        "backgrounds": [*BACKGROUNDS, "background"],
+    }
