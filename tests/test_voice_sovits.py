@@ -3,10 +3,10 @@ voice conversion through the CLI."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, voice_recipe
+from conftest import TINY_MODEL, kill_note, kill_plan, kill_seed, run_and_kill, voice_recipe
 from numerics import assert_close_fp32
 
 from tinysora.voice.sovits import (
@@ -95,61 +95,46 @@ def test_train_voice_resume_is_exact_and_exports(tiny_corpus, tiny_content, tmp_
         train_voice(recipe, tmp_path / "cold", stop_at=0, init=tmp_path / "halves" / "model")
 
 
-def test_train_voice_killed_at_a_random_moment_resumes_to_the_uninterrupted_run(
+def test_train_voice_killed_at_random_moments_resumes_to_the_uninterrupted_run(
     tiny_corpus, tiny_content, tmp_path
 ):
-    """kill -9 of a real `tinysora train voice` process at a random moment of its training
-    (any step, mid-save), then --resume: the generator, the discriminators
-    and both optimizers end bit-identical to an uninterrupted run's (same machine)."""
+    """kill -9 of a real `tinysora train voice` process twice at random moments (one of
+    them mid-save; seeded, TINYSORA_KILL_SEED draws them again), then --resume: the
+    generator, the discriminators and both optimizers end bit-identical to an
+    uninterrupted run's (same machine)."""
     from tinysora.io.checkpoint import load_tensors
 
     recipe = voice_recipe(tmp_path / "r.toml", tiny_corpus, tiny_content / "content", 8, 2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def command(out):
-        return [sys.executable, "-m", "tinysora", "train", "voice", "--config", str(recipe),
-                "--out", str(out)]  # fmt: skip
-
-    subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True, timeout=600,
+    cmd = [sys.executable, "-m", "tinysora", "train", "voice", "--config", str(recipe), "--out"]
+    start = time.perf_counter()
+    subprocess.run(cmd + [str(tmp_path / "whole")], env=env, capture_output=True, timeout=600,
                    check=True)  # fmt: skip
-    # the training part of the run: from its last features file to its exported model
-    began = tmp_path / "whole" / "features" / "codes_test_seen.safetensors"
-    duration = (tmp_path / "whole" / "model" / "sovits" / "model.safetensors").stat().st_mtime
-    duration -= began.stat().st_mtime
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    for attempt in range(3):  # a moment the run had already finished by: draw another
-        out = tmp_path / f"killed{attempt}"
-        moment = rng.uniform(0.0, 1.0) * duration
-        print(f"kill seed {seed}: attempt {attempt} kills {moment:.2f} s into {duration:.2f} s")
-        proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.time() + 300
-        codes = out / "features" / "codes_test_seen.safetensors"
-        while not codes.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        try:
-            proc.wait(timeout=moment)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-            break
-    else:
-        pytest.fail(f"kill seed {seed}: every run finished before its kill")
-    latest = out / "checkpoints" / "latest"
+    seed = kill_seed()
+    plan = kill_plan(random.Random(seed), 2, time.perf_counter() - start)
+    run = tmp_path / "killed"
+    writing = functools.partial(lambda root: {p.name for p in root.glob(".step_*.tmp")},
+                                run / "checkpoints")  # fmt: skip
+    outcomes = []
+    for moment in plan:  # --resume once the run exists
+        args = cmd + [str(run)] + (["--resume"] if run.exists() else [])
+        outcomes.append(run_and_kill(args, env, tmp_path / "killed.log", moment, writing))
+    note = kill_note(plan, outcomes, seed)
+    assert "killed" in outcomes, f"every attempt ended before its kill: {note}"
+    latest = run / "checkpoints" / "latest"
     step = int(latest.read_text().split("_")[1]) if latest.exists() else 0
-    done = subprocess.run(command(out) + ["--resume"], env=env, capture_output=True,
+    done = subprocess.run(cmd + [str(run), "--resume"], env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert step == 0 or f"resumed from step {step}" in done.stdout
+    assert done.returncode == 0, f"{done.stderr[-2000:]}\n{note}"
+    assert step == 0 or f"resumed from step {step}" in done.stdout, note
     files = ["model/sovits/model.safetensors"] + [
         f"checkpoints/step_00000008/{name}.safetensors"
         for name in ("model", "optimizer", "discriminator", "discriminator_optimizer")
     ]
     for name in files:
-        a, b = load_tensors(tmp_path / "whole" / name), load_tensors(out / name)
-        assert a.keys() == b.keys(), name
-        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs (kill seed {seed})"
+        a, b = load_tensors(tmp_path / "whole" / name), load_tensors(run / name)
+        assert a.keys() == b.keys(), f"{name}; {note}"
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs; {note}"
 
 
 def test_voice_convert_cli_and_api(tiny_corpus, tiny_voice_model, tmp_path):
