@@ -323,6 +323,14 @@ def test_knobs_left_out_take_the_models_speech_json(tiny_tts, tiny_corpus, tmp_p
         next(tts.stream(text, ref_audio=ref, chunk_codes=0))
 
 
+def test_speak_options_left_out_are_none_for_the_models_defaults():
+    from tinysora.cli import build_parser
+
+    args = build_parser().parse_args(["speak", "Hi.", "-o", "out.wav"])
+    knobs = ("speed", "top_k", "top_p", "temperature", "repetition_penalty")
+    assert all(getattr(args, k) is None for k in knobs)  # SpeechConfig.given keeps the model's
+
+
 def test_speak_cli(tiny_tts, tiny_corpus, tmp_path):
     import soundfile
 
