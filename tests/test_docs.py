@@ -32,7 +32,8 @@ SLOW_TIMEOUT_S = 600
 FENCE = re.compile(r"^```(\S*)\s*$")
 MARK = re.compile(r"^<!--\s*(?:test:\s*(?P<slow>slow)|skip-test:\s*(?P<reason>\S.*?))\s*-->$")
 OUTPUT = re.compile(r"(?:^|\s)(?:-o|--out)\s+([\w./-]+)")
-LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+LINK = re.compile(r"\]\(([^)\s#]*)(?:#([^)\s]*))?\)")
+HEADING = re.compile(r"^#+\s+(.*)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,20 @@ def test_readme_starts_with_the_two_commands_and_stays_short():
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines"
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to -."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in HEADING.findall(text)
+    }
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_local_links_point_at_files(page):
-    for target in LINK.findall(page.read_text()):
+def test_local_links_point_at_files_and_headings(page):
+    for target, anchor in LINK.findall(page.read_text()):
         if "://" in target:
             continue
-        assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+        path = page.parent / target if target else page
+        assert path.exists(), f"{page.name} links to missing {target}"
+        if anchor and path.suffix == ".md":
+            assert anchor in anchors(path), f"{page.name} links to missing {target}#{anchor}"
