@@ -18,6 +18,7 @@ from tinysora.errors import UserError
 
 EXIT_USAGE = 2
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is a GPU, else cpu)"
+MODEL_HELP = "a model directory or a bundled model's name (default: 'default', in weights/)"
 ALLOW_PICKLE_HELP = "diffusers-format models: also load .bin / .pt weights (weights_only)"
 # tinysora.diffusion.samplers.SAMPLERS' names (that module loads torch; test_cli_errors
 # checks that the two agree)

@@ -9,6 +9,7 @@ import sys
 from tinysora.cli.common import (
     ALLOW_PICKLE_HELP,
     DEVICE_HELP,
+    MODEL_HELP,
     CliError,
     int_in,
     output_dir,
@@ -109,7 +110,7 @@ def add_parsers(sub) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     serve.add_argument("--port", type=int_in(0, 65535), default=7860, help="port (default 7860)")
-    serve.add_argument("--model", help="model directory (default: bundled weights/)")
+    serve.add_argument("--model", help=MODEL_HELP)
     serve.add_argument(
         "--data-dir",
         type=output_dir,

@@ -7,6 +7,7 @@ import argparse
 from tinysora.cli.common import (
     ALLOW_PICKLE_HELP,
     DEVICE_HELP,
+    MODEL_HELP,
     SAMPLERS,
     ArgumentParser,
     CliError,
@@ -121,7 +122,7 @@ def _add_eval_parsers(sub) -> None:
         p.add_argument("--json", type=output_file(".json"), help="also write the full report here")
         p.add_argument("--device", help=DEVICE_HELP)
         if generates:
-            p.add_argument("--model", help="model directory (default: bundled weights/)")
+            p.add_argument("--model", help=MODEL_HELP)
             p.add_argument(
                 "--frames", type=positive_int, default=17, help="frames per clip (default 17)"
             )
@@ -210,9 +211,9 @@ def add_parsers(sub) -> None:
     )
     train.add_argument(
         "--init",
-        help="dit, lora: start from this model directory's DiT; voice: from this run's "
-        "latest checkpoint (generator + discriminators; codebooks from --config's content); "
-        "voice-gpt: from this run's latest EMA weights",
+        help="dit, lora: start from this model's DiT (a directory or a bundled model's name); "
+        "voice: from this run's latest checkpoint (generator + discriminators; codebooks "
+        "from --config's content); voice-gpt: from this run's latest EMA weights",
     )
     train.add_argument(
         "--rank", type=positive_int, default=8, help="lora: adapter rank (default 8)"

@@ -8,6 +8,7 @@ import sys
 from tinysora.cli.common import (
     ALLOW_PICKLE_HELP,
     DEVICE_HELP,
+    MODEL_HELP,
     SAMPLERS,
     CliError,
     existing_dir,
@@ -176,7 +177,7 @@ def add_parsers(sub) -> None:
     gen.add_argument("--seed", type=seed, default=0, help="noise seed (same seed, same video)")
     gen.add_argument("--sampler", choices=SAMPLERS, help="(default: the model's)")
     gen.add_argument("--negative-prompt", help="what to steer away from")
-    gen.add_argument("--model", help="model directory (default: bundled weights/)")
+    gen.add_argument("--model", help=MODEL_HELP)
     gen.add_argument(
         "--lora", type=existing_dir, help="a LoRA adapter directory (`tinysora train lora`)"
     )
