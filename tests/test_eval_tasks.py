@@ -14,27 +14,29 @@ from tiny import save_tiny_model
 
 from tinysora.cli import main
 from tinysora.errors import UserError
-from tinysora.eval.tasks import (
+from tinysora.eval.task_measures import (
     PSNR_CAP_DB,
+    edited_scene,
+    extension_seams,
+    is_monotone,
+    loop_ratio,
+    seam_check,
+    segment_frames,
+    track_correlation,
+)
+from tinysora.eval.tasks import (
     TARGETS,
     TASKS,
     Setup,
     check_setup,
     check_targets,
-    edited_scene,
     extension_by_motion,
-    extension_seams,
-    is_monotone,
     judge_editing,
     judge_extension,
     judge_image_to_video,
     judge_interpolation,
     judge_loop,
-    loop_ratio,
-    seam_check,
-    segment_frames,
     task_scenes,
-    track_correlation,
 )
 from tinysora.worlds.shapes import (
     HELD_OUT_PAIRS,
