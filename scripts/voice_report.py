@@ -17,8 +17,13 @@ import argparse
 import json
 from pathlib import Path
 
-SETTINGS = ("refine_steps", "phone_ctc", "speaker_adversarial", "codec_target",
-            "codec_speaker_adversarial")  # fmt: skip
+SETTINGS = (
+    "refine_steps",
+    "phone_ctc",
+    "speaker_adversarial",
+    "codec_target",
+    "codec_speaker_adversarial",
+)
 
 
 def content_row(run: Path) -> dict:
@@ -26,8 +31,14 @@ def content_row(run: Path) -> dict:
     probes = json.loads((run / "probes.json").read_text())
     row = {"run": str(run), **{k: recipe.get(k) for k in SETTINGS}}
     row["warp"] = recipe["model"].get("warp", 0.0)
-    keys = ("phone_accuracy", "speaker_accuracy_codes", "speaker_accuracy_mel", "chance",
-            "perplexity", "codes_used")  # fmt: skip
+    keys = (
+        "phone_accuracy",
+        "speaker_accuracy_codes",
+        "speaker_accuracy_mel",
+        "chance",
+        "perplexity",
+        "codes_used",
+    )
     return {**row, **{k: probes[k] for k in keys}}
 
 
@@ -40,8 +51,10 @@ def curves(log: Path) -> dict:
         elif "mel_l1" in r:
             train.append((r["step"], r["mel_l1"], r["loss_d"]))
     # a run restarted from scratch appends to the same log: keep the last pass over each step
-    return {"train": sorted({s: (s, m, d) for s, m, d in train}.values()),
-            "val": sorted(dict(val).items())}  # fmt: skip
+    return {
+        "train": sorted({s: (s, m, d) for s, m, d in train}.values()),
+        "val": sorted(dict(val).items()),
+    }
 
 
 def main() -> None:
@@ -80,11 +93,16 @@ def main() -> None:
     rows = report["content"]
     for r in rows:
         b.scatter(r["speaker_accuracy_codes"], r["phone_accuracy"])
-        b.annotate(Path(r["run"]).name, (r["speaker_accuracy_codes"], r["phone_accuracy"]),
-                   fontsize=8)  # fmt: skip
+        b.annotate(
+            Path(r["run"]).name, (r["speaker_accuracy_codes"], r["phone_accuracy"]), fontsize=8
+        )
     b.axvline(rows[0]["chance"], color="gray", ls=":", label="speaker chance")
-    b.set(xlabel="speaker accuracy from code histograms", ylabel="phone accuracy (CTC probe)",
-          title="content codes (want: top left)", xlim=(0, 1))  # fmt: skip
+    b.set(
+        xlabel="speaker accuracy from code histograms",
+        ylabel="phone accuracy (CTC probe)",
+        title="content codes (want: top left)",
+        xlim=(0, 1),
+    )
     b.legend()
     fig.tight_layout()
     fig.savefig(args.out.with_suffix(".png"), dpi=110)

@@ -101,9 +101,15 @@ def test_a_narrated_video_job(served, tmp_path):
     server, ref = served
     voice = {"voice": ("me.wav", ref, "audio/wav")}
     with server.client() as c:
-        job = c.post("/v1/videos", files=voice, data={
-            "prompt": "a red circle moving left", "num_frames": "5",
-            "narrate": "The red circle moves left. It is quick."})  # fmt: skip
+        job = c.post(
+            "/v1/videos",
+            files=voice,
+            data={
+                "prompt": "a red circle moving left",
+                "num_frames": "5",
+                "narrate": "The red circle moves left. It is quick.",
+            },
+        )
         assert job.status_code == 202, job.text
         done = wait_for(c, job.json()["id"])
         assert done["status"] == "succeeded", done
@@ -112,11 +118,17 @@ def test_a_narrated_video_job(served, tmp_path):
         video, audio = video_info(path), audio_info(path)
         assert audio["codec"] == "aac" and video["frames"] > 5  # grown to hold the speech
         assert abs(audio["seconds"] - video["frames"] / video["fps"]) <= 1 / video["fps"]
-        bad = [({"narrate": "!!!"}, None, "narrate"), ({}, voice, "voice"),
-               ({"voice_text": "hi"}, None, "voice_text")]  # fmt: skip
+        bad = [
+            ({"narrate": "!!!"}, None, "narrate"),
+            ({}, voice, "voice"),
+            ({"voice_text": "hi"}, None, "voice_text"),
+        ]
         for fields, files, field in bad:
             body = {"prompt": "a shape", **fields}
-            r = c.post("/v1/videos", data=body, files=files) if files else c.post(
-                "/v1/videos", json=body)  # fmt: skip
+            r = (
+                c.post("/v1/videos", data=body, files=files)
+                if files
+                else c.post("/v1/videos", json=body)
+            )
             assert r.status_code == 422, r.text
             assert ["body", field] in [d["loc"] for d in r.json()["detail"]]

@@ -65,8 +65,9 @@ class ToyGAN:
         return loss, {"loss_d": loss_d.detach(), "grad_d": grad_d}
 
     def trainer(self, out, batch_fn, model_seed: int = 0) -> Trainer:
-        return Trainer(toy_model(model_seed), toy_cfg(), out, self.loss, batch_fn,
-                       auxiliary=self.auxiliary)  # fmt: skip
+        return Trainer(
+            toy_model(model_seed), toy_cfg(), out, self.loss, batch_fn, auxiliary=self.auxiliary
+        )
 
 
 def test_auxiliary_network_trains_on_the_schedule_and_is_checkpointed(tmp_path):
@@ -78,8 +79,13 @@ def test_auxiliary_network_trains_on_the_schedule_and_is_checkpointed(tmp_path):
     assert gan.auxiliary.optimizers["critic"].param_groups[0]["lr"] == lr_at(t.cfg, 7)
     folder = tmp_path / "checkpoints" / "step_00000008"
     files = sorted(p.name for p in folder.iterdir())
-    assert files == ["critic.safetensors", "critic_optimizer.safetensors", "model.safetensors",
-                     "optimizer.safetensors", "state.json"]  # fmt: skip
+    assert files == [
+        "critic.safetensors",
+        "critic_optimizer.safetensors",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ]
     assert "critic" in json.loads((folder / "state.json").read_text())["auxiliary"]
     record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(record["loss_d"]) and record["grad_d"] > 0
@@ -107,8 +113,9 @@ def test_auxiliary_network_resumes_to_the_uninterrupted_run(tmp_path):
 
 
 def test_a_checkpoint_without_the_auxiliary_network_is_a_one_line_error(tmp_path):
-    plain = Trainer(toy_model(), toy_cfg(steps=2), tmp_path, lambda m, b: (m(b[0]).sum(), {}),
-                    make_batch_fn())  # fmt: skip
+    plain = Trainer(
+        toy_model(), toy_cfg(steps=2), tmp_path, lambda m, b: (m(b[0]).sum(), {}), make_batch_fn()
+    )
     plain.fit()
     gan = ToyGAN()
     with pytest.raises(CheckpointError, match="has no critic"):

@@ -36,8 +36,9 @@ def test_viterbi_follows_the_evidence_and_passes_over_silent_marks_only():
 
 def test_silent_marks_are_the_non_letters():
     vocab = PhonemeVocab()
-    silent = {s for s, quiet in zip(vocab.symbols, silent_marks(vocab).tolist(), strict=True)
-              if quiet}  # fmt: skip
+    silent = {
+        s for s, quiet in zip(vocab.symbols, silent_marks(vocab).tolist(), strict=True) if quiet
+    }
     assert {" ", ",", ".", "ˈ", "ˌ", "ː", "<pad>"} <= silent
     assert not {"a", "ə", "ʃ", "θ", "ŋ", "t"} & silent
 

@@ -134,8 +134,17 @@ def test_train_voice_content_resumes_after_kill(tiny_corpus, tmp_path):
     covers in make test)."""
     recipe = _write_recipe(tmp_path, tiny_corpus, steps=40, codec_steps=10)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tinysora", "train", "voice-content", "--config", str(recipe),
-           "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinysora",
+        "train",
+        "voice-content",
+        "--config",
+        str(recipe),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "iter1" / "checkpoints" / "latest"
@@ -161,8 +170,9 @@ def test_codec_objectives_train():
     for target, adversarial in (("features", 0.0), ("units", 0.0), ("units", 1.0)):
         codec = SemanticCodec(CodecConfig(dim=16, code_dim=8, codebook_size=16))
         codec.quantizers[0].init_from(torch.randn(64, 8, generator=g), g)
-        objective = CodecObjective(codec, n_units=10, n_speakers=3, target=target,
-                                   adversarial=adversarial)  # fmt: skip
+        objective = CodecObjective(
+            codec, n_units=10, n_speakers=3, target=target, adversarial=adversarial
+        )
         x = torch.randn(2, 12, 16, generator=g)
         units = torch.randint(10, (2, 12), generator=g)
         units[1, 8:] = -100  # padding
@@ -225,8 +235,7 @@ def test_refine_objective_heads():
 
     def grads(ctc, adversarial):
         torch.manual_seed(1)
-        objective = RefineObjective(enc, n_phones=5, n_speakers=3, ctc=ctc,
-                                    adversarial=adversarial)  # fmt: skip
+        objective = RefineObjective(enc, n_phones=5, n_speakers=3, ctc=ctc, adversarial=adversarial)
         enc.zero_grad()
         loss, metrics = objective(mel, lengths, target, masked, phones, speakers)
         loss.backward()

@@ -64,10 +64,24 @@ def test_eval_voice_end_to_end(tiny_corpus, tiny_voice_model, tmp_path):
     """The whole evaluation with the real judges on a (barely trained) tiny voice model."""
     pytest.importorskip("pocketsphinx")
     out = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "tinysora", "eval", "voice", "--model", str(tiny_voice_model),
-           "--corpus", str(tiny_corpus), "--n", "2", "--json", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinysora",
+        "eval",
+        "voice",
+        "--model",
+        str(tiny_voice_model),
+        "--corpus",
+        str(tiny_corpus),
+        "--n",
+        "2",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resynthesis  WER" in done.stdout and "RTF" in done.stdout
     r = json.loads(out.read_text())
@@ -83,11 +97,25 @@ def test_eval_voice_tts_end_to_end(tiny_corpus, tiny_tts, tmp_path):
     """`eval voice --tts` with the real judges on a (barely trained) tiny speech model."""
     pytest.importorskip("pocketsphinx")
     out = tmp_path / "tts.json"
-    cmd = [sys.executable, "-m", "tinysora", "eval", "voice", "--tts", "--model",
-           str(tiny_tts / "model"), "--corpus", str(tiny_corpus), "--n", "3",
-           "--json", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinysora",
+        "eval",
+        "voice",
+        "--tts",
+        "--model",
+        str(tiny_tts / "model"),
+        "--corpus",
+        str(tiny_corpus),
+        "--n",
+        "3",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tts          WER" in done.stdout and "first streamed audio" in done.stdout
     r = json.loads(out.read_text())

@@ -108,13 +108,15 @@ def test_train_voice_killed_at_random_moments_resumes_to_the_uninterrupted_run(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tinysora", "train", "voice", "--config", str(recipe), "--out"]
     start = time.perf_counter()
-    subprocess.run(cmd + [str(tmp_path / "whole")], env=env, capture_output=True, timeout=600,
-                   check=True)  # fmt: skip
+    subprocess.run(
+        cmd + [str(tmp_path / "whole")], env=env, capture_output=True, timeout=600, check=True
+    )
     seed = kill_seed()
     plan = kill_plan(random.Random(seed), 2, time.perf_counter() - start)
     run = tmp_path / "killed"
-    writing = functools.partial(lambda root: {p.name for p in root.glob(".step_*.tmp")},
-                                run / "checkpoints")  # fmt: skip
+    writing = functools.partial(
+        lambda root: {p.name for p in root.glob(".step_*.tmp")}, run / "checkpoints"
+    )
     outcomes = []
     for moment in plan:  # --resume once the run exists
         args = cmd + [str(run)] + (["--resume"] if run.exists() else [])
@@ -123,8 +125,9 @@ def test_train_voice_killed_at_random_moments_resumes_to_the_uninterrupted_run(
     assert "killed" in outcomes, f"every attempt ended before its kill: {note}"
     latest = run / "checkpoints" / "latest"
     step = int(latest.read_text().split("_")[1]) if latest.exists() else 0
-    done = subprocess.run(cmd + [str(run), "--resume"], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        cmd + [str(run), "--resume"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, f"{done.stderr[-2000:]}\n{note}"
     assert step == 0 or f"resumed from step {step}" in done.stdout, note
     files = ["model/sovits/model.safetensors"] + [
@@ -168,8 +171,11 @@ def test_voice_convert_cli_and_api(tiny_corpus, tiny_voice_model, tmp_path):
     soundfile.write(str(silent), np.zeros(5 * 16000, np.float32), 16000)
     junk = tmp_path / "junk.wav"
     junk.write_text("not audio")
-    for bad_ref, message in ((short, "give a clip of 3-10 s"), (silent, "is silent"),
-                             (junk, "not audio")):  # fmt: skip
+    for bad_ref, message in (
+        (short, "give a clip of 3-10 s"),
+        (silent, "is silent"),
+        (junk, "not audio"),
+    ):
         with pytest.raises(AudioError, match=message):
             vc(source, bad_ref)
     bad = subprocess.run(

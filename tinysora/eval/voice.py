@@ -117,8 +117,11 @@ class Recognizer:
 
 def wer(refs: list[str], hyps: list[str]) -> float:
     jiwer = _need("jiwer")
-    return float(jiwer.wer([" ".join(words(r)) for r in refs], [" ".join(words(h)) or "<empty>"
-                                                               for h in hyps]))  # fmt: skip
+    return float(
+        jiwer.wer(
+            [" ".join(words(r)) for r in refs], [" ".join(words(h)) or "<empty>" for h in hyps]
+        )
+    )
 
 
 class SpeakerJudge:
@@ -218,16 +221,24 @@ def evaluate(vc: VoiceConverter, corpus: Path, n: int, workdir: Path) -> dict:
         texts.append(text)
         source_hyps.append(asr(src))
         target = unseen_voices[k % len(unseen_voices)]
-        for task, voice, transcript in (("resynthesis", speaker, text),
-                                        ("conversion", target, None)):  # fmt: skip
+        for task, voice, transcript in (
+            ("resynthesis", speaker, text),
+            ("conversion", target, None),
+        ):
             ref = ref_of(voice)
             start = time.perf_counter()
             out = vc(src, ref, text=transcript, seed=k)
             seconds += time.perf_counter() - start
             audio += len(out) / RATE
-            row = {"source": str(path), "voice": voice, "text": text, "hyp": asr(out),
-                   "sim_ref": judge.similarity(out, ref), "sim_source": judge.similarity(out, src),
-                   "dnsmos": dnsmos(out)}  # fmt: skip
+            row = {
+                "source": str(path),
+                "voice": voice,
+                "text": text,
+                "hyp": asr(out),
+                "sim_ref": judge.similarity(out, ref),
+                "sim_source": judge.similarity(out, src),
+                "dnsmos": dnsmos(out),
+            }
             if task == "resynthesis":
                 row.update(mcd=mcd(out, src, spec), f0_rmse=f0_rmse(out, src))
             rows[task].append(row)
@@ -244,7 +255,7 @@ def evaluate(vc: VoiceConverter, corpus: Path, n: int, workdir: Path) -> dict:
                 {"mcd": float(np.mean([r["mcd"] for r in rs])), "f0_rmse": float(np.mean(f0))}
                 if task == "resynthesis"
                 else {}
-            ),  # fmt: skip
+            ),
         }
     report["rtf"] = seconds / audio
     report["threads"] = torch.get_num_threads()
@@ -284,8 +295,10 @@ def run(args: argparse.Namespace) -> dict:
 
     corpus = Path(args.corpus)
     if not (corpus / "test_seen.list").is_file():
-        raise UserError(f"'{corpus}' is not a voice corpus (no test_seen.list); make one with "
-                        "tinysora voice corpus")  # fmt: skip
+        raise UserError(
+            f"'{corpus}' is not a voice corpus (no test_seen.list); make one with "
+            "tinysora voice corpus"
+        )
     vc = VoiceConverter.from_pretrained(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate(vc, corpus, args.n or 50, Path(tmp))

@@ -41,8 +41,9 @@ STREAMED = 10
 DURATION_RANGE = (0.6, 1.6)
 
 
-def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path,
-                 knobs: dict | None = None) -> dict:  # fmt: skip
+def evaluate_tts(
+    tts: SpeechPipeline, corpus: Path, n: int, workdir: Path, knobs: dict | None = None
+) -> dict:
     """The report; ``knobs``: sampling settings for every call (top_k, temperature, ...)."""
     knobs = knobs or {}
     train, unseen = read_list(corpus / "train.list"), read_list(corpus / "test_unseen.list")
@@ -68,15 +69,22 @@ def evaluate_tts(tts: SpeechPipeline, corpus: Path, n: int, workdir: Path,
         engine = load_audio(path, RATE)
         emb = judge.embed(out.audio)
         others = [cosine(emb, e) for v, e in ref_embeddings.items() if v != voice]
-        out_rows.append({
-            "voice": voice, "text": text, "hyp": asr(out.audio), "engine_hyp": asr(engine),
-            "sim_ref": cosine(emb, ref_embeddings[voice]),
-            "sim_other": float(np.mean(others)) if others else None,
-            "dnsmos": dnsmos(out.audio), "engine_dnsmos": dnsmos(engine),
-            "seconds": out.seconds, "duration_ratio": out.seconds / (len(engine) / RATE),
-            "stops": [p["stop"] for p in out.pieces],
-            "attempts": sum(p["attempts"] for p in out.pieces),
-        })  # fmt: skip
+        out_rows.append(
+            {
+                "voice": voice,
+                "text": text,
+                "hyp": asr(out.audio),
+                "engine_hyp": asr(engine),
+                "sim_ref": cosine(emb, ref_embeddings[voice]),
+                "sim_other": float(np.mean(others)) if others else None,
+                "dnsmos": dnsmos(out.audio),
+                "engine_dnsmos": dnsmos(engine),
+                "seconds": out.seconds,
+                "duration_ratio": out.seconds / (len(engine) / RATE),
+                "stops": [p["stop"] for p in out.pieces],
+                "attempts": sum(p["attempts"] for p in out.pieces),
+            }
+        )
     first_audio = []
     for k, (_, voice, text, _) in enumerate(rows[:STREAMED]):
         clip, ref_text = refs[voice]
@@ -138,8 +146,10 @@ def summary_lines(r: dict) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     corpus = Path(args.corpus)
     if not (corpus / "test_unseen.list").is_file():
-        raise UserError(f"'{corpus}' has no test_unseen.list (the unseen voices); make the "
-                        "corpus with tinysora voice corpus")  # fmt: skip
+        raise UserError(
+            f"'{corpus}' has no test_unseen.list (the unseen voices); make the "
+            "corpus with tinysora voice corpus"
+        )
     tts = SpeechPipeline.from_pretrained(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate_tts(tts, corpus, args.n or 100, Path(tmp))

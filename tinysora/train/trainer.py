@@ -109,8 +109,10 @@ def init_checkpoint(run: Path, command: str) -> tuple[Path, dict]:
     starts from; a one-line error naming ``command`` (the kind of run) when it has none."""
     found = latest_checkpoint(Path(run) / "checkpoints")
     if found is None:
-        raise CheckpointError(f"--init {run}: no checkpoints/latest there; point it at a "
-                              f"`tinysora {command}` run directory")  # fmt: skip
+        raise CheckpointError(
+            f"--init {run}: no checkpoints/latest there; point it at a "
+            f"`tinysora {command}` run directory"
+        )
     return found
 
 

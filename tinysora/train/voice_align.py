@@ -35,8 +35,9 @@ CONTEXT = 3  # frames either side the classifier sees
 def silent_marks(vocab: PhonemeVocab) -> torch.Tensor:
     """(V,) bool: tokens the alignment may pass over without a frame (anything that is
     not a letter: spaces, punctuation, stress / length marks, diacritics)."""
-    return torch.tensor([not (len(t) == 1 and t.isalpha() and t not in "ˈˌːʲ")
-                         for t in vocab.symbols])  # fmt: skip
+    return torch.tensor(
+        [not (len(t) == 1 and t.isalpha() and t not in "ˈˌːʲ") for t in vocab.symbols]
+    )
 
 
 def viterbi(scores: np.ndarray, skippable: np.ndarray) -> np.ndarray:
@@ -83,9 +84,13 @@ def viterbi(scores: np.ndarray, skippable: np.ndarray) -> np.ndarray:
 class FrameClassifier(nn.Module):
     def __init__(self, dim: int, n_phonemes: int, hidden: int = 512):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim * (2 * CONTEXT + 1), hidden), nn.GELU(),
-                                 nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, n_phonemes))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Linear(dim * (2 * CONTEXT + 1), hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, n_phonemes),
+        )
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         return self.net(windows)
@@ -111,11 +116,17 @@ class Frames:
     def windows(self, frames: torch.Tensor) -> torch.Tensor:
         """(n, D * (2 CONTEXT + 1)) windows around ``frames``, clamped at utterance ends."""
         lo, hi = self.bounds[0, frames], self.bounds[1, frames] - 1
-        return torch.cat([self.features[torch.maximum(torch.minimum(frames + d, hi), lo)]
-                          for d in range(-CONTEXT, CONTEXT + 1)], dim=-1)  # fmt: skip
+        return torch.cat(
+            [
+                self.features[torch.maximum(torch.minimum(frames + d, hi), lo)]
+                for d in range(-CONTEXT, CONTEXT + 1)
+            ],
+            dim=-1,
+        )
 
-    def align(self, model: FrameClassifier, log_prior: torch.Tensor,
-              skippable: np.ndarray, desc: str) -> list[np.ndarray]:  # fmt: skip
+    def align(
+        self, model: FrameClassifier, log_prior: torch.Tensor, skippable: np.ndarray, desc: str
+    ) -> list[np.ndarray]:
         """Each utterance's frame -> phoneme index path under ``model``: every frame
         scored at once (in chunks), then one Viterbi per utterance."""
         total = len(self.features)
@@ -131,9 +142,15 @@ class Frames:
         return paths
 
 
-def align_splits(splits: dict[str, Split], content: ContentModel, vocab: PhonemeVocab,
-                 folder: Path, iterations: int = 3, steps: int = 600,
-                 seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+def align_splits(
+    splits: dict[str, Split],
+    content: ContentModel,
+    vocab: PhonemeVocab,
+    folder: Path,
+    iterations: int = 3,
+    steps: int = 600,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """{name: (total codes,) phoneme index of each code}: the aligner is trained on the
     first split, then aligns every split (cached as ``folder/align_{name}.safetensors``)."""
     paths = {name: folder / f"align_{name}.safetensors" for name in splits}
@@ -143,13 +160,16 @@ def align_splits(splits: dict[str, Split], content: ContentModel, vocab: Phoneme
     first = frames[next(iter(splits))]
     skippable = silent_marks(vocab).numpy()
     # flat start: each utterance's frames spread evenly over its phonemes
-    align = [np.minimum(np.arange(n) * len(p) // max(n, 1), len(p) - 1)
-             for n, p in zip(first.lengths, first.phones, strict=True)]  # fmt: skip
+    align = [
+        np.minimum(np.arange(n) * len(p) // max(n, 1), len(p) - 1)
+        for n, p in zip(first.lengths, first.phones, strict=True)
+    ]
     g = torch.Generator().manual_seed(seed)
     model = FrameClassifier(first.features.shape[1], len(vocab))
     for it in range(iterations):
-        labels = torch.cat([p[torch.from_numpy(a)]
-                            for p, a in zip(first.phones, align, strict=True)])  # fmt: skip
+        labels = torch.cat(
+            [p[torch.from_numpy(a)] for p, a in zip(first.phones, align, strict=True)]
+        )
         prior = torch.bincount(labels, minlength=len(vocab)).float() + 1
         log_prior = (prior / prior.sum()).log()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
@@ -177,7 +197,8 @@ def longest_rest(pointers: torch.Tensor, offsets: torch.Tensor, q: float = 0.999
     pointers within each utterance)."""
     runs = []
     for i in range(len(offsets) - 1):
-        _, counts = torch.unique_consecutive(pointers[offsets[i] : offsets[i + 1]],
-                                             return_counts=True)  # fmt: skip
+        _, counts = torch.unique_consecutive(
+            pointers[offsets[i] : offsets[i + 1]], return_counts=True
+        )
         runs.append(counts)
     return int(torch.quantile(torch.cat(runs).float(), q))

@@ -113,8 +113,9 @@ def unit_labels(features: torch.Tensor, k: int, sample: int, seed: int) -> torch
     return nearest(features, centroids)[0].to(torch.int16)
 
 
-def _labels_batch(data: Utterances, labels: torch.Tensor, recipe, step: int,
-                  frames: int | None = None):  # fmt: skip
+def _labels_batch(
+    data: Utterances, labels: torch.Tensor, recipe, step: int, frames: int | None = None
+):
     """(mel, lengths, unit targets, masked frames, utterance ids, crop starts)."""
     g = step_generator(recipe.train.seed, step)
     frames = frames or recipe.data.crop_frames
@@ -166,8 +167,14 @@ def train_iteration(recipe, data, labels, n_units: int, out: Path, resume: bool)
     check_run_dir(out, resume)
     torch.manual_seed(recipe.train.seed)
     model = ContentEncoder(cfg)
-    trainer = fit_stage(model, recipe.train, out, masked_prediction_loss,
-                        lambda step: _labels_batch(data, labels, recipe, step), resume)  # fmt: skip
+    trainer = fit_stage(
+        model,
+        recipe.train,
+        out,
+        masked_prediction_loss,
+        lambda step: _labels_batch(data, labels, recipe, step),
+        resume,
+    )
     save_tensors(trainer.ema_state(), done)
     model.load_state_dict(load_tensors(done))
     return model.eval()
@@ -191,8 +198,14 @@ class RefineObjective(torch.nn.Module):
     reads): a linear CTC phone classifier and, behind gradient reversal, a per-frame
     speaker classifier. Loss = masked unit prediction + ``ctc`` x CTC + speaker CE."""
 
-    def __init__(self, encoder: ContentEncoder, n_phones: int, n_speakers: int, ctc: float,
-                 adversarial: float):  # fmt: skip
+    def __init__(
+        self,
+        encoder: ContentEncoder,
+        n_phones: int,
+        n_speakers: int,
+        ctc: float,
+        adversarial: float,
+    ):
         super().__init__()
         self.encoder, self.ctc, self.adversarial = encoder, ctc, adversarial
         d = encoder.config.dim
@@ -215,8 +228,9 @@ class RefineObjective(torch.nn.Module):
                 log_probs = self.phone_head(feats[whole]).float().log_softmax(-1).transpose(0, 1)
                 tgt = [phones[b] for b in whole]
                 n_tgt = torch.tensor([len(t) for t in tgt])
-                ctc = F.ctc_loss(log_probs, torch.cat(tgt), lengths[whole], n_tgt,
-                                 zero_infinity=True)  # fmt: skip
+                ctc = F.ctc_loss(
+                    log_probs, torch.cat(tgt), lengths[whole], n_tgt, zero_infinity=True
+                )
                 loss = loss + self.ctc * ctc
             metrics["ctc"] = ctc
         if self.adversarial > 0:
@@ -230,8 +244,9 @@ class RefineObjective(torch.nn.Module):
         return loss, {k: v.detach() for k, v in metrics.items()}
 
 
-def train_refine(recipe, data: Utterances, labels: torch.Tensor, iter2: ContentEncoder,
-                 out: Path, resume: bool) -> ContentEncoder:  # fmt: skip
+def train_refine(
+    recipe, data: Utterances, labels: torch.Tensor, iter2: ContentEncoder, out: Path, resume: bool
+) -> ContentEncoder:
     """Stage 5b: iteration 2's encoder fine-tuned with ``RefineObjective``."""
     done = out / "encoder.safetensors"
     model = ContentEncoder(iter2.config)
@@ -242,26 +257,30 @@ def train_refine(recipe, data: Utterances, labels: torch.Tensor, iter2: ContentE
     torch.manual_seed(recipe.train.seed)
     model.load_state_dict(iter2.state_dict())
     table = phone_table(PhonemeVocab(Path(recipe.data.corpus) / "phonemes.txt"))
-    objective = RefineObjective(model.train(), len(table), len(data.speakers), recipe.phone_ctc,
-                                recipe.speaker_adversarial)  # fmt: skip
+    objective = RefineObjective(
+        model.train(), len(table), len(data.speakers), recipe.phone_ctc, recipe.speaker_adversarial
+    )
     full = data.lengths()
-    targets = [torch.tensor([table[p] for p in data.utterance_phonemes(i).tolist() if p in table])
-               for i in range(len(data))]  # fmt: skip
+    targets = [
+        torch.tensor([table[p] for p in data.utterance_phonemes(i).tolist() if p in table])
+        for i in range(len(data))
+    ]
 
     def batch_fn(step: int):
         mel, lengths, target, masked, ids, starts = _labels_batch(
             data, labels, recipe, step, recipe.refine_crop_frames
-        )  # fmt: skip
+        )
         phones = [
             targets[i] if s == 0 and n == full[i] else None
             for i, s, n in zip(ids.tolist(), starts.tolist(), lengths.tolist(), strict=True)
-        ]  # fmt: skip
+        ]
         return mel, lengths, target, masked, phones, data.speaker[ids]
 
     train_cfg = TrainConfig(**{**recipe.train.to_dict(), "steps": recipe.refine_steps})
     state = fit_stage(objective, train_cfg, out, lambda m, b: m(*b), batch_fn, resume).ema_state()
-    save_tensors({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")},
-                 done)  # fmt: skip
+    save_tensors(
+        {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}, done
+    )
     model.load_state_dict(load_tensors(done))
     return model.eval()
 
@@ -272,8 +291,9 @@ class CodecObjective(torch.nn.Module):
     features (``"features"``); with ``adversarial`` > 0 a per-frame speaker classifier
     behind gradient reversal pushes the speaker out of the vectors before quantization."""
 
-    def __init__(self, codec: SemanticCodec, n_units: int, n_speakers: int, target: str,
-                 adversarial: float):  # fmt: skip
+    def __init__(
+        self, codec: SemanticCodec, n_units: int, n_speakers: int, target: str, adversarial: float
+    ):
         super().__init__()
         if target not in ("units", "features"):
             raise ValueError(f"codec_target must be 'units' or 'features', got {target!r}")
@@ -283,7 +303,7 @@ class CodecObjective(torch.nn.Module):
         self.speaker_head = (
             torch.nn.Sequential(
                 torch.nn.Linear(d, 256), torch.nn.GELU(), torch.nn.Linear(256, n_speakers)
-            )  # fmt: skip
+            )
             if adversarial > 0
             else None
         )
@@ -317,8 +337,9 @@ class CodecObjective(torch.nn.Module):
         return loss, metrics
 
 
-def train_codec(recipe, features: torch.Tensor, data: Utterances, units: torch.Tensor,
-                out: Path, resume: bool) -> SemanticCodec:  # fmt: skip
+def train_codec(
+    recipe, features: torch.Tensor, data: Utterances, units: torch.Tensor, out: Path, resume: bool
+) -> SemanticCodec:
     done = out / "codec.safetensors"
     codec = SemanticCodec(recipe.codec)
     if done.is_file():
@@ -336,8 +357,13 @@ def train_codec(recipe, features: torch.Tensor, data: Utterances, units: torch.T
             vq.init_from(residual, g)
             residual = residual - vq.codebook[nearest(residual, vq.codebook)[0]]
     offsets, lengths = data.offsets, data.lengths()
-    objective = CodecObjective(codec, recipe.feature_units, len(data.speakers),
-                               recipe.codec_target, recipe.codec_speaker_adversarial)  # fmt: skip
+    objective = CodecObjective(
+        codec,
+        recipe.feature_units,
+        len(data.speakers),
+        recipe.codec_target,
+        recipe.codec_speaker_adversarial,
+    )
 
     def batch_fn(step: int):
         g = step_generator(recipe.train.seed, step)
@@ -357,8 +383,15 @@ def train_codec(recipe, features: torch.Tensor, data: Utterances, units: torch.T
         x, labels, speakers, step = batch
         return model(x, labels, speakers, step_generator(recipe.train.seed + 1, step))
 
-    train_cfg = TrainConfig(**{**recipe.train.to_dict(), "steps": recipe.codec_steps,
-                               "lr": recipe.codec_lr, "ema_decay": 0.0, "bf16": False})  # fmt: skip
+    train_cfg = TrainConfig(
+        **{
+            **recipe.train.to_dict(),
+            "steps": recipe.codec_steps,
+            "lr": recipe.codec_lr,
+            "ema_decay": 0.0,
+            "bf16": False,
+        }
+    )
     fit_stage(objective, train_cfg, out, loss_fn, batch_fn, resume)
     save_tensors(codec.state_dict(), done)
     return codec.eval()
@@ -376,8 +409,9 @@ def train_voice_content(config_path: str | Path, out: str | Path, resume: bool =
         feats = frame_features(lambda m: mfcc(m).transpose(1, 2), data, desc="mfcc")
         feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-5)
         save_tensors({"units": unit_labels(feats, recipe.mfcc_units, sample, seed)}, path1)
-    iter1 = train_iteration(recipe, data, load_tensors(path1)["units"], recipe.mfcc_units,
-                            out / "iter1", resume)  # fmt: skip
+    iter1 = train_iteration(
+        recipe, data, load_tensors(path1)["units"], recipe.mfcc_units, out / "iter1", resume
+    )
     path2 = out / "units2.safetensors"
     if not path2.is_file():
         feats = frame_features(iter1.features, data, desc="iteration 1 features")
@@ -399,8 +433,14 @@ def train_voice_content(config_path: str | Path, out: str | Path, resume: bool =
     print(f"saved {path}")
     splits = split_features(recipe, out)
     vocab = PhonemeVocab(Path(recipe.data.corpus) / "phonemes.txt")
-    probes = probe_codes(model.eval(), splits["train"], splits["test_seen"], vocab,
-                         recipe.probe_utterances, recipe.probe_steps)  # fmt: skip
+    probes = probe_codes(
+        model.eval(),
+        splits["train"],
+        splits["test_seen"],
+        vocab,
+        recipe.probe_utterances,
+        recipe.probe_steps,
+    )
     atomic_write_text(out / "probes.json", json.dumps(probes, indent=1))
     print(", ".join(f"{k} {v:.4g}" for k, v in probes.items()))
     return path

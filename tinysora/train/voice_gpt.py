@@ -82,8 +82,14 @@ class VoiceGPTRecipe(Config):
     val_batches: int = 4
 
 
-def example(split: Split, i: int, g: torch.Generator, d: GPTDataConfig, space: int,
-            pointers: torch.Tensor | None = None):  # fmt: skip
+def example(
+    split: Split,
+    i: int,
+    g: torch.Generator,
+    d: GPTDataConfig,
+    space: int,
+    pointers: torch.Tensor | None = None,
+):
     """(phonemes, codes, free, target pointers) of target utterance ``i``: free = how
     many leading (prompt) codes carry no loss; target pointers (a pointer model, else
     None): the phoneme each target code voices, indices into ``phonemes``."""
@@ -142,12 +148,22 @@ def collate(items: list, bos: int, eos: int, max_advance: int = 0) -> dict:
     return batch
 
 
-def make_batch(split: Split, recipe: VoiceGPTRecipe, g: torch.Generator, space: int,
-               noise: float = 0.0, pointers: torch.Tensor | None = None) -> dict:  # fmt: skip
+def make_batch(
+    split: Split,
+    recipe: VoiceGPTRecipe,
+    g: torch.Generator,
+    space: int,
+    noise: float = 0.0,
+    pointers: torch.Tensor | None = None,
+) -> dict:
     ids = torch.randint(len(split.data), (recipe.data.batch_size,), generator=g).tolist()
     c = recipe.model
-    batch = collate([example(split, i, g, recipe.data, space, pointers) for i in ids],
-                    c.bos, c.eos, c.max_advance)  # fmt: skip
+    batch = collate(
+        [example(split, i, g, recipe.data, space, pointers) for i in ids],
+        c.bos,
+        c.eos,
+        c.max_advance,
+    )
     if noise > 0:  # corrupt input codes (never <bos> or padding), keep the targets
         inputs = batch["inputs"]
         codes = torch.arange(inputs.shape[1])[None] < batch["code_lengths"][:, None]
@@ -162,17 +178,25 @@ def shuffled_phonemes(batch: dict) -> dict:
     """The batch with each example's phonemes taken from the next example: the val loss
     on it, less the true one, is what the phonemes are worth (nats per code)."""
     roll = lambda t: torch.roll(t, 1, 0)  # noqa: E731  (pointers past the end: clamped)
-    return {**batch, "phonemes": roll(batch["phonemes"]),
-            "phone_lengths": roll(batch["phone_lengths"])}  # fmt: skip
+    return {
+        **batch,
+        "phonemes": roll(batch["phonemes"]),
+        "phone_lengths": roll(batch["phone_lengths"]),
+    }
 
 
 def gpt_loss(model, batch, w: GPTLossConfig | None = None) -> tuple[torch.Tensor, dict]:
     """Next-code cross-entropy (+ the pointer's advance cross-entropy, + ``w.guided_attention``
     x the guided-attention cost)."""
     guided = w is not None and w.guided_attention > 0
-    out = model(batch["phonemes"], batch["phone_lengths"], batch["inputs"],
-                batch["code_lengths"], w.guided_layers if guided else 0,
-                batch.get("pointers"))  # fmt: skip
+    out = model(
+        batch["phonemes"],
+        batch["phone_lengths"],
+        batch["inputs"],
+        batch["code_lengths"],
+        w.guided_layers if guided else 0,
+        batch.get("pointers"),
+    )
     logits, maps = out if guided else (out, None)
     v = model.config.codebook_size + 1
     logits, advance = logits[..., :v], logits[..., v:]
@@ -182,13 +206,15 @@ def gpt_loss(model, batch, w: GPTLossConfig | None = None) -> tuple[torch.Tensor
     metrics = {"acc": (logits.argmax(-1) == targets)[scored].float().mean().detach()}
     if "advance" in batch:
         moves = batch["advance"]
-        move_loss = F.cross_entropy(advance.float().flatten(0, 1), moves.flatten(),
-                                    ignore_index=-100)  # fmt: skip
+        move_loss = F.cross_entropy(
+            advance.float().flatten(0, 1), moves.flatten(), ignore_index=-100
+        )
         metrics["code_ce"], metrics["advance_ce"] = loss.detach(), move_loss.detach()
         loss = loss + move_loss
     if guided:
-        cost = guided_attention_loss(maps, batch["phone_lengths"], batch["code_lengths"],
-                                     batch["free"], w.guided_sigma)  # fmt: skip
+        cost = guided_attention_loss(
+            maps, batch["phone_lengths"], batch["code_lengths"], batch["free"], w.guided_sigma
+        )
         metrics["ce"], metrics["guide"] = loss.detach(), cost.detach()
         loss = loss + w.guided_attention * cost
     return loss, metrics
@@ -209,31 +235,42 @@ def warm_start(model: Text2Semantic, run: Path) -> int:
     theirs, own = load_tensors(path / "ema.safetensors"), model.state_dict()
     for key, value in theirs.items():
         if key not in own:
-            raise CheckpointError(f"--init {run}: '{key}' is not in this model; is it a "
-                                  "voice-gpt run of the same size?")  # fmt: skip
+            raise CheckpointError(
+                f"--init {run}: '{key}' is not in this model; is it a "
+                "voice-gpt run of the same size?"
+            )
         target = own[key]
         rows = value.shape[0]
         if key.startswith("head.") and rows <= target.shape[0]:
             target = target[:rows]
         if value.shape != target.shape:
-            raise CheckpointError(f"--init {run}: '{key}' has shape {tuple(value.shape)}, "
-                                  f"this model {tuple(target.shape)}")  # fmt: skip
+            raise CheckpointError(
+                f"--init {run}: '{key}' has shape {tuple(value.shape)}, "
+                f"this model {tuple(target.shape)}"
+            )
         target.copy_(value)
     return int(state["step"])
 
 
-def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = False,
-                    device: str | None = None, stop_at: int | None = None,
-                    init: str | Path | None = None) -> Path:  # fmt: skip
+def train_voice_gpt(
+    config_path: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    stop_at: int | None = None,
+    init: str | Path | None = None,
+) -> Path:
     recipe = VoiceGPTRecipe.load(config_path)
     out = Path(out)
     check_run_dir(out, resume)
     voice = Path(recipe.data.voice)
     missing = [n for n in ("content", "sovits", "phonemes.txt") if not (voice / n).exists()]
     if missing:
-        raise UserError(f"data.voice '{voice}' is not a voice model directory (missing "
-                        f"{', '.join(missing)}); point it at weights/voice or a `tinysora "
-                        "train voice` run's model/")  # fmt: skip
+        raise UserError(
+            f"data.voice '{voice}' is not a voice model directory (missing "
+            f"{', '.join(missing)}); point it at weights/voice or a `tinysora "
+            "train voice` run's model/"
+        )
     device = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     if recipe.train.threads:
@@ -243,8 +280,9 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
     vocab = PhonemeVocab(voice / "phonemes.txt")
     spec = spectrogram_config(sovits.config)
     train = load_split(recipe.data.corpus, spec, out, "train", content, keep_wav=False)
-    val = load_split(recipe.data.corpus, spec, out, "test_seen", content, train.data.speakers,
-                     keep_wav=False)  # fmt: skip
+    val = load_split(
+        recipe.data.corpus, spec, out, "test_seen", content, train.data.speakers, keep_wav=False
+    )
     c = recipe.model
     c.n_phonemes, c.codebook_size = len(vocab), content.config.codec.codebook_size
     ratio = codes_per_phoneme(train)
@@ -254,8 +292,15 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
     if c.max_advance:
         features = out / "features"
         d = recipe.data
-        found = align_splits({"train": train, "test_seen": val}, content, vocab, features,
-                             d.align_iterations, d.align_steps, recipe.train.seed)  # fmt: skip
+        found = align_splits(
+            {"train": train, "test_seen": val},
+            content,
+            vocab,
+            features,
+            d.align_iterations,
+            d.align_steps,
+            recipe.train.seed,
+        )
         pointers, val_pointers = found["train"], found["test_seen"]
         c.max_dwell = longest_rest(pointers, train.code_offsets) + 1
     recipe.save(out / "recipe.json")
@@ -271,9 +316,12 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
         f"{c.min_codes_per_phoneme:.2f}-{c.max_codes_per_phoneme:.2f} codes per phoneme"
     )
 
-    val_batches = [make_batch(val, recipe, torch.Generator().manual_seed(10_000 + k), space,
-                              pointers=val_pointers)
-                   for k in range(recipe.val_batches)]  # fmt: skip
+    val_batches = [
+        make_batch(
+            val, recipe, torch.Generator().manual_seed(10_000 + k), space, pointers=val_pointers
+        )
+        for k in range(recipe.val_batches)
+    ]
 
     def evaluate(m) -> dict[str, float]:
         on = lambda b: {k: v.to(device) for k, v in b.items()}  # noqa: E731
@@ -282,8 +330,11 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
         wrong = [code_ce(gpt_loss(m, on(shuffled_phonemes(b)))) for b in val_batches]
         loss = sum(code_ce(s) for s in scores) / len(scores)
         mean = lambda key: sum(float(s[1][key]) for s in scores) / len(scores)  # noqa: E731
-        result = {"val_loss": loss, "val_acc": mean("acc"),
-                  "phoneme_gain": sum(wrong) / len(wrong) - loss}  # fmt: skip
+        result = {
+            "val_loss": loss,
+            "val_acc": mean("acc"),
+            "phoneme_gain": sum(wrong) / len(wrong) - loss,
+        }
         if c.max_advance:
             result["val_advance_ce"] = mean("advance_ce")
         return result
@@ -292,12 +343,22 @@ def train_voice_gpt(config_path: str | Path, out: str | Path, resume: bool = Fal
         return int(batch["phone_lengths"].sum() + batch["code_lengths"].sum())
 
     trainer = Trainer(
-        model, recipe.train, out, lambda m, b: gpt_loss(m, b, recipe.loss),
-        lambda step: make_batch(train, recipe, step_generator(recipe.train.seed, step), space,
-                                recipe.data.input_noise, pointers),
-        eval_fn=evaluate, flops_per_step=lambda b: 6.0 * n_params * tokens(b),
+        model,
+        recipe.train,
+        out,
+        lambda m, b: gpt_loss(m, b, recipe.loss),
+        lambda step: make_batch(
+            train,
+            recipe,
+            step_generator(recipe.train.seed, step),
+            space,
+            recipe.data.input_noise,
+            pointers,
+        ),
+        eval_fn=evaluate,
+        flops_per_step=lambda b: 6.0 * n_params * tokens(b),
         tokens_per_step=tokens,
-    )  # fmt: skip
+    )
     if resume and trainer.load_checkpoint():
         print(f"resumed from step {trainer.step}")
     trainer.fit(stop_at)

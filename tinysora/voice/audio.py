@@ -79,8 +79,9 @@ def load_audio(path: str | Path, rate: int) -> np.ndarray:
         raise AudioError(f"'{path}' is empty; give a wav / flac / ogg / mp3 file with sound")
     read = _read_soundfile(path) or _read_pyav(path)
     if read is None:
-        raise AudioError(f"'{path}' is not audio that can be decoded; give a wav / flac / "
-                         "ogg / mp3 file")  # fmt: skip
+        raise AudioError(
+            f"'{path}' is not audio that can be decoded; give a wav / flac / ogg / mp3 file"
+        )
     data, source_rate = read
     if data.size == 0:
         raise AudioError(f"'{path}' holds no samples; give a clip with sound")
@@ -120,11 +121,14 @@ def check_reference(wav: np.ndarray, rate: int, name: str = "reference") -> np.n
     seconds = len(wav) / rate
     lo, hi = REF_SECONDS
     if not lo <= seconds <= hi:
-        raise AudioError(f"{name} is {seconds:.1f} s long; give a clip of {lo:g}-{hi:g} s "
-                         "(trim it, e.g. sox in.wav out.wav trim 0 8)")  # fmt: skip
+        raise AudioError(
+            f"{name} is {seconds:.1f} s long; give a clip of {lo:g}-{hi:g} s "
+            "(trim it, e.g. sox in.wav out.wav trim 0 8)"
+        )
     if peak_dbfs(wav, rate) < SILENCE_DBFS:
-        raise AudioError(f"{name} is silent (below {SILENCE_DBFS:g} dBFS); give a clip of "
-                         "someone speaking")  # fmt: skip
+        raise AudioError(
+            f"{name} is silent (below {SILENCE_DBFS:g} dBFS); give a clip of someone speaking"
+        )
     return wav
 
 

@@ -127,8 +127,9 @@ class ContentEncoder(nn.Module):
 
     def finish(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """Unit logits from the features of ``feature_layer`` (what ``forward`` would give)."""
-        x = self.run_blocks(x, key_padding_mask(lengths, x.shape[1]), self.config.feature_layer,
-                            len(self.blocks))  # fmt: skip
+        x = self.run_blocks(
+            x, key_padding_mask(lengths, x.shape[1]), self.config.feature_layer, len(self.blocks)
+        )
         return self.head(self.norm(x))
 
     @torch.no_grad()
@@ -184,8 +185,7 @@ def kmeans(
     centroids = x[torch.randint(n, (1,), generator=g)]
     d2 = torch.cdist(x, centroids).squeeze(1) ** 2
     for _ in range(1, k):
-        pick = torch.multinomial(d2 / d2.sum() if d2.sum() > 0 else torch.ones(n), 1,
-                                 generator=g)  # fmt: skip
+        pick = torch.multinomial(d2 / d2.sum() if d2.sum() > 0 else torch.ones(n), 1, generator=g)
         centroids = torch.cat([centroids, x[pick]])
         d2 = torch.minimum(d2, (torch.cdist(x, x[pick]).squeeze(1)) ** 2)
     for _ in range(iters):

@@ -85,8 +85,9 @@ def prefix_lm_mask(phone_lengths: torch.Tensor, p: int, code_lengths: torch.Tens
     phonemes; code queries see the valid phonemes and the codes up to themselves."""
     n = p + t
     j = torch.arange(n, device=phone_lengths.device)
-    valid = torch.cat([j[None, :p] < phone_lengths[:, None],
-                       (j[None, p:] - p) < code_lengths[:, None]], dim=1)  # (B, N)  # fmt: skip
+    valid = torch.cat(
+        [j[None, :p] < phone_lengths[:, None], (j[None, p:] - p) < code_lengths[:, None]], dim=1
+    )  # (B, N)
     code_key, code_query = j >= p, (j >= p)[:, None]
     allowed = ~code_key[None, :] | (code_query & (j[None, :] <= j[:, None]))  # (N, N)
     return (allowed[None] & valid[:, None, :])[:, None]
@@ -153,8 +154,9 @@ class Text2Semantic(nn.Module):
         index = pointers.clamp(0, phones.shape[1] - 1)[..., None].expand(-1, -1, phones.shape[2])
         return self.pointer_in(phones.gather(1, index)) * (pointers >= 0)[..., None]
 
-    def forward(self, phonemes, phone_lengths, codes, code_lengths, attention_layers: int = 0,
-                pointers=None):  # fmt: skip
+    def forward(
+        self, phonemes, phone_lengths, codes, code_lengths, attention_layers: int = 0, pointers=None
+    ):
         """Teacher forcing. phonemes (B, P), codes (B, T) = [<bos>, c_0 .. c_{T-2}] (the
         inputs), lengths (B,); ``pointers`` (B, T) with a pointer: the phoneme each
         position's *target* code voices (-1: none). -> logits (B, T, config.outputs) of
@@ -178,8 +180,9 @@ class Text2Semantic(nn.Module):
         return (logits, maps) if attention_layers else logits
 
     @torch.no_grad()
-    def stream(self, phonemes: torch.Tensor, prompt: torch.Tensor,
-               pointer: int | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
+    def stream(
+        self, phonemes: torch.Tensor, prompt: torch.Tensor, pointer: int | None = None
+    ) -> Iterator[torch.Tensor]:
         """KV-cached decoding of one sequence. phonemes (P,), prompt (T0,) codes;
         ``pointer``: (a pointer model) the phoneme the first new code voices. Yields the
         logits (config.outputs,) on the CPU (where the sampler draws), then expects
@@ -195,8 +198,9 @@ class Text2Semantic(nn.Module):
             code_x = code_x + self.pointed(phones, pointers)
         x = torch.cat([phones, code_x], 1)
         p = phonemes.shape[0]
-        mask = prefix_lm_mask(torch.tensor([p], device=dev), p,
-                              torch.tensor([len(codes)], device=dev), len(codes))  # fmt: skip
+        mask = prefix_lm_mask(
+            torch.tensor([p], device=dev), p, torch.tensor([len(codes)], device=dev), len(codes)
+        )
         position = len(codes)
         while True:
             for block, cache in zip(self.blocks, caches, strict=True):
@@ -208,9 +212,14 @@ class Text2Semantic(nn.Module):
             position += 1
 
 
-def guided_attention_loss(maps: list[torch.Tensor], phone_lengths: torch.Tensor,
-                          code_lengths: torch.Tensor, free: torch.Tensor, sigma: float,
-                          head: int = 0) -> torch.Tensor:  # fmt: skip
+def guided_attention_loss(
+    maps: list[torch.Tensor],
+    phone_lengths: torch.Tensor,
+    code_lengths: torch.Tensor,
+    free: torch.Tensor,
+    sigma: float,
+    head: int = 0,
+) -> torch.Tensor:
     """DC-TTS's guided attention on one head of each map (B, H, T, P): attention of code
     i to phoneme j costs 1 - exp(-(j / P - (i - f) / (T - f))^2 / 2 sigma^2), near zero on
     the diagonal, over the head's attention to the phonemes renormalized to sum to 1;
@@ -223,8 +232,9 @@ def guided_attention_loss(maps: list[torch.Tensor], phone_lengths: torch.Tensor,
     f = free.to(dev).float()[:, None, None]
     span = (code_lengths.to(dev).float()[:, None, None] - f).clamp(min=1)
     target = (i - f) / span
-    cost = 1 - torch.exp(-((j / phone_lengths.to(dev).float()[:, None, None] - target) ** 2)
-                         / (2 * sigma**2))  # fmt: skip
+    cost = 1 - torch.exp(
+        -((j / phone_lengths.to(dev).float()[:, None, None] - target) ** 2) / (2 * sigma**2)
+    )
     rows = (i >= f) & (i < code_lengths.to(dev)[:, None, None])  # (B, T, 1)
     cost = cost * rows * (j < phone_lengths.to(dev)[:, None, None])
     total = 0.0
@@ -331,8 +341,14 @@ def sample_codes(
         if len(out) < low or pointer is not None:  # before the filters: top-k picks codes
             logits[c.eos] = -float("inf")
         history = torch.tensor(out[-sampling.history :], dtype=torch.long)
-        logits = filter_logits(logits, history, sampling.top_k, sampling.top_p,
-                               sampling.temperature, sampling.repetition_penalty)  # fmt: skip
+        logits = filter_logits(
+            logits,
+            history,
+            sampling.top_k,
+            sampling.top_p,
+            sampling.temperature,
+            sampling.repetition_penalty,
+        )
         probs = torch.softmax(logits, -1)
         code = int(torch.multinomial(probs, 1, generator=generator))
         if code == c.eos:
@@ -341,8 +357,13 @@ def sample_codes(
             return
         out.append(code)
         if pointer is not None:
-            move = int(torch.multinomial(torch.softmax(advance / max(sampling.temperature, 1e-5),
-                                                       -1), 1, generator=generator))  # fmt: skip
+            move = int(
+                torch.multinomial(
+                    torch.softmax(advance / max(sampling.temperature, 1e-5), -1),
+                    1,
+                    generator=generator,
+                )
+            )
             move = max(move, 1) if dwell + 1 >= c.max_dwell else move
             dwell = 0 if move else dwell + 1
             pointer += move

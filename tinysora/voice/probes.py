@@ -52,9 +52,15 @@ def _phones(data: Utterances, i: int, table: dict[int, int]) -> torch.Tensor:
 
 
 def phone_probe(
-    train_codes, train: Utterances, test_codes, test: Utterances, vocab: PhonemeVocab,
-    codebook_size: int, steps: int = 400, seed: int = 0,
-) -> dict:  # fmt: skip
+    train_codes,
+    train: Utterances,
+    test_codes,
+    test: Utterances,
+    vocab: PhonemeVocab,
+    codebook_size: int,
+    steps: int = 400,
+    seed: int = 0,
+) -> dict:
     table = phone_table(vocab)
     n_classes = len(table) + 1
     probe = torch.nn.Embedding(codebook_size, n_classes)  # a linear map of one-hot codes
@@ -68,8 +74,13 @@ def phone_probe(
         lengths = torch.tensor([len(x) for x in logits])
         padded = torch.nn.utils.rnn.pad_sequence(logits)  # (T, B, C)
         tgt = [targets[i] for i in ids]
-        loss = F.ctc_loss(padded.log_softmax(-1), torch.cat(tgt), lengths,
-                          torch.tensor([len(t) for t in tgt]), zero_infinity=True)  # fmt: skip
+        loss = F.ctc_loss(
+            padded.log_softmax(-1),
+            torch.cat(tgt),
+            lengths,
+            torch.tensor([len(t) for t in tgt]),
+            zero_infinity=True,
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -81,8 +92,12 @@ def phone_probe(
             ref = _phones(test, i, table).tolist()
             errors += edit_distance(decoded, ref)
             total += len(ref)
-    return {"phone_error_rate": errors / total, "phone_accuracy": 1 - errors / total,
-            "phones": n_classes - 1, "ctc_loss_last": float(loss.detach())}  # fmt: skip
+    return {
+        "phone_error_rate": errors / total,
+        "phone_accuracy": 1 - errors / total,
+        "phones": n_classes - 1,
+        "ctc_loss_last": float(loss.detach()),
+    }
 
 
 def _linear_probe(x_train, y_train, x_test, y_test, classes: int, steps: int = 500) -> float:
@@ -115,19 +130,23 @@ def speaker_probe(train_codes, train: Utterances, test_codes, test: Utterances, 
     return {
         "speaker_accuracy_codes": _linear_probe(
             hist(train_codes), y_train, hist(test_codes), y_test, classes
-        ),  # fmt: skip
+        ),
         "speaker_accuracy_mel": _linear_probe(
             mel_mean(train, n_train), y_train, mel_mean(test, n_test), y_test, classes
-        ),  # fmt: skip
+        ),
         "chance": 1.0 / classes,
         "voices": classes,
     }
 
 
 def probe_codes(
-    model: ContentModel, train: Utterances, test: Utterances, vocab: PhonemeVocab,
-    train_limit: int = 1500, steps: int = 400,
-) -> dict:  # fmt: skip
+    model: ContentModel,
+    train: Utterances,
+    test: Utterances,
+    vocab: PhonemeVocab,
+    train_limit: int = 1500,
+    steps: int = 400,
+) -> dict:
     """All three measurements; ``test`` = held-out sentences of the train voices."""
     train_codes = utterance_codes(model, train, train_limit)
     test_codes = utterance_codes(model, test)

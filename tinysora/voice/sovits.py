@@ -67,8 +67,9 @@ class SoVITSConfig(Config):
 
 def spectrogram_config(c: SoVITSConfig) -> SpectrogramConfig:
     """The front end a model was trained with (its rate, FFT, hop and mel bands)."""
-    return SpectrogramConfig(sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop, win=c.n_fft,
-                             n_mels=c.n_mels)  # fmt: skip
+    return SpectrogramConfig(
+        sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop, win=c.n_fft, n_mels=c.n_mels
+    )
 
 
 def sequence_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
@@ -88,8 +89,9 @@ class WaveNet(nn.Module):
         for i in range(layers):
             d = dilation_rate**i
             pad = (kernel * d - d) // 2
-            self.ins.append(weight_norm(nn.Conv1d(hidden, 2 * hidden, kernel, dilation=d,
-                                                  padding=pad)))  # fmt: skip
+            self.ins.append(
+                weight_norm(nn.Conv1d(hidden, 2 * hidden, kernel, dilation=d, padding=pad))
+            )
             out = 2 * hidden if i < layers - 1 else hidden
             self.res_skip.append(weight_norm(nn.Conv1d(hidden, out, 1)))
 
@@ -173,7 +175,7 @@ class ResBlock(nn.Module):
         self.convs = nn.ModuleList(
             weight_norm(
                 nn.Conv1d(channels, channels, kernel, dilation=d, padding=(kernel * d - d) // 2)
-            )  # fmt: skip
+            )
             for d in dilations
         )
 
@@ -189,8 +191,9 @@ class Generator(nn.Module):
     def __init__(self, c: SoVITSConfig):
         super().__init__()
         if math.prod(c.dec_rates) != c.hop:
-            raise ValueError(f"dec_rates {c.dec_rates} multiply to {math.prod(c.dec_rates)}, "
-                             f"not the hop {c.hop}")  # fmt: skip
+            raise ValueError(
+                f"dec_rates {c.dec_rates} multiply to {math.prod(c.dec_rates)}, not the hop {c.hop}"
+            )
         self.pre = nn.Conv1d(c.inter, c.dec_initial, 7, padding=3)
         self.cond = nn.Conv1d(c.gin, c.dec_initial, 1)
         self.ups, self.blocks = nn.ModuleList(), nn.ModuleList()
@@ -199,9 +202,11 @@ class Generator(nn.Module):
             up = nn.ConvTranspose1d(ch, ch // 2, kernel, rate, padding=(kernel - rate) // 2)
             self.ups.append(weight_norm(up))
             ch //= 2
-            self.blocks.append(nn.ModuleList(
-                ResBlock(ch, k, d) for k, d in zip(c.res_kernels, c.res_dilations, strict=True)
-            ))  # fmt: skip
+            self.blocks.append(
+                nn.ModuleList(
+                    ResBlock(ch, k, d) for k, d in zip(c.res_kernels, c.res_dilations, strict=True)
+                )
+            )
         self.post = nn.Conv1d(ch, 1, 7, padding=3, bias=False)
 
     def forward(self, z, g):
@@ -219,10 +224,13 @@ class StyleEncoder(nn.Module):
     def __init__(self, c: SoVITSConfig):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv1d(c.n_mels, c.hidden, 5, padding=2), nn.Mish(),
-            nn.Conv1d(c.hidden, c.hidden, 5, padding=2), nn.Mish(),
-            nn.Conv1d(c.hidden, c.hidden, 5, padding=2), nn.Mish(),
-        )  # fmt: skip
+            nn.Conv1d(c.n_mels, c.hidden, 5, padding=2),
+            nn.Mish(),
+            nn.Conv1d(c.hidden, c.hidden, 5, padding=2),
+            nn.Mish(),
+            nn.Conv1d(c.hidden, c.hidden, 5, padding=2),
+            nn.Mish(),
+        )
         self.proj = nn.Linear(c.hidden, c.gin)
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -309,13 +317,21 @@ class SynthesizerTrn(nn.Module):
         lengths = batch["frame_lengths"]
         z, m_q, logs_q, mask = self.posterior(batch["spec"], lengths, g, generator)
         z_p = self.flow(z, mask, g)
-        m_p, logs_p, _ = self.prior(batch["codes"], lengths, batch["phonemes"],
-                                    batch["phone_lengths"], g)  # fmt: skip
+        m_p, logs_p, _ = self.prior(
+            batch["codes"], lengths, batch["phonemes"], batch["phone_lengths"], g
+        )
         starts = random_segments(lengths, c.segment_frames, generator)
         z_slice = slice_segments(z, starts, c.segment_frames)
         wav = self.decoder(z_slice, g)
-        return {"wav": wav, "starts": starts, "z_p": z_p, "m_p": m_p, "logs_p": logs_p,
-                "logs_q": logs_q, "mask": mask}  # fmt: skip
+        return {
+            "wav": wav,
+            "starts": starts,
+            "z_p": z_p,
+            "m_p": m_p,
+            "logs_p": logs_p,
+            "logs_q": logs_q,
+            "mask": mask,
+        }
 
     @torch.no_grad()
     def infer(
@@ -378,7 +394,7 @@ class PeriodDiscriminator(nn.Module):
         self.convs = nn.ModuleList(
             weight_norm(
                 nn.Conv2d(widths[i], widths[i + 1], (5, 1), (3 if i < 4 else 1, 1), padding=(2, 0))
-            )  # fmt: skip
+            )
             for i in range(5)
         )
         self.post = weight_norm(nn.Conv2d(widths[-1], 1, (3, 1), padding=(1, 0)))
@@ -395,8 +411,13 @@ class ScaleDiscriminator(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        specs = [(1, ch, 15, 1, 1), (ch, 4 * ch, 41, 4, 4), (4 * ch, 8 * ch, 41, 4, 16),
-                 (8 * ch, 8 * ch, 41, 4, 16), (8 * ch, 8 * ch, 5, 1, 1)]  # fmt: skip
+        specs = [
+            (1, ch, 15, 1, 1),
+            (ch, 4 * ch, 41, 4, 4),
+            (4 * ch, 8 * ch, 41, 4, 16),
+            (8 * ch, 8 * ch, 41, 4, 16),
+            (8 * ch, 8 * ch, 5, 1, 1),
+        ]
         self.convs = nn.ModuleList(
             weight_norm(nn.Conv1d(i, o, k, s, groups=g, padding=k // 2)) for i, o, k, s, g in specs
         )
@@ -411,13 +432,18 @@ class MultiDiscriminator(nn.Module):
 
     def __init__(self, ch: int = 16, periods: tuple[int, ...] = (2, 3, 5, 7, 11)):
         super().__init__()
-        self.discs = nn.ModuleList([ScaleDiscriminator(ch)] +
-                                   [PeriodDiscriminator(p, ch) for p in periods])  # fmt: skip
+        self.discs = nn.ModuleList(
+            [ScaleDiscriminator(ch)] + [PeriodDiscriminator(p, ch) for p in periods]
+        )
 
     def forward(self, real, fake):
         out = [(d(real), d(fake)) for d in self.discs]
-        return ([r[0] for r, _ in out], [f[0] for _, f in out],
-                [r[1] for r, _ in out], [f[1] for _, f in out])  # fmt: skip
+        return (
+            [r[0] for r, _ in out],
+            [f[0] for _, f in out],
+            [r[1] for r, _ in out],
+            [f[1] for _, f in out],
+        )
 
 
 # --------------------------------------------------------------------------- losses
@@ -425,8 +451,9 @@ class MultiDiscriminator(nn.Module):
 
 def discriminator_loss(real_scores, fake_scores) -> torch.Tensor:
     """LSGAN: real -> 1, fake -> 0."""
-    return sum(((1 - r) ** 2).mean() + (f**2).mean() for r, f in zip(real_scores, fake_scores,
-                                                                      strict=True))  # fmt: skip
+    return sum(
+        ((1 - r) ** 2).mean() + (f**2).mean() for r, f in zip(real_scores, fake_scores, strict=True)
+    )
 
 
 def generator_loss(fake_scores) -> torch.Tensor:
