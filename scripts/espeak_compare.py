@@ -33,7 +33,8 @@ SYSTEM_LIBRARY = "/usr/lib/x86_64-linux-gnu/libespeak-ng.so.1"
 
 def worker(args: argparse.Namespace) -> None:
     """Phonemize the pool; then speak and transcribe the sentences of --speak."""
-    from tinysora.voice.text import phoneme_engine, phonemize, sentences
+    from tinysora.voice.sentences import sentences
+    from tinysora.voice.text import phoneme_engine, phonemize
 
     pool = sentences(args.n, seed=0)
     out = {"engine": phoneme_engine(), "phonemes": phonemize(pool)}
@@ -75,7 +76,7 @@ def main() -> None:
         return worker(args)
 
     from tinysora.eval.voice import wer
-    from tinysora.voice.text import sentences
+    from tinysora.voice.sentences import sentences
 
     pool = sentences(args.n, seed=0)
     first = {s: run(s, args.n, None) for s in ("bundled", "system")}

@@ -30,7 +30,8 @@ from tinysora.voice.corpus import (
     read_list,
     voice_catalogue,
 )
-from tinysora.voice.text import PhonemeVocab, phonemize, sentences
+from tinysora.voice.sentences import sentences
+from tinysora.voice.text import PhonemeVocab, phonemize
 
 needs_engines = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -198,13 +199,31 @@ def test_corpus_splits_files_and_resume(tmp_path):
 @needs_engines
 def test_corpus_cli_and_errors(tmp_path):
     cli = [sys.executable, "-m", "tinysora", "voice", "corpus"]
-    done = subprocess.run(cli + ["--out", str(tmp_path / "c"), "--hours", "0.005", "--engines",
-                                 "flite", "--test-per-voice", "1", "1"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        cli
+        + [
+            "--out",
+            str(tmp_path / "c"),
+            "--hours",
+            "0.005",
+            "--engines",
+            "flite",
+            "--test-per-voice",
+            "1",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "train voices" in done.stdout and (tmp_path / "c" / "train.list").is_file()
-    bad = subprocess.run(cli + ["--out", str(tmp_path / "d"), "--engines", "espeak,bogus"],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    bad = subprocess.run(
+        cli + ["--out", str(tmp_path / "d"), "--engines", "espeak,bogus"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "unknown engine(s) ['bogus']" in bad.stderr
     assert bad.stderr.count("\n") == 1
     with pytest.raises(CorpusError, match="--hours must be positive"):
@@ -215,8 +234,9 @@ def test_missing_engine_names_the_package(tmp_path):
     """With no synthesizer on PATH, the command names the packages to install."""
     cli = [sys.executable, "-m", "tinysora", "voice", "corpus", "--out", str(tmp_path)]
     env = {**os.environ, "PATH": str(tmp_path)}
-    done = subprocess.run(cli + ["--engines", "flite,festival"], capture_output=True, text=True, timeout=600,
-                          env=env)  # fmt: skip
+    done = subprocess.run(
+        cli + ["--engines", "flite,festival"], capture_output=True, text=True, timeout=600, env=env
+    )
     assert done.returncode == 2
     assert "apt-get install -y flite festival festvox-kallpc16k" in done.stderr
     assert done.stderr.count("\n") == 1

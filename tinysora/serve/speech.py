@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tinysora.serve.config import ServeConfig
 from tinysora.serve.forms import body_doc, invalid, read_body, validated
 from tinysora.voice.audio import AudioError, check_reference, load_audio
-from tinysora.voice.speech import Reference, SpeechPipeline, TextError, clean_text
+from tinysora.voice.speech import Reference, SpeechPipeline
+from tinysora.voice.text import TextError, clean_text
 
 MEDIA = {"wav": "audio/wav", "ogg": "audio/ogg", "aac": "audio/aac"}
 
@@ -101,8 +102,9 @@ def encode(audio: np.ndarray, rate: int, media_type: str) -> bytes:
         with av.open(buffer, mode="w", format="adts") as container:
             stream = container.add_stream("aac", rate=rate)
             stream.layout = "mono"
-            frame = av.AudioFrame.from_ndarray(audio[None].astype(np.float32), format="flt",
-                                               layout="mono")  # fmt: skip
+            frame = av.AudioFrame.from_ndarray(
+                audio[None].astype(np.float32), format="flt", layout="mono"
+            )
             frame.sample_rate, frame.pts = rate, 0
             container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
@@ -110,19 +112,29 @@ def encode(audio: np.ndarray, rate: int, media_type: str) -> bytes:
         import soundfile
 
         subtype = "PCM_16" if media_type == "wav" else "VORBIS"
-        soundfile.write(buffer, np.clip(audio, -1, 1), rate, format=media_type.upper(),
-                        subtype=subtype)  # fmt: skip
+        soundfile.write(
+            buffer, np.clip(audio, -1, 1), rate, format=media_type.upper(), subtype=subtype
+        )
     return buffer.getvalue()
 
 
 def wav_header(rate: int) -> bytes:
     """A PCM 16 mono WAV header whose sizes say "unknown" (streamed)."""
     size = 0xFFFFFFFF
-    return (b"RIFF" + (size).to_bytes(4, "little") + b"WAVEfmt "
-            + (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
-            + rate.to_bytes(4, "little") + (2 * rate).to_bytes(4, "little")
-            + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
-            + b"data" + (size).to_bytes(4, "little"))  # fmt: skip
+    return (
+        b"RIFF"
+        + (size).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + rate.to_bytes(4, "little")
+        + (2 * rate).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + (size).to_bytes(4, "little")
+    )
 
 
 def pcm16(audio: np.ndarray) -> bytes:
@@ -160,23 +172,35 @@ def add_speech_routes(app: FastAPI, cfg: ServeConfig, auth: list, model: SpeechM
             data = await upload.read(cfg.max_upload_bytes + 1)
             if len(data) > cfg.max_upload_bytes:
                 raise HTTPException(413, f"ref_audio: upload over {cfg.max_upload_mb:g} MB")
-            wav = await run_in_threadpool(decode_reference, data, "ref_audio", upload_dir,
-                                          tts.sample_rate)  # fmt: skip
+            wav = await run_in_threadpool(
+                decode_reference, data, "ref_audio", upload_dir, tts.sample_rate
+            )
         elif req.prompt_text is not None:
-            raise invalid("prompt_text", "goes with a ref_audio upload (the default voice "
-                                             "has its own transcript)")  # fmt: skip
+            raise invalid(
+                "prompt_text",
+                "goes with a ref_audio upload (the default voice has its own transcript)",
+            )
         ref: Reference = await run_in_threadpool(tts.reference, wav, req.prompt_text)
         seed = secrets.randbelow(2**31) if req.seed is None else req.seed
-        knobs = dict(ref_audio=ref, top_k=req.top_k, top_p=req.top_p, seed=seed,
-                     temperature=req.temperature, speed=req.speed,
-                     repetition_penalty=req.repetition_penalty)  # fmt: skip
+        knobs = dict(
+            ref_audio=ref,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            seed=seed,
+            temperature=req.temperature,
+            speed=req.speed,
+            repetition_penalty=req.repetition_penalty,
+        )
         headers = {"X-Seed": str(seed)}
         if notes:
             headers["X-Warning"] = "; ".join(notes).encode("ascii", "backslashreplace").decode()
         if req.streaming:
             chunks = tts.stream(req.text, **knobs)
-            return StreamingResponse(streamed(chunks, tts.sample_rate, req.media_type),
-                                     media_type=MEDIA[req.media_type], headers=headers)  # fmt: skip
+            return StreamingResponse(
+                streamed(chunks, tts.sample_rate, req.media_type),
+                media_type=MEDIA[req.media_type],
+                headers=headers,
+            )
         out = await run_in_threadpool(lambda: tts(req.text, **knobs))
         body = await run_in_threadpool(encode, out.audio, out.sample_rate, req.media_type)
         headers["X-Audio-Seconds"] = f"{out.seconds:.3f}"

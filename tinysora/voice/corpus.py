@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from tinysora.errors import UserError
 from tinysora.voice.audio import load_audio, save_audio
-from tinysora.voice.text import VOCAB_FILE, PhonemeVocab, phonemize, sentences, words
+from tinysora.voice.sentences import sentences, words
+from tinysora.voice.text import VOCAB_FILE, PhonemeVocab, phonemize
 
 RATE = 16000
 ENGINES = ("espeak", "flite", "festival")
@@ -45,8 +46,15 @@ PACKAGES = {
     "flite": "flite",
     "festival": "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts",
 }
-ESPEAK_DIALECTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
-                   "en-gb-x-gbcwmd")  # fmt: skip
+ESPEAK_DIALECTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+)
 ESPEAK_VARIANTS = words(
     "m1 m2 m3 m4 m5 m6 m7 f1 f2 f3 f4 f5 klatt klatt2 klatt3 klatt4 adam Alex Alicia Andrea "
     "Andy Annie benjamin caleb david ed edward Gene Henrique Hugo Jacky john Lee linda max "
@@ -118,33 +126,54 @@ def check_engines(engines: tuple[str, ...]) -> None:
     missing = [e for e in engines if shutil.which(PROGRAMS[e]) is None]
     if missing:
         packages = " ".join(PACKAGES[e] for e in missing)
-        raise CorpusError(f"{', '.join(missing)} not installed: apt-get install -y {packages} "
-                          "(or leave them out with --engines)")  # fmt: skip
+        raise CorpusError(
+            f"{', '.join(missing)} not installed: apt-get install -y {packages} "
+            "(or leave them out with --engines)"
+        )
 
 
 def _engine_command(voice: Voice, out: Path) -> list[str]:
     if voice.engine == "espeak":
-        return ["espeak-ng", "-v", voice.base, "-p", str(int(voice.pitch)),
-                "-s", str(int(voice.rate)), "-w", str(out), "--stdin"]  # fmt: skip
+        return [
+            "espeak-ng",
+            "-v",
+            voice.base,
+            "-p",
+            str(int(voice.pitch)),
+            "-s",
+            str(int(voice.rate)),
+            "-w",
+            str(out),
+            "--stdin",
+        ]
     if voice.engine == "flite":
         cmd = ["flite", "-voice", voice.base, "--setf", f"duration_stretch={voice.rate}"]
         if voice.pitch:
             cmd += ["--setf", f"int_f0_target_mean={voice.pitch}"]
         return cmd + ["-f", "/dev/stdin", "-o", str(out)]
-    return ["text2wave", "-eval", f"(voice_{voice.base})",
-            "-eval", f"(Parameter.set 'Duration_Stretch {voice.rate})", "-o", str(out)]  # fmt: skip
+    return [
+        "text2wave",
+        "-eval",
+        f"(voice_{voice.base})",
+        "-eval",
+        f"(Parameter.set 'Duration_Stretch {voice.rate})",
+        "-o",
+        str(out),
+    ]
 
 
 def synthesize(voice: Voice, text: str, rate: int = RATE) -> np.ndarray:
     """``text`` in ``voice``: mono float32 at ``rate``, peak-normalised to 0.9."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        done = subprocess.run(_engine_command(voice, raw), input=text.encode(),
-                              capture_output=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            _engine_command(voice, raw), input=text.encode(), capture_output=True, timeout=120
+        )
         if done.returncode != 0 or not raw.is_file():
             err = done.stderr.decode(errors="replace").strip().splitlines()
-            raise CorpusError(f"{voice.engine} failed on voice {voice.name}: "
-                              f"{err[-1] if err else 'no output'}")  # fmt: skip
+            raise CorpusError(
+                f"{voice.engine} failed on voice {voice.name}: {err[-1] if err else 'no output'}"
+            )
         # size s: play the engine's audio s x faster (pitch and formants up by s)
         wav = load_audio(raw, round(rate / voice.size))
     wav = _trim(wav, rate)
@@ -202,8 +231,10 @@ def plan(
         voice = train_voices[k % len(train_voices)]
         out.append(Utterance(f"wavs/{voice.name}/{k:06d}.wav", voice, text, phones[text], "train"))
     seen_n, unseen_n = test_per_voice
-    for split, group, per in (("test_seen", train_voices, seen_n),
-                              ("test_unseen", unseen, unseen_n)):  # fmt: skip
+    for split, group, per in (
+        ("test_seen", train_voices, seen_n),
+        ("test_unseen", unseen, unseen_n),
+    ):
         for voice in group:
             for j, text in enumerate(rng.sample(held, min(per, len(held)))):
                 key = f"wavs/{voice.name}/{split}_{j:03d}.wav"
@@ -249,8 +280,12 @@ def build_corpus(
     seconds = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         lengths = pool.map(lambda u: _make(root, u), utterances)
-        for u, s in tqdm(zip(utterances, lengths, strict=True), total=len(utterances),
-                         desc="synthesizing", unit="utt"):  # fmt: skip
+        for u, s in tqdm(
+            zip(utterances, lengths, strict=True),
+            total=len(utterances),
+            desc="synthesizing",
+            unit="utt",
+        ):
             seconds[u.key] = s
     failed = {k: v for k, v in seconds.items() if isinstance(v, str)}
     utterances = [u for u in utterances if u.key not in failed]
@@ -261,8 +296,7 @@ def build_corpus(
         tmp.replace(root / f"{split}.list")
     shutil.copyfile(VOCAB_FILE, root / "phonemes.txt")
     voices = {v.name: asdict(v) for v in voice_catalogue(engines, seed)}
-    unknown = sum(len(u.phonemes) - len(vocab.encode(u.phonemes, warn=False))
-                  for u in utterances)  # fmt: skip
+    unknown = sum(len(u.phonemes) - len(vocab.encode(u.phonemes, warn=False)) for u in utterances)
     summary = {
         "rate": RATE,
         "seed": seed,
@@ -270,14 +304,14 @@ def build_corpus(
         "voices": {
             "train": sum(v["split"] == "train" for v in voices.values()),
             "unseen": sum(v["split"] == "unseen" for v in voices.values()),
-        },  # fmt: skip
+        },
         "utterances": {
             s: sum(u.split == s for u in utterances) for s in ("train", "test_seen", "test_unseen")
-        },  # fmt: skip
+        },
         "hours": {
             s: sum(seconds[u.key] for u in utterances if u.split == s) / 3600
             for s in ("train", "test_seen", "test_unseen")
-        },  # fmt: skip
+        },
         "unknown_phoneme_symbols": unknown,
         "failed": len(failed),
         "failures": dict(list(failed.items())[:20]),
@@ -299,7 +333,8 @@ def read_list(path: str | Path) -> list[tuple[Path, str, str, str]]:
             continue
         parts = line.split("|")
         if len(parts) != 4:
-            raise CorpusError(f"{path}:{n}: expected wav|speaker|text|phonemes, got "
-                              f"{len(parts)} field(s)")  # fmt: skip
+            raise CorpusError(
+                f"{path}:{n}: expected wav|speaker|text|phonemes, got {len(parts)} field(s)"
+            )
         rows.append((path.parent / parts[0], parts[1], parts[2], parts[3]))
     return rows

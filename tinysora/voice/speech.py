@@ -19,8 +19,6 @@ is sampled again with the next seed, up to ``retries`` times.
 from __future__ import annotations
 
 import re
-import unicodedata
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -34,49 +32,13 @@ from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
 from tinysora.voice.audio import AudioError, check_reference
 from tinysora.voice.convert import VoiceConverter
 from tinysora.voice.gpt import Generation, SamplingConfig, Text2Semantic, sample_codes
-from tinysora.voice.text import TextError, normalize_text, phonemize
+from tinysora.voice.text import TextError, clean_text, phonemize, split_sentences
 
-MAX_TEXT_CHARS = 2000
 MAX_PIECE_PHONEMES = 120  # ~7 s of speech: the length the GPT trained on, with a prompt
 SENTENCE_PAUSE_S = 0.3
 CLAUSE_PAUSE_S = 0.15
 WORD_PAUSE_S = 0.05
 SPEEDS = (0.5, 2.0)
-# characters read as they are; anything else is skipped with a warning
-PUNCTUATION = set(".,!?;:'\"-()")
-
-
-def clean_text(text: str) -> str:
-    """The text to speak: letters (Latin script), digits, spaces and plain punctuation.
-    Other characters (emoji, other scripts, symbols) are skipped with a warning; empty
-    text, text of punctuation only, and text over ``MAX_TEXT_CHARS`` are errors."""
-    if not isinstance(text, str) or not text.strip():
-        raise TextError("text is empty; give a sentence to say")
-    if len(text) > MAX_TEXT_CHARS:
-        raise TextError(f"text is {len(text)} characters long; the cap is {MAX_TEXT_CHARS} "
-                        "(split it into several requests)")  # fmt: skip
-    text = normalize_text(text)
-    kept, skipped = [], []
-    for ch in text:
-        latin = ch.isalpha() and "LATIN" in unicodedata.name(ch, "")
-        if latin or ch.isdigit() and ch.isascii() or ch == " " or ch in PUNCTUATION:
-            kept.append(ch)
-        else:
-            skipped.append(ch)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} character(s) that cannot be spoken: "
-                      f"{''.join(sorted(set(skipped)))!r}", stacklevel=3)  # fmt: skip
-    cleaned = re.sub(r"\s+", " ", "".join(kept)).strip()
-    if not any(ch.isalnum() for ch in cleaned):
-        raise TextError(f"text {text[:40]!r} has no words to say (only punctuation, emoji or "
-                        "symbols); give a sentence")  # fmt: skip
-    return cleaned
-
-
-def split_sentences(text: str) -> list[tuple[str, float]]:
-    """Cleaned text -> [(sentence, pause after it in seconds)]: cut after . ! ? ; : ."""
-    parts = re.split(r"(?<=[.!?;:])\s+", text)
-    return [(p, SENTENCE_PAUSE_S) for p in parts if any(ch.isalnum() for ch in p)]
 
 
 @dataclass
@@ -197,8 +159,8 @@ class SpeechPipeline:
     def pieces(self, text: str) -> list[Piece]:
         """Text -> pieces of at most MAX_PIECE_PHONEMES phonemes, with their pauses."""
         out = []
-        for sentence, pause in split_sentences(clean_text(text)):
-            out.extend(self._cut(sentence, pause))
+        for sentence in split_sentences(clean_text(text)):
+            out.extend(self._cut(sentence, SENTENCE_PAUSE_S))
         if not out:
             raise TextError(f"text {text[:40]!r} has no words to say; give a sentence")
         return out
@@ -222,8 +184,10 @@ class SpeechPipeline:
         log-mel, its codes, its transcript's phonemes."""
         if ref_audio is None:
             if self.default_voice is None:
-                raise UserError("this model has no default voice; give a reference clip "
-                                "(ref_audio / --voice REF.wav)")  # fmt: skip
+                raise UserError(
+                    "this model has no default voice; give a reference clip "
+                    "(ref_audio / --voice REF.wav)"
+                )
             ref_audio, ref_text = self.default_voice
         wav = self.voice.samples(ref_audio)
         wav = check_reference(wav, self.sample_rate)
@@ -410,8 +374,14 @@ class _StreamWindow:
             return np.zeros(0, np.float32)
         start = max(0, self.done - self.context)
         self.calls += 1
-        wav = self.tts.vocode(codes[start:], self.ref, self.piece, self.noise_scale,
-                              self.seed + self.calls, self.speed)  # fmt: skip
+        wav = self.tts.vocode(
+            codes[start:],
+            self.ref,
+            self.piece,
+            self.noise_scale,
+            self.seed + self.calls,
+            self.speed,
+        )
         at = lambda code: int(round((code - start) * self.samples_per_code))  # noqa: E731
         new = wav[at(self.done) : len(wav) if final else at(end)].copy()
         n = min(self.fade, len(self.tail), len(new))
@@ -457,5 +427,4 @@ __all__ = [
     "SpeechOutput",
     "AudioError",
     "TextError",
-    "clean_text",
 ]
