@@ -82,7 +82,8 @@ def main() -> None:
     first = {s: run(s, args.n, None) for s in ("bundled", "system")}
     bundled, system = first["bundled"]["phonemes"], first["system"]["phonemes"]
     differ = [i for i, (a, b) in enumerate(zip(bundled, system, strict=True)) if a != b]
-    words = [(a, b) for i in differ for a, b in zip(bundled[i].split(), system[i].split())]
+    pairs = [zip(bundled[i].split(), system[i].split(), strict=False) for i in differ]
+    words = [(a, b) for pair in pairs for a, b in pair]  # word by word (same word counts)
     n_words = sum(len(p.split()) for p in system)
     changes = Counter(f"{b} -> {a}" for a, b in words if a != b)
     rng = random.Random(0)
