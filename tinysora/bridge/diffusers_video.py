@@ -409,8 +409,13 @@ class LTXVideoPipeline(DiffusersVideoPipeline):
         return rearrange(
             x,
             "b (f h w) (c pt p q) -> b c (f pt) (h p) (w q)",
-            f=f // pt, h=h // p, w=w // p, pt=pt, p=p, q=p,
-        )  # fmt: skip
+            f=f // pt,
+            h=h // p,
+            w=w // p,
+            pt=pt,
+            p=p,
+            q=p,
+        )
 
     def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(z.device, z.dtype)

@@ -194,15 +194,26 @@ def _check_audio(audio: Any, rate: Any, path: str | os.PathLike[str]) -> np.ndar
         raise _error("write", path, f"audio_rate must be an integer 8000..96000 Hz, got {rate!r}")
     array = np.asarray(audio)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.floating) or array.size == 0:
-        raise _error("write", path, "audio must be a non-empty 1-D float array (mono samples "
-                     f"in [-1, 1]), got {array.dtype} {array.shape}")  # fmt: skip
+        raise _error(
+            "write",
+            path,
+            "audio must be a non-empty 1-D float array (mono samples "
+            f"in [-1, 1]), got {array.dtype} {array.shape}",
+        )
     if not np.isfinite(array).all():
         raise _error("write", path, "audio holds NaN or infinite samples")
     return np.clip(array.astype(np.float32), -1.0, 1.0)
 
 
-def _encode_h264(tmp: Path, frames: np.ndarray, fps: float, crf: int, container_format: str,
-                 audio: np.ndarray | None = None, audio_rate: int = 0):  # fmt: skip
+def _encode_h264(
+    tmp: Path,
+    frames: np.ndarray,
+    fps: float,
+    crf: int,
+    container_format: str,
+    audio: np.ndarray | None = None,
+    audio_rate: int = 0,
+):
     """Encode frames with libx264/yuv420p, padding odd sizes by edge replication; then
     the sound track, if any, fitted to the frames' duration."""
     _, height, width, _ = frames.shape

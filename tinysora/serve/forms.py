@@ -21,8 +21,9 @@ def invalid(field: str, msg: str, value=None) -> RequestValidationError:
     return RequestValidationError([field_error(field, msg, value)])
 
 
-async def read_body(request: Request, file_fields: tuple[str, ...], max_bytes: int
-                    ) -> tuple[dict, dict[str, UploadFile]]:  # fmt: skip
+async def read_body(
+    request: Request, file_fields: tuple[str, ...], max_bytes: int
+) -> tuple[dict, dict[str, UploadFile]]:
     """(fields, uploads) of a JSON object, a form, or multipart with ``file_fields``
     files; an empty form field means "not set". 413 over ``max_bytes``, 415 for other
     content types, 422 for a file in another field or a body that is not an object."""
@@ -50,8 +51,9 @@ async def read_body(request: Request, file_fields: tuple[str, ...], max_bytes: i
         if not isinstance(fields, dict):
             raise invalid("body", "must be a JSON object")
         return fields, uploads
-    raise HTTPException(415, "send application/json, or multipart/form-data with "
-                             f"{' / '.join(file_fields)} files")  # fmt: skip
+    raise HTTPException(
+        415, f"send application/json, or multipart/form-data with {' / '.join(file_fields)} files"
+    )
 
 
 def validated(model: type[BaseModel], fields: dict) -> BaseModel:
@@ -67,9 +69,18 @@ def validated(model: type[BaseModel], fields: dict) -> BaseModel:
 def body_doc(model: type[BaseModel], file_fields: tuple[str, ...], required: str) -> dict:
     """``openapi_extra`` of an endpoint that reads its body with ``read_body``."""
     files = {f: {"type": "string", "format": "binary"} for f in file_fields}
-    form = {"type": "object", "description": "the JSON fields as form fields, plus files",
-            "properties": {**files, required: {"type": "string"}},
-            "required": [required]}  # fmt: skip
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()},
-        "multipart/form-data": {"schema": form}}}}  # fmt: skip
+    form = {
+        "type": "object",
+        "description": "the JSON fields as form fields, plus files",
+        "properties": {**files, required: {"type": "string"}},
+        "required": [required],
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": model.model_json_schema()},
+                "multipart/form-data": {"schema": form},
+            },
+        }
+    }

@@ -163,8 +163,9 @@ class Worker(threading.Thread):
                 **files,
             )
             path = self.data_dir / "videos" / f"{job.id}.mp4"
-            sound = {} if speech is None else {"audio": speech.audio,
-                                               "audio_rate": speech.sample_rate}  # fmt: skip
+            sound = (
+                {} if speech is None else {"audio": speech.audio, "audio_rate": speech.sample_rate}
+            )
             export_to_video(video.frames, path, fps=p["fps"], **sound)
             del video
         except _Interrupted:

@@ -292,14 +292,23 @@ class PackedBatch:
         pick = slice(rank, None, world)
         p = self.packed
         packed = Packed(
-            p.tokens[pick], p.positions[pick], p.segments[pick], p.text[pick],
-            p.text_mask[pick], p.text_segments[pick], places=[],
-        )  # fmt: skip
+            p.tokens[pick],
+            p.positions[pick],
+            p.segments[pick],
+            p.text[pick],
+            p.text_mask[pick],
+            p.text_segments[pick],
+            places=[],
+        )
         share = 1 / world
         return PackedBatch(
-            packed, self.target[pick], self.t[pick], self.loss_mask[pick],
-            self.flops * share, int(self.tokens * share),
-        )  # fmt: skip
+            packed,
+            self.target[pick],
+            self.t[pick],
+            self.loss_mask[pick],
+            self.flops * share,
+            int(self.tokens * share),
+        )
 
     @staticmethod
     def flops_of(batch: PackedBatch) -> float:

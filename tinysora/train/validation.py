@@ -60,8 +60,12 @@ def val_loss_fn(recipe: DiTRecipe, device: torch.device) -> Callable[[DiT], dict
                 clean, eps = x0[i : i + VAL_BATCH], noise[k, i : i + VAL_BATCH]
                 tt = torch.full((len(clean),), t, device=device)
                 with autocast(device):
-                    pred = model(add_noise(clean, tt, eps), tt, text[i : i + VAL_BATCH],
-                                 mask[i : i + VAL_BATCH])  # fmt: skip
+                    pred = model(
+                        add_noise(clean, tt, eps),
+                        tt,
+                        text[i : i + VAL_BATCH],
+                        mask[i : i + VAL_BATCH],
+                    )
                 target = velocity_target(clean, eps)
                 loss = flow_loss(patchify(pred.float(), patch)[0], patchify(target, patch)[0])
                 losses.append(float(loss) * len(clean))
