@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from tinysora.cli import build_parser, main
-from tinysora.cli.common import SAMPLERS
 
 TIMEOUT = 60
 UNWRITABLE = Path("/proc/self")  # not writable, even for root
@@ -163,12 +162,6 @@ def test_every_subcommand_is_walked(tmp_path):
     choices = next(a.choices for a in build_parser()._actions if a.dest == "command")
     model = next(a for a in choices["train"]._actions if a.dest == "model")
     assert trained == set(model.choices)
-
-
-def test_cli_sampler_names_are_the_samplers():
-    from tinysora.diffusion.samplers import SAMPLERS as FUNCTIONS
-
-    assert tuple(FUNCTIONS) == SAMPLERS
 
 
 def test_serve_on_a_busy_port_or_a_bad_store(sandbox, capsys):

@@ -20,9 +20,6 @@ EXIT_USAGE = 2
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is a GPU, else cpu)"
 MODEL_HELP = "a model directory or a bundled model's name (default: 'default', in weights/)"
 ALLOW_PICKLE_HELP = "diffusers-format models: also load .bin / .pt weights (weights_only)"
-# tinysora.diffusion.samplers.SAMPLERS' names (that module loads torch; test_cli_errors
-# checks that the two agree)
-SAMPLERS = ("euler", "heun", "dpmpp_2m")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
 

@@ -8,7 +8,6 @@ from tinysora.cli.common import (
     ALLOW_PICKLE_HELP,
     DEVICE_HELP,
     MODEL_HELP,
-    SAMPLERS,
     ArgumentParser,
     CliError,
     existing_dir,
@@ -20,6 +19,7 @@ from tinysora.cli.common import (
     positive_int,
 )
 from tinysora.cli.voice import VOICE_MODELS, train_voice_model
+from tinysora.diffusion import SAMPLER_NAMES
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -132,7 +132,7 @@ def _add_eval_parsers(sub) -> None:
                 "--steps", type=positive_int, help="sampling steps (default: the model's)"
             )
             p.add_argument("--guidance", type=float_in(0), help="guidance (default: the model's)")
-            p.add_argument("--sampler", choices=SAMPLERS, help="(default: the model's)")
+            p.add_argument("--sampler", choices=SAMPLER_NAMES, help="(default: the model's)")
             p.add_argument(
                 "--lora", type=existing_dir, help="a LoRA adapter to load into the model"
             )

@@ -9,7 +9,6 @@ from tinysora.cli.common import (
     ALLOW_PICKLE_HELP,
     DEVICE_HELP,
     MODEL_HELP,
-    SAMPLERS,
     CliError,
     existing_dir,
     existing_file,
@@ -21,6 +20,7 @@ from tinysora.cli.common import (
     seed,
     video_output,
 )
+from tinysora.diffusion import SAMPLER_NAMES
 
 
 def _cmd_world(args: argparse.Namespace) -> None:
@@ -175,7 +175,7 @@ def add_parsers(sub) -> None:
     gen.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's)")
     gen.add_argument("--guidance", type=float_in(0), help="classifier-free guidance scale >= 0")
     gen.add_argument("--seed", type=seed, default=0, help="noise seed (same seed, same video)")
-    gen.add_argument("--sampler", choices=SAMPLERS, help="(default: the model's)")
+    gen.add_argument("--sampler", choices=SAMPLER_NAMES, help="(default: the model's)")
     gen.add_argument("--negative-prompt", help="what to steer away from")
     gen.add_argument("--model", help=MODEL_HELP)
     gen.add_argument(

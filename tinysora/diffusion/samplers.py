@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from tinysora.diffusion import SAMPLER_NAMES
 from tinysora.diffusion.flow import apply_shift
 
 __all__ = [
@@ -241,11 +242,9 @@ def sample_dpmpp_2m(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "euler": sample_euler,
-    "heun": sample_heun,
-    "dpmpp_2m": sample_dpmpp_2m,
-}
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = dict(
+    zip(SAMPLER_NAMES, (sample_euler, sample_heun, sample_dpmpp_2m), strict=True)
+)
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
