@@ -101,6 +101,8 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["speak", "hi", "-o", "x.wav", "--ref", "none.wav"], "none.wav"),
         (["speak", "hi", "-o", "x.wav", "--speed", "nan"], "--speed"),
         (["speak", "hi", "-o", "x.wav", "--top-k", "-1"], "--top-k"),
+        (["speak", "hi", "-o", "x.wav", "--speed", "9"], "speed must be in"),  # model unloaded
+        (["speak", "hi", "-o", "x.wav", "--top-p", "1.5"], "top_p must be in"),
         (["speak", "hi", "-o", bad_out[:-4] + ".wav"], "is a file, not a folder"),
     ]
     # (lora's recipe is a DiTRecipe too; importing peft would take seconds)

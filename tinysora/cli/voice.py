@@ -63,22 +63,20 @@ def _cmd_voice_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_speak(args: argparse.Namespace) -> None:
-    from tinysora.voice.speech import SpeechPipeline
+    from tinysora.voice.speech import SpeechConfig, SpeechPipeline
 
     if args.ref_text and not args.ref:
         raise CliError("--ref-text is the transcript of --ref REF.wav; give the clip too")
+    knobs = {
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "temperature": args.temperature,
+        "speed": args.speed,
+        "repetition_penalty": args.repetition_penalty,
+    }
+    SpeechConfig().given(**knobs)  # each given knob's range, before the models load
     tts = SpeechPipeline.from_pretrained(args.model)
-    out = tts(
-        args.text,
-        ref_audio=args.ref,
-        ref_text=args.ref_text,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        speed=args.speed,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
+    out = tts(args.text, ref_audio=args.ref, ref_text=args.ref_text, seed=args.seed, **knobs)
     path = tts.save(out.audio, args.output)
     print(
         f"wrote {path.resolve()} ({out.seconds:.2f} s, {out.sample_rate} Hz, "
