@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tinysora.nn.metrics import psnr, ssim
-from tinysora.vae.loss import VAELossConfig, edge_band, vae_loss
+from tinysora.vae.loss import VAELossConfig, edge_band, motion_band, vae_loss
 from tinysora.vae.model import (
     Posterior,
     VAEConfig,
@@ -342,6 +342,47 @@ def test_edge_weight_raises_the_loss_of_errors_at_edges_only():
     l_far, _ = vae_loss(far, x, post, weighted)
     assert float(l_edge) == pytest.approx(9 * float(l_far), rel=1e-4)
     assert float(vae_loss(at_edge, x, post, plain)[0]) == pytest.approx(float(l_far), rel=1e-4)
+
+
+def moving_square(t: int = 3) -> torch.Tensor:
+    """A 2x2 square stepping 4 px right per frame on a 16x16 background."""
+    x = -torch.ones(1, 3, t, 16, 16)
+    for i in range(t):
+        x[:, :, i, 6:8, 2 + 4 * i : 4 + 4 * i] = 1.0
+    return x
+
+
+def test_motion_band_marks_where_an_object_was_and_went():
+    x = moving_square()
+    band = motion_band(x, 0.05)
+    assert band.shape == (1, 1, 3, 16, 16)
+    # frame 1 changed from frame 0 (square left 2..3 and arrived 6..7) and towards frame 2
+    # (left 6..7, arrives 10..11): rows 6..7 +-1, those columns +-1
+    expected = torch.zeros(16, 16)
+    expected[5:9, 1:13] = 1
+    assert torch.equal(band[0, 0, 1], expected)
+    assert band[0, 0, 0, 7, 12] == 0 and band[0, 0, 0, 7, 3] == 1  # frame 0: only 0->1 moves
+    still = x[:, :, :1].expand(-1, -1, 3, -1, -1)
+    assert motion_band(still, 0.05).sum() == 0 and motion_band(x[:, :, :1], 0.05).sum() == 0
+
+
+def test_motion_weight_raises_errors_on_moving_pixels_and_temporal_term_sees_flicker():
+    x = moving_square()
+    post = Posterior(torch.zeros(1, 4, 1, 2, 2), torch.zeros(1, 4, 1, 2, 2))
+    moving, still = x.clone(), x.clone()
+    moving[:, :, 1, 7, 6] = 0.0  # a pixel of the square where it arrived
+    still[:, :, 1, 15, 15] = 0.0  # a background pixel nothing passes
+    weighted = VAELossConfig(motion_weight=8.0, gradient_weight=0.0)
+    l_moving, _ = vae_loss(moving, x, post, weighted)
+    l_still, _ = vae_loss(still, x, post, weighted)
+    assert float(l_moving) == pytest.approx(9 * float(l_still), rel=1e-4)
+    # an error constant over time has no frame-to-frame part; one frame's error has
+    steady = x + 0.1
+    flicker = x.clone()
+    flicker[:, :, 1] += 0.1
+    temporal = VAELossConfig(temporal_weight=1.0)
+    assert vae_loss(steady, x, post, temporal)[1]["temporal"] == pytest.approx(0.0, abs=1e-7)
+    assert vae_loss(flicker, x, post, temporal)[1]["temporal"] > 0.05
 
 
 # ----------------------------------------------------------------------------- metrics
