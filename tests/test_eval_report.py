@@ -37,6 +37,11 @@ def test_eval_all_writes_a_self_contained_page(tmp_path, one_thread, capsys):
     assert set(report["adherence"]) == {"single", "two", "held_out", "paraphrased"}
     for group in report["adherence"]:
         assert f'<td class="l">{group}</td>' in page
+        assert report["adherence"][group]["fidelity"]["clips"] == 2  # beside adherence
+    vae_quality = report["vae"]["quality"]
+    assert vae_quality["64x64x17"]["fidelity_reference"]["stray_fraction_mean"] == 0.0
+    assert "fidelity" not in vae_quality["image_64x64"]  # an image has no motion
+    assert "area CV bouncing" in page and "stray pixels" in page
     # every image the page shows exists; GIFs are real clips of the asked size
     sources = re.findall(r'src="([^"]+)"', page)
     assert {"adherence.png", "vae.png", "training.png"} <= set(sources)

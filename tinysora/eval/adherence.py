@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from tinysora.errors import UserError
+from tinysora.eval import fidelity
+from tinysora.eval.fidelity import clip_fidelity, fidelity_line
+from tinysora.eval.generation import generate_seeded, load_pipe
 from tinysora.eval.metrics import wilson, write_json
-from tinysora.io.frames import to_uint8
-from tinysora.pipeline import TextToVideoPipeline
 from tinysora.worlds.captions import paraphrase
 from tinysora.worlds.detect import detect, judge
 from tinysora.worlds.shapes import HELD_OUT_PAIRS, Scene, SplitMix64, sample_scene, split_seed
@@ -54,47 +51,6 @@ def group_prompts(group: str, n: int) -> list[tuple[Scene, str]]:
     return out
 
 
-def load_pipe(args: argparse.Namespace, model=None) -> TextToVideoPipeline:
-    """The pipeline an eval command measures: ``--model`` (or ``model``), its ``--lora``
-    adapter if given, the ``--guidance`` / ``--sampler`` overrides, on ``--device``."""
-    allow_pickle = getattr(args, "allow_pickle", False)
-    pipe = TextToVideoPipeline.from_pretrained(model or args.model, allow_pickle=allow_pickle)
-    if getattr(args, "lora", None):
-        pipe.load_lora(args.lora, args.lora_scale)
-    pipe.to(getattr(args, "device", None))
-    return pipe.set_sampling(args.guidance, args.sampler)
-
-
-def generate_seeded(
-    pipe: TextToVideoPipeline,
-    prompts: list[str],
-    frames: int = 17,
-    height: int = 64,
-    width: int = 64,
-    steps: int | None = None,
-    batch: int = 25,
-    desc: str | None = None,
-) -> list[np.ndarray]:
-    """uint8 clips of ``prompts``, prompt i with noise seed i, ``batch`` prompts per
-    pipeline call (a clip does not depend on the batching, up to bf16 rounding)."""
-    clips: list[np.ndarray] = []
-    starts = range(0, len(prompts), batch)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
-        chunk = prompts[start : start + batch]
-        clips += to_uint8(
-            pipe(
-                chunk,
-                num_frames=frames,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                generator=[torch.Generator().manual_seed(start + k) for k in range(len(chunk))],
-                progress=False,
-            ).frames
-        )
-    return clips
-
-
 def evaluate(
     pipe,
     n: int,
@@ -110,10 +66,13 @@ def evaluate(
         prompts = group_prompts(group, n)
         texts = [text for _, text in prompts]
         videos = generate_seeded(pipe, texts, frames, height, width, steps, batch, desc=group)
-        rows = []
+        rows, fid = [], []
         for (scene, text), video in zip(prompts, videos, strict=True):
-            result = judge(scene, detect(video), judge_motion=frames > 1)
+            detection = detect(video)
+            result = judge(scene, detection, judge_motion=frames > 1)
             rows.append({"seed": scene.seed, "prompt": text, **result})
+            if frames > 1:
+                fid.append(clip_fidelity(video, detection))
         objs = [o for r in rows for o in r["objects"]]
         rates = {a: sum(o[a] for o in objs) / len(objs) for a in ATTRIBUTES}
         k = sum(r["all_right"] for r in rows)
@@ -122,6 +81,7 @@ def evaluate(
             "all_right": k / len(rows),
             "all_right_ci95": wilson(k, len(rows)),
             "per_attribute": rates,
+            "fidelity": fidelity.summarize(fid) if fid else None,
             "rows": rows,
         }
     return report
@@ -139,5 +99,7 @@ def run(args: argparse.Namespace) -> dict:
         lo, hi = r["all_right_ci95"]
         attrs = ", ".join(f"{a} {v:.1%}" for a, v in r["per_attribute"].items())
         print(f"{group:12s} all right {r['all_right']:.1%} [{lo:.1%}, {hi:.1%}] ({attrs})")
+        if r["fidelity"]:
+            print(f"{'':12s} fidelity {fidelity_line(r['fidelity'])}")
     write_json(report, args.json)
     return report

@@ -54,7 +54,7 @@ import math
 import numpy as np
 from scipy import optimize
 
-from tinysora.eval.adherence import generate_seeded, load_pipe
+from tinysora.eval.generation import generate_seeded, load_pipe
 from tinysora.eval.metrics import wilson, write_json
 from tinysora.worlds.detect import (
     COLOR_NAMES,

@@ -24,7 +24,8 @@ import numpy as np
 from tinysora.eval import adherence, dynamics
 from tinysora.eval import tasks as tasks_eval
 from tinysora.eval import vae as vae_eval
-from tinysora.eval.adherence import generate_seeded
+from tinysora.eval.adherence import ATTRIBUTES
+from tinysora.eval.generation import generate_seeded, load_pipe
 from tinysora.eval.metrics import write_json
 from tinysora.io.checkpoint import resolve_model_dir
 from tinysora.io.video import write_contact_sheet, write_gif
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.html)
     out.mkdir(parents=True, exist_ok=True)
     model = resolve_model_dir(args.model)
-    pipe = adherence.load_pipe(args, model)
+    pipe = load_pipe(args, model)
     size = (args.frames, args.height, args.width)
     t0 = time.perf_counter()
     report: dict = {"model": str(model.resolve()), "size": list(size), "n": args.n}
@@ -234,6 +235,24 @@ def _num(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+# eval.fidelity's medians (area CV of rigid objects, bouncing ones, outline IoU, stray pixels)
+FIDELITY_COLUMNS = ["area CV", "area CV bouncing", "outline IoU", "stray pixels"]
+VAE_COLUMNS = ["set", "clips", "PSNR (dB)", "min PSNR", "SSIM", "detected exactly"]
+VAE_COLUMNS += [*FIDELITY_COLUMNS, "renders' area CV bouncing"]
+ADHERENCE_COLUMNS = ["group", "prompts", "all right", "95% CI", *ATTRIBUTES, *FIDELITY_COLUMNS]
+
+
+def _fidelity_cells(f: dict | None) -> list[str]:
+    if f is None:
+        return ["n/a"] * len(FIDELITY_COLUMNS)
+    return [
+        _num(f["area_cv_median"], ".3f"),
+        _num(f["area_cv_bouncing_median"], ".3f"),
+        _num(f["outline_iou_median"], ".3f"),
+        _num(f["stray_fraction_mean"], ".2%"),
+    ]
+
+
 DYNAMICS_ROWS = [
     ("clips / objects found", lambda r: f"{r['clips']} / {r['found']} of {r['objects']}"),
     ("track residual, median (px)", lambda r: _num(r["smoothness"]["residual_px_median"], ".3f")),
@@ -259,6 +278,7 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
             f"{_pct(r['all_right_ci95'][0])} – {_pct(r['all_right_ci95'][1])}",
         ]
         + [_pct(r["per_attribute"][a]) for a in adherence.ATTRIBUTES]
+        + _fidelity_cells(r["fidelity"])
         for g, r in adh.items()
     ]
     dyn = report["dynamics"]
@@ -266,6 +286,8 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
     vq = report["vae"]["quality"]
     vae_rows = [
         [k, q["clips"], q["psnr_mean"], q["psnr_min"], q["ssim_mean"], _pct(q["detected_exactly"])]
+        + _fidelity_cells(q.get("fidelity"))
+        + _fidelity_cells(q.get("fidelity_reference"))[1:2]
         for k, q in vq.items()
     ]
     samples = "".join(
@@ -307,11 +329,11 @@ def render_html(report: dict, plots: dict[str, str]) -> str:
 {report["n"]} test-split prompts per group; judged by the caption-blind detector;
 {report["seconds"]:.0f} s.</p>
 <h2>Prompt adherence</h2>
-{_table(["group", "prompts", "all right", "95% CI", *adherence.ATTRIBUTES], adh_rows)}
+{_table(ADHERENCE_COLUMNS, adh_rows)}
 <h2>Dynamics</h2>
 {_table(["measure", *dyn], dyn_rows)}
 <h2>VAE reconstruction</h2>
-{_table(["set", "clips", "PSNR (dB)", "min PSNR", "SSIM", "detected exactly"], vae_rows)}
+{_table(VAE_COLUMNS, vae_rows)}
 <p>Compression {ratio:.1f}x (pixels x 3 / latent elements).</p>
 <h2>Conditioning tasks</h2>
 <p>The first {report["n"]} one-object test scenes per task, conditioned on their ground-truth

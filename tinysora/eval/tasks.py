@@ -54,7 +54,8 @@ import torch
 from tqdm import tqdm
 
 from tinysora.errors import UserError
-from tinysora.eval.adherence import ATTRIBUTES, group_prompts, load_pipe
+from tinysora.eval.adherence import ATTRIBUTES, group_prompts
+from tinysora.eval.generation import load_pipe
 from tinysora.eval.metrics import wilson, write_json
 from tinysora.eval.task_measures import (
     CONTEXT_FRAMES,

@@ -27,6 +27,8 @@ import torch
 from tqdm import tqdm
 
 from tinysora.device import autocast, resolve_device
+from tinysora.eval import fidelity
+from tinysora.eval.fidelity import clip_fidelity, fidelity_line
 from tinysora.eval.metrics import write_json
 from tinysora.io.checkpoint import load_pretrained, resolve_model_dir
 from tinysora.io.frames import frames_to_tensor
@@ -43,21 +45,27 @@ QUALITY_SETS = {
 }
 MEMORY_LENGTHS = (33, 129, 513)
 CHUNK_FRAMES = 16  # encode 1 + 16 frames, then 16 at a time (decode: 4 latent frames)
+PROBE_S = 900  # deadline of one speed / memory probe process
 
 
 def quality(vae, n: int) -> dict:
-    """PSNR / SSIM per set, and for video sets the share of clips whose reconstruction
-    the detector reads back exactly as the scene (the ceiling on prompt adherence)."""
+    """PSNR / SSIM per set, the share of clips whose reconstruction the detector reads
+    back exactly as the scene (the ceiling on prompt adherence), and for video sets the
+    fidelity of the round trips beside that of the renders themselves (the reference)."""
     out = {}
     for name, (h, w, t) in QUALITY_SETS.items():
-        ps, ss, right = [], [], 0
+        ps, ss, right, fid, ref = [], [], 0, [], []
         for i in tqdm(range(n), desc=name, unit="clip", leave=False):
             scene = sample_scene(split_seed("test", i))
             clip = render(scene, h, w, t)
             rec = reconstruct(vae, clip, chunk_frames=CHUNK_FRAMES)
             ps.append(psnr(rec, clip))
             ss.append(ssim(rec, clip))
-            right += judge(scene, detect(rec), judge_motion=t > 1)["all_right"]
+            detection = detect(rec)
+            right += judge(scene, detection, judge_motion=t > 1)["all_right"]
+            if t > 1:
+                fid.append(clip_fidelity(rec, detection))
+                ref.append(clip_fidelity(clip))
         out[name] = {
             "clips": n,
             "psnr_mean": float(np.mean(ps)),
@@ -65,6 +73,9 @@ def quality(vae, n: int) -> dict:
             "ssim_mean": float(np.mean(ss)),
             "detected_exactly": right / n,
         }
+        if t > 1:
+            out[name]["fidelity"] = fidelity.summarize(fid)
+            out[name]["fidelity_reference"] = fidelity.summarize(ref)
     return out
 
 
@@ -118,7 +129,7 @@ def evaluate(model_dir: str, n: int, device: str | None = "cpu") -> dict:
     for t in MEMORY_LENGTHS:
         cmd = [sys.executable, "-m", "tinysora.cli", "eval", "vae", "--model", model_dir]
         cmd += ["--_probe", str(t)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=PROBE_S)
         report["speed_memory"].append(json.loads(res.stdout.strip().splitlines()[-1]))
     return report
 
@@ -136,6 +147,9 @@ def run(args: argparse.Namespace) -> dict:
             f"SSIM {q['ssim_mean']:.4f}, detected exactly {q['detected_exactly']:.1%} "
             f"over {q['clips']} clips"
         )
+        if "fidelity" in q:
+            print(f"{'':12s} fidelity {fidelity_line(q['fidelity'])}")
+            print(f"{'':12s} renders  {fidelity_line(q['fidelity_reference'])}")
     print(f"compression ratio {report['compression']['ratio']:.1f}x at 64x64x17")
     for s in report["speed_memory"]:
         print(
