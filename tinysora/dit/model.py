@@ -129,13 +129,14 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, c, text, masks: dict, rope, grid=None) -> torch.Tensor:
+    def forward(self, x, c, text, masks: dict, rope, grid=None, cross_probs: bool = False):
         """x (B, N, D); c: SiLU'd timestep embedding, (B, 1, D) shared by a row's tokens
         or a :class:`PerToken` pair; text (B, L, D).
 
         ``grid`` (gt, gh, gw): the tokens of each row are one clip in raster order, so
         factorized attention runs on reshaped groups (frames, then patch columns)
         instead of masking the full N x N attention; None = use the masks.
+        ``cross_probs``: also return the cross-attention probabilities (B, h, N, L).
         """
         mods = _modulation(self.modulation, c).chunk(self.n_mod, dim=-1)  # (B, N or 1, D) each
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = mods[:6]
@@ -151,9 +152,12 @@ class DiTBlock(nn.Module):
             if self.factorized:
                 h = modulate(self.norm_t(x), shift_time, scale_time)
                 x = x + gate_time * self.attn_t(h, mask=masks["temporal"], rope=rope)
-        x = x + self.cross(self.norm_x(x), context=text, mask=masks["text"])
+        cross = self.cross(self.norm_x(x), context=text, mask=masks["text"], probs=cross_probs)
+        cross, probs = cross if cross_probs else (cross, None)
+        x = x + cross
         h = modulate(self.norm2(x), shift_mlp, scale_mlp)
-        return x + gate_mlp * self.mlp(h)
+        x = x + gate_mlp * self.mlp(h)
+        return (x, probs) if cross_probs else x
 
 
 @dataclass
@@ -225,7 +229,8 @@ class DiT(nn.Module):
         segments: torch.Tensor | None = None,
         text_segments: torch.Tensor | None = None,
         grid: tuple[int, int, int] | None = None,
-    ) -> torch.Tensor:
+        cross_probs: tuple[int, ...] = (),
+    ):
         """Velocity for patch tokens.
 
         tokens (B, N, patch_dim); t (B,) or per token (B, N); positions (N, 3) or
@@ -233,7 +238,8 @@ class DiT(nn.Module):
         segments (B, N) / text_segments (B, L): clip ids when several clips are packed
         into one sequence (None = one clip per row); grid (gt, gh, gw) when every row
         is one whole clip in raster order (lets factorized attention skip the masks).
-        Returns (B, N, patch_dim).
+        Returns (B, N, patch_dim); with ``cross_probs`` (block indices), also the list of
+        those blocks' cross-attention probabilities (B, heads, N, L) (grounding losses).
         """
         b, n, _ = tokens.shape
         grouped = self.config.attention == "factorized" and grid is not None
@@ -253,10 +259,16 @@ class DiT(nn.Module):
         text = self.text_proj(text)
         if len(self.refiner):
             text = self._refine(text, text_mask, text_segments)
-        for block in self.blocks:
-            x = block(x, c, text, masks, rope, grid if grouped else None)
+        probs = []
+        for i, block in enumerate(self.blocks):
+            if i in cross_probs:
+                x, p = block(x, c, text, masks, rope, grid if grouped else None, cross_probs=True)
+                probs.append(p)
+            else:
+                x = block(x, c, text, masks, rope, grid if grouped else None)
         shift, scale = _modulation(self.out_modulation, c).chunk(2, dim=-1)
-        return self.out(modulate(self.norm_out(x), shift, scale))
+        out = self.out(modulate(self.norm_out(x), shift, scale))
+        return (out, probs) if cross_probs else out
 
     def _refine(self, text, text_mask, text_segments) -> torch.Tensor:
         """The refiner over text (B, L, D): a token sees the real tokens of its own caption

@@ -22,7 +22,9 @@ uses transformers for anything else.
 
 from __future__ import annotations
 
+import bisect
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -313,3 +315,18 @@ class BertTokenizer:
         if return_tensors is not None:
             raise ValueError(f"return_tensors={return_tensors!r}: BertTokenizer returns 'pt'")
         return {k: v[0] for k, v in tokens.items()} if single else tokens
+
+    def word_ids(self, text: str, max_length: int) -> list[int | None]:
+        """For each token of ``text`` ([CLS] ... [SEP], truncated to ``max_length``, no
+        padding): the index of the whitespace-separated word it comes from (None for the
+        special tokens)."""
+        self._tokenizer.enable_truncation(max_length)
+        self._tokenizer.no_padding()
+        encoding = self._tokenizer.encode(text)
+        starts = [m.start() for m in re.finditer(r"\S+", text)]
+        return [
+            None if special else bisect.bisect_right(starts, start) - 1
+            for (start, _), special in zip(
+                encoding.offsets, encoding.special_tokens_mask, strict=True
+            )
+        ]

@@ -168,6 +168,21 @@ class TextEncoder:
                 j += len(cs)
         return {p: (s, m) for p, s, m in zip(prompts, states, mask, strict=True)}
 
+    def word_ids(self, prompts: list[str]) -> torch.Tensor:
+        """(B, L) long: for each token slot of the states ``self(prompts)`` gives, the index
+        of the prompt's whitespace-separated word it encodes; -1 for [CLS], [SEP] and
+        padding. For whole-sentence encoding with tinysora's BERT (the default MiniLM)."""
+        if self.subjects or not isinstance(self.tokenizer, bert.BertTokenizer):
+            raise TextEncoderError(
+                "word positions need whole-sentence encoding (subjects off) with a BERT "
+                "text encoder (the default)"
+            )
+        out = torch.full((len(prompts), self.max_length), -1, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids = self.tokenizer.word_ids(prompt, self.max_length)
+            out[i, : len(ids)] = torch.tensor([-1 if w is None else w for w in ids])
+        return out
+
     def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(prompts, str):
             prompts = [prompts]

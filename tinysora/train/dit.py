@@ -163,6 +163,7 @@ def run_steps(recipe: DiTRecipe, out: Path, device: torch.device) -> Steps:
     fine-tune (or LoRA) on your clips keeps what the model could do (prior preservation)."""
     mix = bool(recipe.data) and recipe.world_mix > 0
     n_world = round(recipe.batch_size * recipe.world_mix)
+    check_grounding(recipe)
     if mix and recipe.packing.enabled:
         raise ConfigError("world_mix does not combine with [packing] yet; set world_mix = 0")
     if mix and not 0 < n_world < recipe.batch_size:
@@ -193,6 +194,24 @@ def run_steps(recipe: DiTRecipe, out: Path, device: torch.device) -> Steps:
     )
     own_recipe = dataclasses.replace(recipe, batch_size=recipe.batch_size - n_world)
     return mixed_steps(_cache_steps(own_recipe), _world_steps(world_recipe, world, device))
+
+
+def check_grounding(recipe: DiTRecipe) -> None:
+    """One line for a [grounding] the run cannot honour."""
+    g = recipe.grounding
+    if g.weight < 0:
+        raise ConfigError(f"[grounding] weight must be >= 0, got {g.weight}")
+    if not g.weight:
+        return
+    if recipe.data or recipe.packing.enabled or recipe.pipeline.text_subjects:
+        raise ConfigError(
+            "[grounding] needs Shapes World clips of one size and whole-sentence text: "
+            "no data, [packing] or text_subjects"
+        )
+    bad = [i for i in g.blocks if not 0 <= i < recipe.model.depth]
+    if bad:
+        last = recipe.model.depth - 1
+        raise ConfigError(f"[grounding] blocks {bad}: the DiT has blocks 0..{last}")
 
 
 def _world_steps(recipe: DiTRecipe, latents: dict, device: torch.device) -> Steps:

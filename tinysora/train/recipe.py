@@ -4,7 +4,8 @@ Sections: ``[model]`` (DiTConfig, or ``preset = "S/2"`` + overrides), ``[train]`
 (TrainConfig), ``[flow]`` (FlowConfig), ``[pipeline]`` (sampling defaults of the
 exported model), ``[packing]`` (Patch n' Pack on a mixture of sizes, see
 :class:`PackingConfig`), ``[tasks]`` (conditioning tasks, see
-``tinysora.diffusion.tasks``; combinable with packing) and top-level data settings.
+``tinysora.diffusion.tasks``; combinable with packing), ``[grounding]`` (the grounding
+loss, ``tinysora.train.grounding``) and top-level data settings.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tinysora.diffusion.flow import FlowConfig
 from tinysora.diffusion.tasks import TaskConfig
 from tinysora.dit.model import DiTConfig
 from tinysora.pipeline import PipelineConfig
+from tinysora.train.grounding import GroundingConfig
 from tinysora.train.trainer import TrainConfig
 
 
@@ -57,6 +59,9 @@ class DiTRecipe(Config):
     encode_batch: int = 16
     packing: PackingConfig = field(default_factory=PackingConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)  # tokens given clean per sample
+    # subject words' cross-attention onto their objects (train.grounding; world clips of
+    # one size, whole-sentence text)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     # a model directory (e.g. `tinysora export RUN -o DIR`) whose DiT weights the run
     # starts from (model and EMA; a fresh optimizer): fine-tuning and annealing stages
     init_from: str = ""

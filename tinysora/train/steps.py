@@ -38,6 +38,7 @@ from tinysora.dit.flops import dit_flops_per_sample
 from tinysora.dit.model import DiT
 from tinysora.dit.patchify import grid_positions, grid_size, patchify
 from tinysora.text.encoder import TextEncoder
+from tinysora.train.grounding import grounding_loss, grounding_targets
 from tinysora.train.latents import size_key
 from tinysora.train.recipe import DiTRecipe
 from tinysora.train.trainer import step_generator, step_rng
@@ -69,7 +70,8 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Ste
     def batch_fn(step: int):
         rng = step_rng(recipe.train.seed, step)
         idx = [int(rng.uniform() * len(latents)) for _ in range(recipe.batch_size)]
-        captions = [paraphrase(sample_scene(int(seeds[i])), rng) for i in idx]
+        scenes = [sample_scene(int(seeds[i])) for i in idx]
+        captions = [paraphrase(scene, rng) for scene in scenes]
         g = step_generator(recipe.train.seed, step)
         captions = drop_captions(captions, recipe.flow.caption_dropout, g)
         x0 = latents[idx].float()
@@ -77,7 +79,11 @@ def fixed_size_steps(recipe: DiTRecipe, data: dict, encoder: TextEncoder) -> Ste
         noise = draw_noise(x0.shape, g, recipe.flow.shared_noise)
         text, mask = encoder(captions)
         given = sample_given(recipe.tasks, grid, len(idx), g)[0] if conditioned else None
-        return x0, noise, t, text, mask, given
+        if not recipe.grounding.weight:
+            return x0, noise, t, text, mask, given
+        size = (recipe.frames, recipe.height, recipe.width, recipe.model.patch)
+        targets = grounding_targets(scenes, captions, encoder.word_ids(captions), *size)
+        return x0, noise, t, text, mask, given, *targets
 
     return Steps(batch_fn, *_equal_clip_loss(recipe, grid), latents.shape[1])
 
@@ -130,9 +136,12 @@ def _equal_clip_loss(recipe: DiTRecipe, grid: tuple[int, int, int]):
     positions = grid_positions(grid, recipe.model.time_span)
     text_len = recipe.pipeline.text_max_length
 
+    grounded = recipe.grounding
+    blocks = tuple(grounded.blocks or range(recipe.model.depth)) if grounded.weight else ()
+
     def loss_fn(m, batch):
-        x0, noise, t, text, mask, given = batch
-        if given is None:
+        x0, noise, t, text, mask, given, *targets = batch
+        if given is None and not blocks:
             pred = m(add_noise(x0, t, noise), t, text, mask)
             loss = flow_loss(
                 patchify(pred.float(), patch)[0],
@@ -140,10 +149,16 @@ def _equal_clip_loss(recipe: DiTRecipe, grid: tuple[int, int, int]):
             )
             return loss, {}
         clean, eps = patchify(x0, patch)[0], patchify(noise, patch)[0]
-        t_tok = given_times(t, given)  # (B, N)
+        t_tok = t if given is None else given_times(t, given)  # (B,) or (B, N)
         x_in = add_noise(clean, t_tok, eps)
-        pred = m.forward_tokens(x_in, t_tok, positions, text, mask, grid=grid)
-        return flow_loss(pred.float(), velocity_target(clean, eps), ~given), {}
+        out = m.forward_tokens(x_in, t_tok, positions, text, mask, grid=grid, cross_probs=blocks)
+        pred, probs = out if blocks else (out, None)
+        keep = None if given is None else ~given
+        loss = flow_loss(pred.float(), velocity_target(clean, eps), keep)
+        if not blocks:
+            return loss, {}
+        ground = grounding_loss(probs, *targets)
+        return loss + grounded.weight * ground, {"grounding": ground.item()}
 
     def flops(batch) -> float:
         return len(batch[0]) * dit_flops_per_sample(recipe.model, grid, text_len)

@@ -365,7 +365,7 @@ def layout(scene: Scene, height: int, width: int, frames: int) -> list[ObjectTra
 def _set_visibility(tracks: list[ObjectTrack], h: int, w: int) -> None:
     """visible[i] of each object = its coverage not hidden by objects drawn after it."""
     for i in range(len(tracks[0].cx)):
-        covs = [_coverage(t, i, h, w) for t in tracks]
+        covs = [track_coverage(t, i, h, w) for t in tracks]
         for k, (cov, track) in enumerate(zip(covs, tracks, strict=True)):
             hidden = np.zeros((h, w))
             for later in covs[k + 1 :]:
@@ -409,7 +409,9 @@ def shape_coverage(
     return cov
 
 
-def _coverage(track: ObjectTrack, i: int, h: int, w: int) -> np.ndarray:
+def track_coverage(track: ObjectTrack, i: int, h: int, w: int) -> np.ndarray:
+    """(H, W) coverage in [0, 1] of a placed object in frame ``i`` (before later objects
+    cover it)."""
     side = track.extent * float(track.scale[i])
     return shape_coverage(track.spec.shape, float(track.cx[i]), float(track.cy[i]), side, h, w)
 
@@ -427,7 +429,7 @@ def render_tracks(tracks: list[ObjectTrack], background: str, h: int, w: int) ->
     for i in range(frames):
         img = np.broadcast_to(bg, (h, w, 3)).copy()
         for track in tracks:
-            cov = _coverage(track, i, h, w)[..., None]  # (H, W, 1)
+            cov = track_coverage(track, i, h, w)[..., None]  # (H, W, 1)
             color = np.array(COLORS[track.spec.color], dtype=np.float64)
             img = img * (1 - cov) + color * cov
         out[i] = np.floor(img + 0.5).astype(np.uint8)
