@@ -4,6 +4,8 @@
 #   base      whole-sentence MiniLM states (today's conditioning)
 #   subjects  each subject clause encoded on its own (pipeline text_subjects)
 #   refiner   two transformer layers over the text tokens (DiT text_refiner)
+#   grounding the subject words' cross-attention pushed onto their objects (issue 30; run it
+#             by name: scripts/binding_study.sh grounding)
 # Usage: scripts/binding_study.sh [VARIANT ...]   (default: all three; reruns resume)
 # A shared latent cache at runs/cache20k/latents.safetensors is linked in if present.
 set -euo pipefail
