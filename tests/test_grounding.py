@@ -56,6 +56,19 @@ def test_targets_put_each_subject_word_token_on_its_object():
     assert torch.equal(places[0], torch.from_numpy(object_tokens(scene, 17, 64, 64, (1, 2, 2))))
 
 
+def test_word_ids_follow_the_token_slots_with_per_subject_text():
+    """text_subjects puts each clause's tokens ([CLS] ... [SEP]) side by side: the word
+    indices still point into the whole prompt ("and" is word 6 and has no token)."""
+    encoder = TextEncoder(max_length=32, cache_size=0, subjects=True)
+    ids = encoder.word_ids([TWO, ""])
+    _, mask = encoder([TWO, ""])
+    words = TWO.split()
+    assert ids[0, :8].tolist() == [-1, 0, 1, 2, 3, 4, 5, -1]
+    assert ids[0, 8:20].tolist() == [-1, *range(7, 17), -1]
+    assert words[6] == "and" and 6 not in ids[0].tolist()
+    assert (ids[0] >= 0).sum() == mask[0].sum() - 4 and (ids[1] < 0).all()
+
+
 def test_loss_is_zero_on_the_object_and_grows_off_it():
     b, h, n, length = 1, 2, 6, 4
     words = torch.zeros(b, 2, length, dtype=torch.bool)

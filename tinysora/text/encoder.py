@@ -171,15 +171,20 @@ class TextEncoder:
     def word_ids(self, prompts: list[str]) -> torch.Tensor:
         """(B, L) long: for each token slot of the states ``self(prompts)`` gives, the index
         of the prompt's whitespace-separated word it encodes; -1 for [CLS], [SEP] and
-        padding. For whole-sentence encoding with tinysora's BERT (the default MiniLM)."""
-        if self.subjects or not isinstance(self.tokenizer, bert.BertTokenizer):
-            raise TextEncoderError(
-                "word positions need whole-sentence encoding (subjects off) with a BERT "
-                "text encoder (the default)"
-            )
+        padding (per clause with ``subjects``). For tinysora's BERT (the default MiniLM)."""
+        if not isinstance(self.tokenizer, bert.BertTokenizer):
+            raise TextEncoderError("word positions need a BERT text encoder (the default)")
         out = torch.full((len(prompts), self.max_length), -1, dtype=torch.long)
         for i, prompt in enumerate(prompts):
-            ids = self.tokenizer.word_ids(prompt, self.max_length)
+            text, start = prompt.strip(), 0
+            ids: list[int | None] = []
+            for clause in split_subjects(text) if self.subjects else [text]:
+                start = text.find(clause, start)  # the clause's place: words before it
+                offset = len(text[:start].split())
+                words = self.tokenizer.word_ids(clause, self.max_length)
+                ids += [None if w is None else w + offset for w in words]
+                start += len(clause)
+            ids = ids[: self.max_length]
             out[i, : len(ids)] = torch.tensor([-1 if w is None else w for w in ids])
         return out
 

@@ -203,11 +203,8 @@ def check_grounding(recipe: DiTRecipe) -> None:
         raise ConfigError(f"[grounding] weight must be >= 0, got {g.weight}")
     if not g.weight:
         return
-    if recipe.data or recipe.packing.enabled or recipe.pipeline.text_subjects:
-        raise ConfigError(
-            "[grounding] needs Shapes World clips of one size and whole-sentence text: "
-            "no data, [packing] or text_subjects"
-        )
+    if recipe.data or recipe.packing.enabled:
+        raise ConfigError("[grounding] needs Shapes World clips of one size: no data or [packing]")
     bad = [i for i in g.blocks if not 0 <= i < recipe.model.depth]
     if bad:
         last = recipe.model.depth - 1

@@ -60,7 +60,7 @@ class DiTRecipe(Config):
     packing: PackingConfig = field(default_factory=PackingConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)  # tokens given clean per sample
     # subject words' cross-attention onto their objects (train.grounding; world clips of
-    # one size, whole-sentence text)
+    # one size)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     # a model directory (e.g. `tinysora export RUN -o DIR`) whose DiT weights the run
     # starts from (model and EMA; a fresh optimizer): fine-tuning and annealing stages
