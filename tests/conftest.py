@@ -2,8 +2,10 @@
 
 import os
 import random
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +99,22 @@ def run_and_kill(args, env, log, moment: tuple, writing, timeout: float = 600) -
     finally:
         process.kill()  # SIGKILL (nothing when it has ended)
         process.wait(timeout=60)
+
+
+def kill_runs(plan: list[tuple], args_for, env, log, writing, run: Path, timeout: float = 600):
+    """``run_and_kill`` at each moment of ``plan``; ``args_for(resume)`` is the command
+    (``resume`` once ``run`` exists). When every attempt ended before its kill (the
+    machine ran faster than the plan's span assumed, and a finished run resumes with no
+    writes left), the run starts over and is killed inside its first write, so at least
+    one kill lands; that moment is appended to ``plan`` (the failure note shows it)."""
+    outcomes = [
+        run_and_kill(args_for(run.exists()), env, log, moment, writing, timeout) for moment in plan
+    ]
+    if "killed" not in outcomes:
+        shutil.rmtree(run, ignore_errors=True)
+        plan.append(("write", 0, 0.0))
+        outcomes.append(run_and_kill(args_for(False), env, log, plan[-1], writing, timeout))
+    return outcomes
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import kill_note, kill_plan, kill_seed, run_and_kill
+from conftest import kill_note, kill_plan, kill_runs, kill_seed
 from safetensors.torch import load_file
 from tiny import save_tiny_vae, start_alongside, tiny_recipe
 
@@ -106,10 +106,9 @@ def test_prepare_resumes_after_kill_9_at_random_moments_to_the_same_cache(vae, t
 
     try:
         log = tmp_path / "killed.log"
-        outcomes = [
-            run_and_kill(cmd + [str(out)], env, log, moment, writing, PREPARE_TIMEOUT_S)
-            for moment in plan
-        ]
+        outcomes = kill_runs(
+            plan, lambda resume: cmd + [str(out)], env, log, writing, out, PREPARE_TIMEOUT_S
+        )  # prepare continues by itself: the same command
         note = kill_note(plan, outcomes, seed)
         again = subprocess.run(
             cmd + [str(out)], env=env, capture_output=True, text=True, timeout=PREPARE_TIMEOUT_S

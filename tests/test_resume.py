@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kill_note, kill_plan, kill_seed, run_and_kill
+from conftest import kill_note, kill_plan, kill_runs, kill_seed
 from safetensors.torch import load_file
 from test_trainer import RECIPE
 from tiny import start_alongside, tiny_recipe
@@ -74,11 +74,12 @@ def run_killed_and_whole(tmp_path: Path, model: str, kills: int):
     plan = kill_plan(random.Random(seed), kills, ATTEMPT_S, SAVE_JITTER_S)
     run, log = tmp_path / "killed", tmp_path / "killed.log"
     try:
-        outcomes = []
-        for moment in plan:  # --resume once the run exists
-            args = cmd + [str(run)] + (["--resume"] if run.exists() else [])
-            writing = functools.partial(saving, run / "checkpoints")
-            outcomes.append(run_and_kill(args, ENV, log, moment, writing, RUN_S))
+
+        def args_for(resume: bool) -> list[str]:
+            return cmd + [str(run)] + (["--resume"] if resume else [])
+
+        writing = functools.partial(saving, run / "checkpoints")
+        outcomes = kill_runs(plan, args_for, ENV, log, writing, run, RUN_S)
         note = kill_note(plan, outcomes, seed)
         latest = run / "checkpoints" / "latest"
         stopped_at = latest.read_text().strip() if latest.is_file() else None

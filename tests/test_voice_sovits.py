@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, kill_note, kill_plan, kill_seed, run_and_kill, voice_recipe
+from conftest import TINY_MODEL, kill_note, kill_plan, kill_runs, kill_seed, voice_recipe
 from numerics import assert_close_fp32
 
 from tinysora.voice.sovits import (
@@ -117,10 +117,11 @@ def test_train_voice_killed_at_random_moments_resumes_to_the_uninterrupted_run(
     writing = functools.partial(
         lambda root: {p.name for p in root.glob(".step_*.tmp")}, run / "checkpoints"
     )
-    outcomes = []
-    for moment in plan:  # --resume once the run exists
-        args = cmd + [str(run)] + (["--resume"] if run.exists() else [])
-        outcomes.append(run_and_kill(args, env, tmp_path / "killed.log", moment, writing))
+
+    def args_for(resume: bool) -> list[str]:
+        return cmd + [str(run)] + (["--resume"] if resume else [])
+
+    outcomes = kill_runs(plan, args_for, env, tmp_path / "killed.log", writing, run)
     note = kill_note(plan, outcomes, seed)
     assert "killed" in outcomes, f"every attempt ended before its kill: {note}"
     latest = run / "checkpoints" / "latest"
