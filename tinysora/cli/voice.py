@@ -84,6 +84,16 @@ def _cmd_speak(args: argparse.Namespace) -> None:
     )
 
 
+def _audio_output(parser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=output_file(*AUDIO_SUFFIXES),
+        required=True,
+        help="output .wav / .flac / .ogg",
+    )
+
+
 def add_parsers(sub) -> None:
     """The speech commands."""
     voice = sub.add_parser("voice", help="speech tools (GPT-SoVITS-style voice)")
@@ -117,13 +127,7 @@ def add_parsers(sub) -> None:
     conv.add_argument(
         "--ref", type=existing_file, required=True, help="3-10 s clip of the target voice"
     )
-    conv.add_argument(
-        "-o",
-        "--output",
-        type=output_file(*AUDIO_SUFFIXES),
-        required=True,
-        help="output .wav / .flac / .ogg",
-    )
+    _audio_output(conv)
     conv.add_argument("--model", help="voice model directory (default: bundled weights/voice)")
     conv.add_argument("--text", help="SOURCE's transcript (optional: helps the words)")
     conv.add_argument("--seed", type=seed, default=0)
@@ -142,13 +146,7 @@ def add_parsers(sub) -> None:
         help="3-10 s clip of the voice to speak in (default: the model's default voice)",
     )
     speak.add_argument("--ref-text", help="REF's transcript (optional: a better prompt)")
-    speak.add_argument(
-        "-o",
-        "--output",
-        type=output_file(*AUDIO_SUFFIXES),
-        required=True,
-        help="output .wav / .flac / .ogg",
-    )
+    _audio_output(speak)
     speak.add_argument("--model", help="speech model directory (default: bundled weights/voice)")
     speak.add_argument("--seed", type=seed, default=0)
     # a knob left out takes the model's default (its speech.json: voice.speech.SpeechConfig)

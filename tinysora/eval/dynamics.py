@@ -55,7 +55,7 @@ import numpy as np
 from scipy import optimize
 
 from tinysora.eval.generation import generate_seeded, load_pipe
-from tinysora.eval.metrics import wilson, write_json
+from tinysora.eval.metrics import json_number, wilson, write_json
 from tinysora.worlds.detect import (
     COLOR_NAMES,
     LABEL_MAX_DIST,
@@ -360,11 +360,6 @@ def has_crossing(tracks: list[ObjectTrack]) -> bool:
 # --------------------------------------------------------------------------- clips
 
 
-def _num(v: float) -> float | None:
-    """JSON-safe number: NaN -> None."""
-    return None if math.isnan(v) else float(v)
-
-
 def evaluate_clip(scene: Scene, frames: np.ndarray) -> dict:
     """Detect ``frames`` (uint8 (T, H, W, 3)) and measure every prompt object of ``scene``."""
     detection = detect(frames)
@@ -379,10 +374,10 @@ def evaluate_clip(scene: Scene, frames: np.ndarray) -> dict:
             smooth = smoothness(obj, use=use)
             row.update(
                 detected_motion=obj.motion,
-                residual_px=_num(smooth["residual_px"]),
-                r2=_num(smooth["r2"]),
+                residual_px=json_number(smooth["residual_px"]),
+                r2=json_number(smooth["r2"]),
                 frames=smooth["frames"],
-                **{k: _num(v) for k, v in consistency(obj, frames, use=use).items()},
+                **{k: json_number(v) for k, v in consistency(obj, frames, use=use).items()},
                 seen_fraction=float(_seen(obj).mean()),
             )
         rows.append(row)

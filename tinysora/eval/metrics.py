@@ -28,3 +28,8 @@ def write_json(report: dict, path: str | os.PathLike | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(path), json.dumps(report, indent=1, default=float))
+
+
+def json_number(v: float) -> float | None:
+    """JSON-safe number: NaN / inf -> None."""
+    return float(v) if math.isfinite(v) else None

@@ -28,11 +28,6 @@ STRAIGHT: dict[str, tuple[float, float]] = {  # unit direction (x, y) of a strai
 }
 
 
-def json_number(v: float) -> float | None:
-    """JSON-safe number: NaN / inf -> None."""
-    return float(v) if math.isfinite(v) else None
-
-
 def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (dB) of two uint8 images, capped at PSNR_CAP_DB (identical images)."""
     return min(psnr(a, b), PSNR_CAP_DB)

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from tinysora.errors import UserError
 from tinysora.eval.adherence import ATTRIBUTES, group_prompts
 from tinysora.eval.generation import load_pipe
-from tinysora.eval.metrics import wilson, write_json
+from tinysora.eval.metrics import json_number, wilson, write_json
 from tinysora.eval.task_measures import (
     CONTEXT_FRAMES,
     STRAIGHT,
@@ -64,7 +64,6 @@ from tinysora.eval.task_measures import (
     extension_seams,
     frame_psnr,
     is_monotone,
-    json_number,
     loop_ratio,
     seam_check,
     segment_frames,
